@@ -1,0 +1,203 @@
+//! `portcullis authenticate`: a client for a running server's Authenticate RPC. Prints the
+//! response as JSON. Exit codes: 0 authenticated (or the `--expect-reason` denial), 1 denied,
+//! 2 the server could not be reached or the call failed.
+
+use std::{collections::HashMap, process::ExitCode, time::Duration};
+
+use clap::Args;
+
+use crate::pb::{self, auth_client::AuthClient};
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("credential").multiple(false))]
+pub struct AuthenticateArgs {
+    /// Server address, e.g. http://127.0.0.1:50051.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    /// A bearer token (JWT or opaque).
+    #[arg(long, group = "credential")]
+    token: Option<String>,
+    /// An API key.
+    #[arg(long, group = "credential")]
+    api_key: Option<String>,
+    /// HTTP Basic credentials as USER:PASSWORD.
+    #[arg(long, group = "credential")]
+    basic: Option<String>,
+    /// A request header NAME:VALUE (repeatable); Portcullis finds the credential in them.
+    #[arg(long = "header", value_name = "NAME:VALUE")]
+    headers: Vec<String>,
+    /// Require this audience in addition to the configured ones.
+    #[arg(long, default_value = "")]
+    audience: String,
+    /// Exit 0 only if the server denies with this reason (for probes and `helm test`).
+    #[arg(long, value_name = "REASON")]
+    expect_reason: Option<String>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 10)]
+    timeout_seconds: u64,
+}
+
+pub fn run(args: AuthenticateArgs) -> ExitCode {
+    let request = match build_request(&args) {
+        Ok(request) => request,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let timeout = Duration::from_secs(args.timeout_seconds);
+    let result = runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(args.addr.clone())
+            .map_err(|err| format!("bad --addr: {err}"))?
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .connect()
+            .await
+            .map_err(|err| format!("cannot connect to {}: {err}", args.addr))?;
+        AuthClient::new(channel)
+            .authenticate(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| {
+                format!(
+                    "Authenticate failed: {}: {}",
+                    status.code(),
+                    status.message()
+                )
+            })
+    });
+    match result {
+        Ok(response) => {
+            println!("{}", response_json(&response));
+            exit_code(&response, args.expect_reason.as_deref())
+        }
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn build_request(args: &AuthenticateArgs) -> Result<pb::AuthenticateRequest, String> {
+    use pb::credential::Kind;
+    let kind = if let Some(token) = &args.token {
+        Some(Kind::BearerToken(token.clone()))
+    } else if let Some(key) = &args.api_key {
+        Some(Kind::ApiKey(key.clone()))
+    } else if let Some(basic) = &args.basic {
+        let (username, password) = basic.split_once(':').ok_or("--basic takes USER:PASSWORD")?;
+        Some(Kind::Basic(pb::BasicCredential {
+            username: username.to_owned(),
+            password: password.to_owned(),
+        }))
+    } else {
+        None
+    };
+    let mut headers = HashMap::new();
+    for header in &args.headers {
+        let (name, value) = header
+            .split_once(':')
+            .ok_or_else(|| format!("--header takes NAME:VALUE, got {header:?}"))?;
+        headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
+    }
+    Ok(pb::AuthenticateRequest {
+        credential: kind.map(|kind| pb::Credential { kind: Some(kind) }),
+        headers,
+        audience: args.audience.clone(),
+        client_certificate_pem: String::new(),
+    })
+}
+
+fn exit_code(response: &pb::AuthenticateResponse, expect_reason: Option<&str>) -> ExitCode {
+    let reason = response
+        .denial
+        .as_ref()
+        .and_then(|d| pb::Reason::try_from(d.reason).ok())
+        .map(|r| r.as_str_name());
+    match expect_reason {
+        Some(expected) if reason == Some(expected) => ExitCode::SUCCESS,
+        Some(_) => ExitCode::FAILURE,
+        None if response.authenticated => ExitCode::SUCCESS,
+        None => ExitCode::FAILURE,
+    }
+}
+
+/// The response as JSON with enum names instead of numbers.
+pub fn response_json(response: &pb::AuthenticateResponse) -> String {
+    let principal = response.principal.as_ref().map(|p| {
+        serde_json::json!({
+            "subject": p.subject,
+            "issuer": p.issuer,
+            "credential_type": pb::CredentialType::try_from(p.credential_type)
+                .map(|t| t.as_str_name()).unwrap_or("CREDENTIAL_TYPE_UNSPECIFIED"),
+            "claims": p.claims.as_ref().map(struct_to_json).unwrap_or_default(),
+            "scopes": p.scopes,
+            "expires_at": p.expires_at.as_ref().map(|t| t.seconds),
+            "key_id": p.key_id,
+        })
+    });
+    let denial = response.denial.as_ref().map(|d| {
+        serde_json::json!({
+            "reason": pb::Reason::try_from(d.reason).map(|r| r.as_str_name()).unwrap_or("REASON_UNSPECIFIED"),
+            "message": d.message,
+            "www_authenticate": d.www_authenticate,
+        })
+    });
+    let json = serde_json::json!({
+        "authenticated": response.authenticated,
+        "principal": principal,
+        "denial": denial,
+    });
+    serde_json::to_string_pretty(&json).unwrap_or_default()
+}
+
+fn struct_to_json(value: &prost_types::Struct) -> serde_json::Value {
+    serde_json::Value::Object(
+        value
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), proto_value_to_json(v)))
+            .collect(),
+    )
+}
+
+fn proto_value_to_json(value: &prost_types::Value) -> serde_json::Value {
+    use prost_types::value::Kind;
+    match &value.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
+        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n)
+            .map(serde_json::Value::Number)
+            .unwrap_or(serde_json::Value::Null),
+        Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
+        Some(Kind::ListValue(list)) => {
+            serde_json::Value::Array(list.values.iter().map(proto_value_to_json).collect())
+        }
+        Some(Kind::StructValue(s)) => struct_to_json(s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::json_object_to_struct;
+
+    #[test]
+    fn struct_round_trips_through_json() {
+        let json = serde_json::json!({"a": [1.0, "x", {"b": true}], "c": null});
+        let serde_json::Value::Object(map) = &json else {
+            unreachable!()
+        };
+        assert_eq!(struct_to_json(&json_object_to_struct(map)), json);
+    }
+}

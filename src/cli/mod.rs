@@ -1,0 +1,123 @@
+//! The `portcullis` command line: `serve`, `check-config`, `token inspect` and `authenticate`.
+
+mod authenticate;
+mod token;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use crate::{
+    config,
+    pipeline::{BuildMode, Pipeline},
+    server,
+};
+
+/// Exit code for a bad configuration (EX_CONFIG is 78; the SPEC fixes 64, EX_USAGE).
+pub const EXIT_BAD_CONFIG: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about = "gRPC token-validation service")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gRPC and admin listeners.
+    Serve {
+        #[arg(long, env = "PORTCULLIS_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file: print every error and exit 64, or exit 0.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+        /// Check structure and values only; do not read referenced files or variables.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Work with tokens.
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
+    },
+    /// Call a running server's Authenticate and print the result as JSON.
+    Authenticate(authenticate::AuthenticateArgs),
+}
+
+impl Cli {
+    pub fn run(self) -> ExitCode {
+        match self.command {
+            Command::Serve { config } => serve(config),
+            Command::CheckConfig { config, offline } => check_config(&config, offline),
+            Command::Token { command } => token::run(command),
+            Command::Authenticate(args) => authenticate::run(args),
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts") // invariant: only fails without OS threads/timers
+}
+
+fn serve(path: PathBuf) -> ExitCode {
+    let config = match config::load_file(&path) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{}: invalid configuration:\n{errors}", path.display());
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    crate::telemetry::init(&config.telemetry);
+    runtime().block_on(async move {
+        let running = match server::start(config, Some(path)).await {
+            Ok(running) => running,
+            Err(server::ServeError::Config(errors)) => {
+                eprintln!("invalid configuration:\n{errors}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
+            Err(err) => {
+                eprintln!("portcullis: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        server::wait_for_signal().await;
+        match running.shutdown().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("portcullis: {err}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn check_config(path: &std::path::Path, offline: bool) -> ExitCode {
+    let result = config::load_file(path).and_then(|config| {
+        if offline {
+            return Ok(());
+        }
+        let client = server::http_client().map_err(|err| {
+            config::ConfigErrors(vec![config::ConfigError {
+                path: String::new(),
+                message: err.to_string(),
+            }])
+        })?;
+        Pipeline::build(config, &client, None, BuildMode::Check).map(|_| ())
+    });
+    match result {
+        Ok(()) => {
+            println!("{}: configuration is valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{}: invalid configuration:\n{errors}", path.display());
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! Strict loading: YAML -> typed sections, collecting every error at once with its path.
+//!
+//! Each top-level section (and each issuer) is deserialized on its own, wrapped in
+//! `serde_ignored` (unknown keys) and `serde_path_to_error` (type errors), so one mistake does
+//! not hide the next. Semantic checks run afterwards over whatever parsed.
+
+use std::{fmt, path::Path};
+
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+
+use super::types::*;
+use crate::jwt::Algorithm;
+
+/// One problem in a config file, located by its dotted path (`issuers[0].leeway`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in one config, reported together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        ConfigErrors(vec![ConfigError {
+            path: String::new(),
+            message: format!("cannot read {}: {err}", path.display()),
+        }])
+    })?;
+    load_str(&text)
+}
+
+/// Parses and validates a config. Secret references are not resolved here; the pipeline does
+/// that when it builds key material (see `pipeline::Pipeline::build`).
+pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    let root: Value = match serde_yaml::from_str(text) {
+        Ok(Value::Null) => Value::Mapping(Default::default()),
+        Ok(value) => value,
+        Err(err) => {
+            return Err(ConfigErrors(vec![ConfigError {
+                path: String::new(),
+                message: format!("invalid YAML: {err}"),
+            }]));
+        }
+    };
+    let Value::Mapping(sections) = root else {
+        return Err(ConfigErrors(vec![ConfigError {
+            path: String::new(),
+            message: "the config must be a mapping of sections".to_owned(),
+        }]));
+    };
+
+    let mut config = Config::default();
+    let mut positions = Vec::new();
+    for (key, value) in sections {
+        let Some(name) = key.as_str() else {
+            errors.push(error("", "section names must be strings"));
+            continue;
+        };
+        match name {
+            "server" => section(value, name, &mut errors).map(|v| config.server = v),
+            "issuers" => issuers(value, &mut errors).map(|parsed| {
+                (positions, config.issuers) = parsed.into_iter().unzip();
+            }),
+            "credentials" => section(value, name, &mut errors).map(|v| config.credentials = v),
+            "cache" => section(value, name, &mut errors).map(|v| config.cache = v),
+            "response" => section(value, name, &mut errors).map(|v| config.response = v),
+            "telemetry" => section(value, name, &mut errors).map(|v| config.telemetry = v),
+            other => {
+                errors.push(error(other, "unknown key"));
+                None
+            }
+        };
+    }
+    validate(&config, &positions, &mut errors);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn error(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+fn join(prefix: &str, inner: &str) -> String {
+    match (prefix.is_empty(), inner.is_empty() || inner == ".") {
+        (_, true) => prefix.to_owned(),
+        (true, false) => inner.to_owned(),
+        (false, false) if inner.starts_with('[') => format!("{prefix}{inner}"),
+        (false, false) => format!("{prefix}.{inner}"),
+    }
+}
+
+/// Deserializes one section, recording unknown keys and the first type error with their paths.
+fn section<T: DeserializeOwned>(
+    value: Value,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
+    let value = if value.is_null() {
+        Value::Mapping(Default::default())
+    } else {
+        value
+    };
+    let mut unknown: Vec<String> = Vec::new();
+    let mut record = |ignored: serde_ignored::Path<'_>| unknown.push(ignored.to_string());
+    let deserializer = serde_ignored::Deserializer::new(value, &mut record);
+    let result: Result<T, _> = serde_path_to_error::deserialize(deserializer);
+    for key in unknown {
+        errors.push(error(join(path, &key), "unknown key"));
+    }
+    match result {
+        Ok(parsed) => Some(parsed),
+        Err(err) => {
+            let inner = err.path().to_string();
+            errors.push(error(join(path, &inner), err.into_inner().to_string()));
+            None
+        }
+    }
+}
+
+/// The issuers that parsed, each with its position in the file (for error paths).
+fn issuers(value: Value, errors: &mut Vec<ConfigError>) -> Option<Vec<(usize, IssuerConfig)>> {
+    let Value::Sequence(items) = value else {
+        errors.push(error("issuers", "expected a list of issuers"));
+        return None;
+    };
+    let mut parsed = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        if let Some(issuer) = section(item, &format!("issuers[{i}]"), errors) {
+            parsed.push((i, issuer));
+        }
+    }
+    Some(parsed)
+}
+
+fn validate(config: &Config, positions: &[usize], errors: &mut Vec<ConfigError>) {
+    let mut names = std::collections::HashSet::new();
+    let mut iss_values = std::collections::HashSet::new();
+    for (i, issuer) in positions.iter().zip(&config.issuers) {
+        let path = format!("issuers[{i}]");
+        if issuer.name.trim().is_empty() {
+            errors.push(error(format!("{path}.name"), "must not be empty"));
+        } else if !names.insert(issuer.name.as_str()) {
+            errors.push(error(
+                format!("{path}.name"),
+                format!("duplicate issuer name {:?}", issuer.name),
+            ));
+        }
+        if issuer.issuer.is_empty() {
+            errors.push(error(format!("{path}.issuer"), "must not be empty"));
+        } else if !iss_values.insert(issuer.issuer.as_str()) {
+            errors.push(error(
+                format!("{path}.issuer"),
+                "another issuer has the same iss value; tokens are routed by iss",
+            ));
+        }
+        validate_issuer(issuer, &path, errors);
+    }
+    for (i, issuer) in positions.iter().zip(&config.issuers) {
+        let j = &issuer.jwks;
+        let path = format!("issuers[{i}].jwks");
+        if j.min_refresh > j.max_refresh {
+            errors.push(error(
+                &path,
+                "min_refresh must not be greater than max_refresh",
+            ));
+        }
+        for (name, value) in [
+            ("refetch_cooldown", j.refetch_cooldown),
+            ("timeout", j.timeout),
+            ("min_refresh", j.min_refresh),
+        ] {
+            if value.is_zero() {
+                errors.push(error(format!("{path}.{name}"), "must be greater than zero"));
+            }
+        }
+    }
+    if config.cache.max_entries == 0 {
+        errors.push(error("cache.max_entries", "must be greater than zero"));
+    }
+    let max = config.credentials.max_credential_bytes;
+    if !(256..=1024 * 1024).contains(&max) {
+        errors.push(error(
+            "credentials.max_credential_bytes",
+            "must be between 256 and 1048576",
+        ));
+    }
+    for (i, header) in config.credentials.api_key_headers.iter().enumerate() {
+        if header.is_empty()
+            || header
+                .chars()
+                .any(|c| !c.is_ascii_lowercase() && c != '-' && !c.is_ascii_digit() && c != '_')
+        {
+            errors.push(error(
+                format!("credentials.api_key_headers[{i}]"),
+                "must be a lower-case header name",
+            ));
+        }
+    }
+    if let Err(err) = tracing_subscriber::EnvFilter::try_new(&config.telemetry.log_level) {
+        errors.push(error("telemetry.log_level", err.to_string()));
+    }
+}
+
+fn validate_issuer(issuer: &IssuerConfig, path: &str, errors: &mut Vec<ConfigError>) {
+    let sources = [
+        issuer.discovery,
+        issuer.jwks_uri.is_some(),
+        issuer.jwks_file.is_some(),
+        !issuer.public_key_files.is_empty(),
+        issuer.hmac_secret.is_some(),
+    ];
+    match sources.iter().filter(|set| **set).count() {
+        1 => {}
+        0 => errors.push(error(
+            path,
+            "set exactly one key source: discovery, jwks_uri, jwks_file, public_key_files or hmac_secret",
+        )),
+        _ => errors.push(error(
+            path,
+            "more than one key source set; choose one of discovery, jwks_uri, jwks_file, public_key_files, hmac_secret",
+        )),
+    }
+    if issuer.discovery && !is_http_url(&issuer.issuer) {
+        errors.push(error(
+            format!("{path}.issuer"),
+            "discovery needs an http(s) issuer URL",
+        ));
+    }
+    if let Some(uri) = &issuer.jwks_uri
+        && !is_http_url(uri)
+    {
+        errors.push(error(format!("{path}.jwks_uri"), "must be an http(s) URL"));
+    }
+    let mut has_hmac = false;
+    let mut has_asymmetric = false;
+    for (i, name) in issuer.algorithms.iter().enumerate() {
+        match name.parse::<Algorithm>() {
+            Ok(alg) if alg.is_hmac() => has_hmac = true,
+            Ok(_) => has_asymmetric = true,
+            Err(message) => errors.push(error(format!("{path}.algorithms[{i}]"), message)),
+        }
+    }
+    if issuer.hmac_secret.is_some() && has_asymmetric {
+        errors.push(error(
+            format!("{path}.algorithms"),
+            "an hmac_secret issuer allows only HS256, HS384 or HS512",
+        ));
+    }
+    if issuer.hmac_secret.is_none() && has_hmac {
+        errors.push(error(
+            format!("{path}.algorithms"),
+            "HS* algorithms need an hmac_secret (a public key must never be used as an HMAC secret)",
+        ));
+    }
+    for (i, file) in issuer.public_key_files.iter().enumerate() {
+        if let PublicKeyFile::Detailed {
+            algorithm: Some(name),
+            ..
+        } = file
+            && let Err(message) = name.parse::<Algorithm>()
+        {
+            errors.push(error(
+                format!("{path}.public_key_files[{i}].algorithm"),
+                message,
+            ));
+        }
+    }
+    for (i, claim) in issuer.required_claims.iter().enumerate() {
+        if claim.is_empty() {
+            errors.push(error(
+                format!("{path}.required_claims[{i}]"),
+                "must not be empty",
+            ));
+        }
+    }
+}
+
+fn is_http_url(value: &str) -> bool {
+    reqwest::Url::parse(value)
+        .map(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some())
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_is_reported_at_once_with_its_path() {
+        let yaml = r#"
+server:
+  grpc_listen: 127.0.0.1:50051
+  colour: blue
+issuers:
+  - name: a
+    issuer: https://a.example
+    jwks_uri: https://a.example/jwks
+    leeway: soon
+  - name: b
+    issuer: https://b.example
+    algorithms: [none]
+    hmac_secret: env:X
+    extra: 1
+  - name: b
+    issuer: https://c.example
+    jwks_uri: https://c.example/jwks
+cache: { max_entries: 0 }
+unknown_section: {}
+"#;
+        let errors = load_str(yaml).unwrap_err().0;
+        let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"server.colour"), "{errors:?}");
+        assert!(paths.contains(&"issuers[0].leeway"), "{errors:?}");
+        assert!(paths.contains(&"issuers[1].extra"), "{errors:?}");
+        assert!(paths.contains(&"issuers[2].name"), "{errors:?}");
+        assert!(paths.contains(&"issuers[1].algorithms[0]"), "{errors:?}");
+        assert!(paths.contains(&"cache.max_entries"), "{errors:?}");
+        assert!(paths.contains(&"unknown_section"), "{errors:?}");
+    }
+
+    #[test]
+    fn durations_accept_human_forms_and_seconds() {
+        let yaml = r#"
+issuers:
+  - name: a
+    issuer: https://a.example
+    jwks_uri: https://a.example/jwks
+    leeway: 30s
+    jwks: { max_refresh: 2h, min_refresh: 90 }
+cache: { max_ttl: 5m }
+"#;
+        let config = load_str(yaml).unwrap();
+        assert_eq!(config.issuers[0].leeway.as_secs(), 30);
+        assert_eq!(config.issuers[0].jwks.max_refresh.as_secs(), 7200);
+        assert_eq!(config.issuers[0].jwks.min_refresh.as_secs(), 90);
+        assert_eq!(config.cache.max_ttl.as_secs(), 300);
+    }
+
+    #[test]
+    fn hmac_algorithms_need_an_hmac_secret() {
+        let yaml = r#"
+issuers:
+  - name: a
+    issuer: https://a.example
+    jwks_uri: https://a.example/jwks
+    algorithms: [RS256, HS256]
+"#;
+        let errors = load_str(yaml).unwrap_err().0;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].path, "issuers[0].algorithms");
+    }
+}

@@ -1,0 +1,363 @@
+//! What a request ends as: a verified [`Principal`] or a [`Denial`] with a stable [`Reason`],
+//! and the table that maps each reason to its HTTP status and RFC 6750 / RFC 7617 challenge.
+
+use std::{fmt, sync::Arc};
+
+use serde_json::{Map, Value};
+
+use crate::pb;
+
+/// Stable reason codes (SPEC §2). Also used as metric labels and span attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    MissingCredential,
+    MalformedCredential,
+    AmbiguousCredential,
+    UnsupportedCredential,
+    InvalidSignature,
+    UnknownKey,
+    DisallowedAlgorithm,
+    Expired,
+    NotYetValid,
+    UntrustedIssuer,
+    AudienceMismatch,
+    InvalidClaims,
+    Revoked,
+    Inactive,
+    CertificateMismatch,
+    InsufficientScope,
+    PolicyDenied,
+    RateLimited,
+    UpstreamUnavailable,
+}
+
+/// Which RFC 6750 `error=` a challenge carries, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChallengeError {
+    None,
+    InvalidToken,
+    InvalidRequest,
+    InsufficientScope,
+}
+
+impl Reason {
+    /// The reason's stable name, as in SPEC §2.
+    pub fn as_str(self) -> &'static str {
+        self.to_proto().as_str_name()
+    }
+
+    /// The HTTP status an HTTP-facing surface answers with (SPEC §2 table).
+    pub fn http_status(self) -> u16 {
+        match self {
+            Reason::AmbiguousCredential => 400,
+            Reason::InsufficientScope | Reason::PolicyDenied => 403,
+            Reason::RateLimited => 429,
+            Reason::UpstreamUnavailable => 503,
+            _ => 401,
+        }
+    }
+
+    fn challenge_error(self) -> ChallengeError {
+        match self {
+            Reason::MissingCredential | Reason::UnsupportedCredential => ChallengeError::None,
+            Reason::AmbiguousCredential => ChallengeError::InvalidRequest,
+            Reason::InsufficientScope => ChallengeError::InsufficientScope,
+            Reason::PolicyDenied | Reason::RateLimited | Reason::UpstreamUnavailable => {
+                ChallengeError::None
+            }
+            _ => ChallengeError::InvalidToken,
+        }
+    }
+
+    /// Whether the response carries a `WWW-Authenticate` challenge at all.
+    fn has_challenge(self) -> bool {
+        !matches!(
+            self,
+            Reason::PolicyDenied | Reason::RateLimited | Reason::UpstreamUnavailable
+        )
+    }
+
+    pub fn to_proto(self) -> pb::Reason {
+        match self {
+            Reason::MissingCredential => pb::Reason::MissingCredential,
+            Reason::MalformedCredential => pb::Reason::MalformedCredential,
+            Reason::AmbiguousCredential => pb::Reason::AmbiguousCredential,
+            Reason::UnsupportedCredential => pb::Reason::UnsupportedCredential,
+            Reason::InvalidSignature => pb::Reason::InvalidSignature,
+            Reason::UnknownKey => pb::Reason::UnknownKey,
+            Reason::DisallowedAlgorithm => pb::Reason::DisallowedAlgorithm,
+            Reason::Expired => pb::Reason::Expired,
+            Reason::NotYetValid => pb::Reason::NotYetValid,
+            Reason::UntrustedIssuer => pb::Reason::UntrustedIssuer,
+            Reason::AudienceMismatch => pb::Reason::AudienceMismatch,
+            Reason::InvalidClaims => pb::Reason::InvalidClaims,
+            Reason::Revoked => pb::Reason::Revoked,
+            Reason::Inactive => pb::Reason::Inactive,
+            Reason::CertificateMismatch => pb::Reason::CertificateMismatch,
+            Reason::InsufficientScope => pb::Reason::InsufficientScope,
+            Reason::PolicyDenied => pb::Reason::PolicyDenied,
+            Reason::RateLimited => pb::Reason::RateLimited,
+            Reason::UpstreamUnavailable => pb::Reason::UpstreamUnavailable,
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The authentication scheme a challenge is issued for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Bearer,
+    Basic,
+}
+
+/// A refusal. `message` is for humans and never contains the credential or any part of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub reason: Reason,
+    pub message: String,
+    /// Scopes the caller lacks, for `insufficient_scope` challenges.
+    pub missing_scopes: Vec<String>,
+    pub scheme: Scheme,
+}
+
+impl Denial {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+            missing_scopes: Vec::new(),
+            scheme: Scheme::Bearer,
+        }
+    }
+
+    pub fn insufficient_scope(missing: Vec<String>) -> Self {
+        let message = format!("missing required scopes: {}", missing.join(" "));
+        Self {
+            reason: Reason::InsufficientScope,
+            message,
+            missing_scopes: missing,
+            scheme: Scheme::Bearer,
+        }
+    }
+
+    /// The `WWW-Authenticate` value for this denial (RFC 6750 §3, RFC 7617 §2), or empty when
+    /// the reason carries no challenge.
+    pub fn www_authenticate(&self, realm: &str) -> String {
+        if !self.reason.has_challenge() {
+            return String::new();
+        }
+        let realm = quoted_string_safe(realm);
+        match self.scheme {
+            Scheme::Basic => format!("Basic realm=\"{realm}\", charset=\"UTF-8\""),
+            Scheme::Bearer => match self.reason.challenge_error() {
+                ChallengeError::None => format!("Bearer realm=\"{realm}\""),
+                ChallengeError::InvalidToken => {
+                    format!("Bearer realm=\"{realm}\", error=\"invalid_token\"")
+                }
+                ChallengeError::InvalidRequest => {
+                    format!("Bearer realm=\"{realm}\", error=\"invalid_request\"")
+                }
+                ChallengeError::InsufficientScope => format!(
+                    "Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{}\"",
+                    quoted_string_safe(&self.missing_scopes.join(" "))
+                ),
+            },
+        }
+    }
+
+    pub fn to_proto(&self, realm: &str) -> pb::Denial {
+        pb::Denial {
+            reason: self.reason.to_proto() as i32,
+            message: self.message.clone(),
+            www_authenticate: self.www_authenticate(realm),
+        }
+    }
+}
+
+/// Keeps a value safe inside an HTTP quoted-string: printable ASCII without `"` or `\`.
+fn quoted_string_safe(value: &str) -> String {
+    value
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .filter(|c| *c != '"' && *c != '\\')
+        .collect()
+}
+
+/// The kind of credential a principal was proven with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialType {
+    Jwt,
+    OpaqueToken,
+    ApiKey,
+    Basic,
+    ClientCertificate,
+}
+
+impl CredentialType {
+    pub fn as_str(self) -> &'static str {
+        self.to_proto().as_str_name()
+    }
+
+    pub fn to_proto(self) -> pb::CredentialType {
+        match self {
+            CredentialType::Jwt => pb::CredentialType::Jwt,
+            CredentialType::OpaqueToken => pb::CredentialType::OpaqueToken,
+            CredentialType::ApiKey => pb::CredentialType::ApiKey,
+            CredentialType::Basic => pb::CredentialType::Basic,
+            CredentialType::ClientCertificate => pb::CredentialType::ClientCertificate,
+        }
+    }
+}
+
+/// A verified identity. Built once per verification and shared (cached) behind an `Arc`; the
+/// protobuf form is built at the same time so that cache hits do not convert claims again.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub subject: String,
+    /// The configured issuer or store name that accepted the credential.
+    pub issuer: String,
+    pub credential_type: CredentialType,
+    pub claims: Map<String, Value>,
+    pub scopes: Vec<String>,
+    /// Seconds since the Unix epoch.
+    pub expires_at: Option<i64>,
+    pub key_id: String,
+    proto: pb::Principal,
+}
+
+impl Principal {
+    pub fn new(
+        subject: String,
+        issuer: String,
+        credential_type: CredentialType,
+        claims: Map<String, Value>,
+        scopes: Vec<String>,
+        expires_at: Option<i64>,
+        key_id: String,
+    ) -> Self {
+        let proto = pb::Principal {
+            subject: subject.clone(),
+            issuer: issuer.clone(),
+            credential_type: credential_type.to_proto() as i32,
+            claims: Some(json_object_to_struct(&claims)),
+            scopes: scopes.clone(),
+            expires_at: expires_at.map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
+            key_id: key_id.clone(),
+        };
+        Self {
+            subject,
+            issuer,
+            credential_type,
+            claims,
+            scopes,
+            expires_at,
+            key_id,
+            proto,
+        }
+    }
+
+    /// The protobuf form, built once at verification time.
+    pub fn proto(&self) -> &pb::Principal {
+        &self.proto
+    }
+
+    /// Scopes of `required` that this principal lacks, in the order asked.
+    pub fn missing_scopes(&self, required: &[String]) -> Vec<String> {
+        required
+            .iter()
+            .filter(|scope| !self.scopes.iter().any(|have| have == *scope))
+            .cloned()
+            .collect()
+    }
+}
+
+/// The outcome of one request, rendered by each surface in its own wire format.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    Allow {
+        principal: Option<Arc<Principal>>,
+        rule: String,
+    },
+    Deny {
+        denial: Denial,
+        principal: Option<Arc<Principal>>,
+        rule: String,
+    },
+}
+
+/// Converts a JSON object into a `google.protobuf.Struct`, preserving nesting.
+pub fn json_object_to_struct(object: &Map<String, Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: object
+            .iter()
+            .map(|(key, value)| (key.clone(), json_to_proto_value(value)))
+            .collect(),
+    }
+}
+
+fn json_to_proto_value(value: &Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match value {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.iter().map(json_to_proto_value).collect(),
+        }),
+        Value::Object(map) => Kind::StructValue(json_object_to_struct(map)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges_follow_rfc6750() {
+        let realm = "corp";
+        assert_eq!(
+            Denial::new(Reason::MissingCredential, "x").www_authenticate(realm),
+            "Bearer realm=\"corp\""
+        );
+        assert_eq!(
+            Denial::new(Reason::Expired, "x").www_authenticate(realm),
+            "Bearer realm=\"corp\", error=\"invalid_token\""
+        );
+        assert_eq!(
+            Denial::new(Reason::AmbiguousCredential, "x").www_authenticate(realm),
+            "Bearer realm=\"corp\", error=\"invalid_request\""
+        );
+        assert_eq!(
+            Denial::insufficient_scope(vec!["a".into(), "b".into()]).www_authenticate(realm),
+            "Bearer realm=\"corp\", error=\"insufficient_scope\", scope=\"a b\""
+        );
+        assert_eq!(
+            Denial::new(Reason::PolicyDenied, "x").www_authenticate(realm),
+            ""
+        );
+    }
+
+    #[test]
+    fn realm_cannot_break_out_of_the_quoted_string() {
+        let challenge =
+            Denial::new(Reason::MissingCredential, "x").www_authenticate("a\"b\r\nX-Evil: 1");
+        assert_eq!(challenge, "Bearer realm=\"abX-Evil: 1\"");
+    }
+
+    #[test]
+    fn statuses_follow_the_spec_table() {
+        assert_eq!(Reason::AmbiguousCredential.http_status(), 400);
+        assert_eq!(Reason::InsufficientScope.http_status(), 403);
+        assert_eq!(Reason::RateLimited.http_status(), 429);
+        assert_eq!(Reason::UpstreamUnavailable.http_status(), 503);
+        assert_eq!(Reason::Expired.http_status(), 401);
+        assert_eq!(Reason::Expired.as_str(), "EXPIRED");
+    }
+}

@@ -1,0 +1,237 @@
+//! The JWT verifier: routes a token to its issuer by `iss` (never by trying keys), finds the
+//! key by `kid` and algorithm (refetching a remote set once per cooldown for an unknown `kid`),
+//! checks the signature and the claims, and caches the verified result.
+//!
+//! The cache is keyed by the SHA-256 digest of the token, lives no longer than the token's
+//! `exp` or `cache.max_ttl`, and on every hit re-checks expiry, the requested audience, and
+//! that the signing key is still in the issuer's current key set.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use moka::sync::Cache;
+use serde_json::Value;
+
+use super::{
+    Algorithm, ClaimPolicy, VerifyingKey,
+    claims::CheckedClaims,
+    keys::{KeyLookup, KeySet},
+    parse_compact,
+};
+use crate::{
+    decision::{CredentialType, Denial, Principal, Reason},
+    keys::KeySource,
+};
+
+/// One trusted issuer: its `iss`, algorithms, claim policy and keys.
+#[derive(Debug)]
+pub struct IssuerVerifier {
+    pub name: String,
+    pub iss: String,
+    /// Allowed algorithms; empty means each key's own (single) algorithm.
+    pub algorithms: Vec<Algorithm>,
+    pub policy: ClaimPolicy,
+    pub keys: KeySource,
+}
+
+struct CachedToken {
+    issuer: Arc<IssuerVerifier>,
+    key: Arc<VerifyingKey>,
+    checked: CheckedClaims,
+    principal: Arc<Principal>,
+    ttl: Duration,
+}
+
+struct TtlFromEntry;
+
+impl moka::Expiry<[u8; 32], Arc<CachedToken>> for TtlFromEntry {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Arc<CachedToken>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// Verifies JWTs for every configured issuer.
+pub struct JwtVerifier {
+    by_iss: HashMap<String, Arc<IssuerVerifier>>,
+    cache: Cache<[u8; 32], Arc<CachedToken>>,
+    max_ttl: Duration,
+}
+
+impl JwtVerifier {
+    pub fn new(issuers: Vec<IssuerVerifier>, max_entries: u64, max_ttl: Duration) -> Self {
+        let by_iss = issuers
+            .into_iter()
+            .map(|issuer| (issuer.iss.clone(), Arc::new(issuer)))
+            .collect();
+        let cache = Cache::builder()
+            .max_capacity(max_entries)
+            .expire_after(TtlFromEntry)
+            .build();
+        Self {
+            by_iss,
+            cache,
+            max_ttl,
+        }
+    }
+
+    pub fn issuers(&self) -> impl Iterator<Item = &Arc<IssuerVerifier>> {
+        self.by_iss.values()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_iss.is_empty()
+    }
+
+    /// Verified tokens currently cached (approximate; for metrics and tests).
+    pub fn cached_tokens(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+
+    /// Verifies a compact JWS. `requested_audience` (may be empty) must be in `aud` too.
+    pub async fn verify(
+        &self,
+        token: &str,
+        requested_audience: &str,
+    ) -> Result<Arc<Principal>, Denial> {
+        let digest = token_digest(token);
+        let now = unix_now();
+        if let Some(cached) = self.cache.get(&digest) {
+            if cached.issuer.keys.current()?.contains(&cached.key) {
+                cached
+                    .issuer
+                    .policy
+                    .recheck(&cached.checked, now, requested_audience)?;
+                return Ok(cached.principal.clone());
+            }
+            self.cache.invalidate(&digest);
+        }
+
+        let token = parse_compact(token)?;
+        let iss = match token.claims.get("iss") {
+            Some(Value::String(iss)) => iss.as_str(),
+            Some(_) => return Err(Denial::new(Reason::InvalidClaims, "iss is not a string")),
+            None => {
+                return Err(Denial::new(
+                    Reason::InvalidClaims,
+                    "required claim iss is missing",
+                ));
+            }
+        };
+        let issuer = self.by_iss.get(iss).ok_or_else(|| {
+            Denial::new(Reason::UntrustedIssuer, "the token's issuer is not trusted")
+        })?;
+        if !issuer.algorithms.is_empty() && !issuer.algorithms.contains(&token.algorithm) {
+            return Err(disallowed(token.algorithm));
+        }
+
+        let keys = issuer.keys.current()?;
+        let key = match find_key(&keys, &token.kid, token.algorithm)? {
+            Some(key) => key,
+            None => refetch_and_find(issuer, &keys, &token.kid, token.algorithm).await?,
+        };
+        if !key.verify(token.signing_input.as_bytes(), token.signature) {
+            return Err(Denial::new(
+                Reason::InvalidSignature,
+                "signature does not verify",
+            ));
+        }
+        let checked =
+            issuer
+                .policy
+                .check(token.typ.as_deref(), &token.claims, now, requested_audience)?;
+
+        let key_id = token.kid.or_else(|| key.kid.clone()).unwrap_or_default();
+        let principal = Arc::new(Principal::new(
+            checked.subject.clone(),
+            issuer.name.clone(),
+            CredentialType::Jwt,
+            token.claims,
+            checked.scopes.clone(),
+            checked.expires_at,
+            key_id,
+        ));
+        let ttl = match checked.expires_at {
+            Some(exp) => {
+                Duration::from_secs(u64::try_from(exp - now).unwrap_or(0)).min(self.max_ttl)
+            }
+            None => self.max_ttl,
+        };
+        if !ttl.is_zero() {
+            self.cache.insert(
+                digest,
+                Arc::new(CachedToken {
+                    issuer: issuer.clone(),
+                    key,
+                    checked,
+                    principal: principal.clone(),
+                    ttl,
+                }),
+            );
+        }
+        Ok(principal)
+    }
+}
+
+fn disallowed(alg: Algorithm) -> Denial {
+    Denial::new(
+        Reason::DisallowedAlgorithm,
+        format!("algorithm {alg} is not allowed for this issuer or key"),
+    )
+}
+
+/// `Ok(None)`: the kid is unknown (a refetch may help).
+fn find_key(
+    keys: &KeySet,
+    kid: &Option<String>,
+    alg: Algorithm,
+) -> Result<Option<Arc<VerifyingKey>>, Denial> {
+    match keys.find(kid.as_deref(), alg) {
+        KeyLookup::Found(key) => Ok(Some(key.clone())),
+        KeyLookup::WrongAlgorithm => Err(disallowed(alg)),
+        KeyLookup::Ambiguous => Err(Denial::new(
+            Reason::UnknownKey,
+            "token has no kid and more than one key could have signed it",
+        )),
+        KeyLookup::NotFound => Ok(None),
+    }
+}
+
+async fn refetch_and_find(
+    issuer: &IssuerVerifier,
+    seen: &Arc<KeySet>,
+    kid: &Option<String>,
+    alg: Algorithm,
+) -> Result<Arc<VerifyingKey>, Denial> {
+    let unknown = || Denial::new(Reason::UnknownKey, "no key matches the token's kid");
+    let KeySource::Remote(remote) = &issuer.keys else {
+        return Err(unknown());
+    };
+    let Some(newer) = remote.refetch_for_unknown_kid(seen).await else {
+        return Err(unknown());
+    };
+    find_key(&newer, kid, alg)?.ok_or_else(unknown)
+}
+
+/// SHA-256 of a credential: the cache key, and the short digest logs may show.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,363 @@
+//! Remote key sets (SPEC §4 "JWKS cache"): OIDC discovery or a `jwks_uri`, fetched with the
+//! shared HTTP client and refreshed in the background at the Cache-Control max-age clamped to
+//! configured bounds. An unknown `kid` triggers at most one refetch per cooldown, shared by
+//! every waiting request (single-flight). A failed fetch or a bad document never replaces good
+//! keys; the last good set serves until it is older than `max_stale`.
+
+use std::{
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::{Mutex, watch};
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::{
+    config::JwksConfig,
+    decision::{Denial, Reason},
+    jwt::{Algorithm, KeySet},
+};
+
+/// Largest JWKS or discovery document accepted.
+const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+
+/// How a source finds its key set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Location {
+    /// `{issuer}/.well-known/openid-configuration`, then its `jwks_uri`.
+    Discovery {
+        issuer: String,
+    },
+    JwksUri(String),
+}
+
+/// Why one fetch failed. Never contains key material.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("request failed: {0}")]
+    Http(String),
+    #[error("unexpected HTTP status {0}")]
+    Status(u16),
+    #[error("document larger than {MAX_DOCUMENT_BYTES} bytes")]
+    TooLarge,
+    #[error("invalid discovery document: {0}")]
+    Discovery(String),
+    #[error(transparent)]
+    Keys(#[from] crate::jwt::KeyError),
+}
+
+/// Counters for metrics and tests.
+#[derive(Debug, Default)]
+pub struct FetchStats {
+    pub fetches: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+struct Loaded {
+    keys: Arc<KeySet>,
+    fetched_at: Instant,
+}
+
+/// One issuer's remotely fetched key set.
+pub struct RemoteKeySource {
+    issuer_name: String,
+    location: Location,
+    allowed: Vec<Algorithm>,
+    settings: JwksConfig,
+    client: reqwest::Client,
+    loaded: ArcSwapOption<Loaded>,
+    /// Serializes fetches (single-flight); holds the `jwks_uri` found by discovery.
+    fetch: Mutex<Option<String>>,
+    /// Milliseconds since `epoch` of the last fetch attempt, for the unknown-kid cooldown.
+    last_attempt_ms: AtomicU64,
+    attempted: AtomicBool,
+    epoch: Instant,
+    ready: watch::Sender<bool>,
+    pub stats: FetchStats,
+}
+
+impl std::fmt::Debug for RemoteKeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteKeySource")
+            .field("issuer", &self.issuer_name)
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemoteKeySource {
+    pub fn new(
+        issuer_name: String,
+        location: Location,
+        allowed: Vec<Algorithm>,
+        settings: JwksConfig,
+        client: reqwest::Client,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            issuer_name,
+            location,
+            allowed,
+            settings,
+            client,
+            loaded: ArcSwapOption::empty(),
+            fetch: Mutex::new(None),
+            last_attempt_ms: AtomicU64::new(0),
+            attempted: AtomicBool::new(false),
+            epoch: Instant::now(),
+            ready: watch::channel(false).0,
+            stats: FetchStats::default(),
+        })
+    }
+
+    /// Whether this source can be reused as is for a new config with these settings.
+    pub fn same_as(
+        &self,
+        location: &Location,
+        allowed: &[Algorithm],
+        settings: &JwksConfig,
+    ) -> bool {
+        &self.location == location && self.allowed == allowed && &self.settings == settings
+    }
+
+    /// Becomes true once a key set has loaded, and stays true.
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    /// The key set to verify with now: UPSTREAM_UNAVAILABLE before the first load and once the
+    /// last good set is older than `max_stale`.
+    pub fn current(&self) -> Result<Arc<KeySet>, Denial> {
+        let guard = self.loaded.load();
+        match guard.as_ref() {
+            Some(loaded) if loaded.fetched_at.elapsed() <= self.settings.max_stale => {
+                Ok(loaded.keys.clone())
+            }
+            Some(_) => Err(Denial::new(
+                Reason::UpstreamUnavailable,
+                "the issuer's keys could not be refreshed and are too old to use",
+            )),
+            None => Err(Denial::new(
+                Reason::UpstreamUnavailable,
+                "the issuer's keys have not been loaded yet",
+            )),
+        }
+    }
+
+    fn cooling_down(&self) -> bool {
+        if !self.attempted.load(Ordering::Acquire) {
+            return false;
+        }
+        let last = Duration::from_millis(self.last_attempt_ms.load(Ordering::Acquire));
+        self.epoch.elapsed().saturating_sub(last) < self.settings.refetch_cooldown
+    }
+
+    /// A token named a `kid` missing from `seen`. Refetches at most once per cooldown; callers
+    /// that arrive while a fetch runs wait for it and share its result. Returns the newer set,
+    /// or `None` when nothing newer could be had.
+    pub async fn refetch_for_unknown_kid(&self, seen: &Arc<KeySet>) -> Option<Arc<KeySet>> {
+        if self.cooling_down() {
+            return self.newer_than(seen);
+        }
+        let mut jwks_uri = self.fetch.lock().await;
+        if let Some(newer) = self.newer_than(seen) {
+            return Some(newer);
+        }
+        if self.cooling_down() {
+            return None;
+        }
+        self.fetch_locked(&mut jwks_uri).await.ok()?;
+        self.newer_than(seen)
+    }
+
+    fn newer_than(&self, seen: &Arc<KeySet>) -> Option<Arc<KeySet>> {
+        let guard = self.loaded.load();
+        let loaded = guard.as_ref()?;
+        (!Arc::ptr_eq(&loaded.keys, seen)).then(|| loaded.keys.clone())
+    }
+
+    /// Fetches now (waiting for any fetch in flight). Returns how long until the next refresh.
+    pub async fn refresh(&self) -> Result<Duration, FetchError> {
+        let mut jwks_uri = self.fetch.lock().await;
+        self.fetch_locked(&mut jwks_uri).await
+    }
+
+    async fn fetch_locked(&self, jwks_uri: &mut Option<String>) -> Result<Duration, FetchError> {
+        let since_epoch = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_attempt_ms.store(since_epoch, Ordering::Release);
+        self.attempted.store(true, Ordering::Release);
+        self.stats.fetches.fetch_add(1, Ordering::Relaxed);
+        let span = info_span!("jwks_fetch", issuer = %self.issuer_name);
+        let result = self.fetch_document(jwks_uri).instrument(span).await;
+        match result {
+            Ok((keys, max_age)) => {
+                debug!(issuer = %self.issuer_name, keys = keys.len(), "key set loaded");
+                self.loaded.store(Some(Arc::new(Loaded {
+                    keys: Arc::new(keys),
+                    fetched_at: Instant::now(),
+                })));
+                self.ready.send_replace(true);
+                Ok(self.next_refresh(max_age))
+            }
+            Err(err) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                if matches!(self.location, Location::Discovery { .. }) {
+                    *jwks_uri = None; // rediscover next time
+                }
+                warn!(issuer = %self.issuer_name, error = %err, "key set fetch failed; keeping the last good keys");
+                Err(err)
+            }
+        }
+    }
+
+    fn next_refresh(&self, max_age: Option<Duration>) -> Duration {
+        max_age
+            .unwrap_or(self.settings.max_refresh)
+            .clamp(self.settings.min_refresh, self.settings.max_refresh)
+    }
+
+    async fn fetch_document(
+        &self,
+        jwks_uri: &mut Option<String>,
+    ) -> Result<(KeySet, Option<Duration>), FetchError> {
+        let uri = match (&self.location, jwks_uri.as_ref()) {
+            (Location::JwksUri(uri), _) => uri.clone(),
+            (Location::Discovery { .. }, Some(found)) => found.clone(),
+            (Location::Discovery { issuer }, None) => {
+                let found = self.discover(issuer).await?;
+                *jwks_uri = Some(found.clone());
+                found
+            }
+        };
+        let (body, max_age) = self.get(&uri).await?;
+        let keys = KeySet::from_jwks(&body, &self.allowed, false)?;
+        Ok((keys, max_age))
+    }
+
+    async fn discover(&self, issuer: &str) -> Result<String, FetchError> {
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        );
+        let (body, _) = self.get(&url).await?;
+        let document: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|_| FetchError::Discovery("not JSON".to_owned()))?;
+        if document.get("issuer").and_then(|v| v.as_str()) != Some(issuer) {
+            return Err(FetchError::Discovery(
+                "its issuer does not match the configured issuer".to_owned(),
+            ));
+        }
+        let jwks_uri = document
+            .get("jwks_uri")
+            .and_then(|v| v.as_str())
+            .filter(|uri| uri.starts_with("https://") || uri.starts_with("http://"))
+            .ok_or_else(|| FetchError::Discovery("no http(s) jwks_uri".to_owned()))?;
+        Ok(jwks_uri.to_owned())
+    }
+
+    /// GET with the configured timeout and a size limit; returns the body and max-age.
+    async fn get(&self, url: &str) -> Result<(Vec<u8>, Option<Duration>), FetchError> {
+        let request = async {
+            let mut response = self
+                .client
+                .get(url)
+                .header(reqwest::header::ACCEPT, "application/json")
+                .send()
+                .await
+                .map_err(|err| FetchError::Http(err.without_url().to_string()))?;
+            if !response.status().is_success() {
+                return Err(FetchError::Status(response.status().as_u16()));
+            }
+            if response
+                .content_length()
+                .is_some_and(|len| len > MAX_DOCUMENT_BYTES as u64)
+            {
+                return Err(FetchError::TooLarge);
+            }
+            let max_age = response
+                .headers()
+                .get(reqwest::header::CACHE_CONTROL)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_max_age);
+            let mut body = Vec::new();
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(|err| FetchError::Http(err.without_url().to_string()))?
+            {
+                if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+                    return Err(FetchError::TooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok((body, max_age))
+        };
+        tokio::time::timeout(self.settings.timeout, request)
+            .await
+            .map_err(|_| FetchError::Http("timed out".to_owned()))?
+    }
+
+    /// Starts the background refresher. It stops when the source is dropped (config reload).
+    pub fn spawn_refresher(self: &Arc<Self>) {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut failures: u32 = 0;
+            loop {
+                let Some(source) = weak.upgrade() else { return };
+                let wait = match source.refresh().await {
+                    Ok(next) => {
+                        failures = 0;
+                        next
+                    }
+                    Err(_) => {
+                        failures = failures.saturating_add(1);
+                        // Retry quickly at first, backing off to min_refresh.
+                        let backoff =
+                            Duration::from_millis(250).saturating_mul(1 << failures.min(8));
+                        backoff.min(source.settings.min_refresh)
+                    }
+                };
+                drop(source);
+                tokio::time::sleep(wait).await;
+            }
+        });
+    }
+}
+
+/// `max-age` from a Cache-Control value; `no-store`/`no-cache` count as zero.
+fn parse_max_age(value: &str) -> Option<Duration> {
+    let mut max_age = None;
+    for directive in value.split(',') {
+        let directive = directive.trim().to_ascii_lowercase();
+        if directive == "no-store" || directive == "no-cache" {
+            return Some(Duration::ZERO);
+        }
+        if let Some(seconds) = directive.strip_prefix("max-age=") {
+            max_age = seconds
+                .trim_matches('"')
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_secs);
+        }
+    }
+    max_age
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_max_age() {
+        assert_eq!(
+            parse_max_age("public, max-age=600"),
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(parse_max_age("no-store"), Some(Duration::ZERO));
+        assert_eq!(parse_max_age("public"), None);
+        assert_eq!(parse_max_age("max-age=abc"), None);
+    }
+}

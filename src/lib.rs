@@ -1,0 +1,20 @@
+//! Portcullis: a gRPC token-validation service.
+//!
+//! A request enters at one surface (`portcullis.v1.Auth`), becomes one [`pipeline::RequestAttrs`],
+//! runs through one [`pipeline::Pipeline`], and leaves as one [`decision::Decision`] that the
+//! surface renders in its own wire format. Modules are public so that integration tests and
+//! benchmarks can drive them directly.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod credentials;
+pub mod decision;
+pub mod grpc;
+pub mod jwt;
+pub mod keys;
+pub mod pb;
+pub mod pipeline;
+pub mod reload;
+pub mod server;
+pub mod telemetry;

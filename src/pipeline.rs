@@ -1,0 +1,231 @@
+//! The one path every request takes: extract the credential, verify it, check what the
+//! request requires, and return a [`Decision`]. Surfaces only translate to and from it.
+//!
+//! A `Pipeline` is built from one validated config and is immutable; a config reload builds a
+//! new one (reusing remote key sources whose settings did not change) and swaps it in.
+
+use std::{collections::HashMap, sync::Arc};
+
+use crate::{
+    config::{Config, ConfigError, ConfigErrors, IssuerConfig, PublicKeyFile},
+    credentials::{self, Extracted},
+    decision::{Decision, Denial, Principal, Reason},
+    jwt::{self, Algorithm, ClaimPolicy, IssuerVerifier, JwtVerifier, KeySet},
+    keys::{KeySource, RemoteKeySource, jwks::Location},
+    pb,
+};
+
+/// One request, as every surface hands it to the pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestAttrs<'a> {
+    pub credential: Option<&'a pb::Credential>,
+    pub headers: &'a HashMap<String, String>,
+    /// Extra audience the token must carry (empty: none).
+    pub audience: &'a str,
+    pub required_scopes: &'a [String],
+}
+
+/// Verification and decision for one config generation.
+pub struct Pipeline {
+    pub config: Arc<Config>,
+    jwt: JwtVerifier,
+}
+
+/// Whether building may fetch from the network and start background tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildMode {
+    /// For serving: remote sources start refreshing.
+    Serve,
+    /// For `check-config`: static key material is loaded and checked, nothing is fetched.
+    Check,
+}
+
+impl Pipeline {
+    /// Builds the pipeline, loading static key material. `previous` lends remote key sources
+    /// whose location and settings are unchanged, so a reload does not refetch them.
+    pub fn build(
+        config: Config,
+        client: &reqwest::Client,
+        previous: Option<&Pipeline>,
+        mode: BuildMode,
+    ) -> Result<Self, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut issuers = Vec::with_capacity(config.issuers.len());
+        for (i, issuer) in config.issuers.iter().enumerate() {
+            let path = format!("issuers[{i}]");
+            match build_issuer(issuer, client, previous, mode) {
+                Ok(built) => issuers.push(built),
+                Err(message) => errors.push(ConfigError { path, message }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let jwt = JwtVerifier::new(issuers, config.cache.max_entries, config.cache.max_ttl);
+        Ok(Self {
+            config: Arc::new(config),
+            jwt,
+        })
+    }
+
+    /// Remote key sources, for readiness and metrics.
+    pub fn remote_sources(&self) -> impl Iterator<Item = &Arc<RemoteKeySource>> {
+        self.jwt.issuers().filter_map(|issuer| match &issuer.keys {
+            KeySource::Remote(remote) => Some(remote),
+            KeySource::Static(_) => None,
+        })
+    }
+
+    pub fn jwt(&self) -> &JwtVerifier {
+        &self.jwt
+    }
+
+    pub fn realm(&self) -> &str {
+        &self.config.response.realm
+    }
+
+    /// Verifies the request's credential.
+    pub async fn authenticate(&self, attrs: RequestAttrs<'_>) -> Result<Arc<Principal>, Denial> {
+        let credential =
+            credentials::extract(attrs.credential, attrs.headers, &self.config.credentials)?;
+        match credential {
+            Extracted::Bearer(_) if self.jwt.is_empty() => Err(Denial::new(
+                Reason::UnsupportedCredential,
+                "no token issuer is configured",
+            )),
+            Extracted::Bearer(token) if jwt::looks_like_jwt(token) => {
+                self.jwt.verify(token, attrs.audience).await
+            }
+            Extracted::Bearer(_) => Err(Denial::new(
+                Reason::MalformedCredential,
+                "bearer token is not a JWT and no introspection is configured",
+            )),
+            Extracted::ApiKey(_) => Err(Denial::new(
+                Reason::UnsupportedCredential,
+                "no API key store is configured",
+            )),
+            Extracted::Basic { .. } => Err(Denial::new(
+                Reason::UnsupportedCredential,
+                "no Basic credential store is configured",
+            )),
+        }
+    }
+
+    /// Verifies the credential and checks the required scopes.
+    pub async fn authorize(&self, attrs: RequestAttrs<'_>) -> Decision {
+        match self.authenticate(attrs).await {
+            Err(denial) => Decision::Deny {
+                denial,
+                principal: None,
+                rule: String::new(),
+            },
+            Ok(principal) => {
+                let missing = principal.missing_scopes(attrs.required_scopes);
+                if missing.is_empty() {
+                    Decision::Allow {
+                        principal: Some(principal),
+                        rule: String::new(),
+                    }
+                } else {
+                    Decision::Deny {
+                        denial: Denial::insufficient_scope(missing),
+                        principal: Some(principal),
+                        rule: "required_scopes".to_owned(),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
+    names.iter().map(|name| name.parse()).collect()
+}
+
+fn build_issuer(
+    issuer: &IssuerConfig,
+    client: &reqwest::Client,
+    previous: Option<&Pipeline>,
+    mode: BuildMode,
+) -> Result<IssuerVerifier, String> {
+    let algorithms = parse_algorithms(&issuer.algorithms)?;
+    let keys = build_key_source(issuer, &algorithms, client, previous, mode)?;
+    Ok(IssuerVerifier {
+        name: issuer.name.clone(),
+        iss: issuer.issuer.clone(),
+        algorithms,
+        policy: ClaimPolicy::from_config(issuer),
+        keys,
+    })
+}
+
+fn build_key_source(
+    issuer: &IssuerConfig,
+    algorithms: &[Algorithm],
+    client: &reqwest::Client,
+    previous: Option<&Pipeline>,
+    mode: BuildMode,
+) -> Result<KeySource, String> {
+    let location = if issuer.discovery {
+        Some(Location::Discovery {
+            issuer: issuer.issuer.clone(),
+        })
+    } else {
+        issuer.jwks_uri.clone().map(Location::JwksUri)
+    };
+    if let Some(location) = location {
+        let reused = previous.and_then(|p| {
+            p.remote_sources()
+                .find(|source| source.same_as(&location, algorithms, &issuer.jwks))
+                .cloned()
+        });
+        let source = reused.unwrap_or_else(|| {
+            let source = RemoteKeySource::new(
+                issuer.name.clone(),
+                location,
+                algorithms.to_vec(),
+                issuer.jwks.clone(),
+                client.clone(),
+            );
+            if mode == BuildMode::Serve {
+                source.spawn_refresher();
+            }
+            source
+        });
+        return Ok(KeySource::Remote(source));
+    }
+    let keys = if let Some(path) = &issuer.jwks_file {
+        let bytes = std::fs::read(path)
+            .map_err(|err| format!("cannot read jwks_file {}: {err}", path.display()))?;
+        KeySet::from_jwks(&bytes, algorithms, true)
+            .map_err(|err| format!("jwks_file {}: {err}", path.display()))?
+    } else if let Some(secret) = &issuer.hmac_secret {
+        let secret = secret
+            .resolve()
+            .map_err(|err| format!("hmac_secret: {err}"))?;
+        let algorithm = algorithms.first().copied().unwrap_or(Algorithm::HS256);
+        let key =
+            jwt::hmac_key(None, &secret, algorithm).map_err(|err| format!("hmac_secret: {err}"))?;
+        KeySet::from_keys(vec![key]).map_err(|err| err.to_string())?
+    } else {
+        let mut keys = Vec::with_capacity(issuer.public_key_files.len());
+        for file in &issuer.public_key_files {
+            let path = file.path();
+            let pem = std::fs::read(path)
+                .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+            let (kid, declared) = match file {
+                PublicKeyFile::Path(_) => (None, None),
+                PublicKeyFile::Detailed { kid, algorithm, .. } => (
+                    kid.clone(),
+                    algorithm.as_deref().map(str::parse).transpose()?,
+                ),
+            };
+            keys.push(
+                jwt::pem_key(&pem, kid, declared, algorithms)
+                    .map_err(|err| format!("{}: {err}", path.display()))?,
+            );
+        }
+        KeySet::from_keys(keys).map_err(|err| err.to_string())?
+    };
+    Ok(KeySource::Static(Arc::new(keys)))
+}

@@ -1,0 +1,293 @@
+//! Assembles the running service: the gRPC listener (Auth, health, reflection), the admin HTTP
+//! listener (`/healthz`, `/readyz`), the config watcher, readiness, and graceful shutdown.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use arc_swap::ArcSwap;
+use axum::{Router, extract::State, http::StatusCode, routing::get};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+use tracing::{error, info};
+
+use crate::{
+    config::{Config, ConfigErrors},
+    grpc::auth_service::AuthService,
+    pb,
+    pipeline::{BuildMode, Pipeline},
+    reload,
+};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(String),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// State shared by the surfaces, the admin endpoints and the reloader.
+pub struct Shared {
+    pub pipeline: Arc<ArcSwap<Pipeline>>,
+    pub client: reqwest::Client,
+    ready: watch::Sender<bool>,
+}
+
+impl Shared {
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+}
+
+/// A started server.
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl Running {
+    /// Stops accepting, reports NOT_SERVING, and waits for in-flight requests up to the
+    /// configured grace period.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        self.shutdown.send_replace(true);
+        match self.task.await {
+            Ok(result) => result,
+            Err(join) => {
+                error!(error = %join, "server task failed");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The shared outbound HTTP client (JWKS, discovery): rustls on aws-lc-rs, no proxies from
+/// the environment for loopback, bounded connect time.
+pub fn http_client() -> Result<reqwest::Client, ServeError> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|err| ServeError::HttpClient(err.to_string()))
+}
+
+/// Starts serving `config`. With `config_path`, the file and the key files it names are
+/// watched and valid changes are swapped in.
+pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, ServeError> {
+    let client = http_client()?;
+    let grace = config.server.shutdown_grace;
+    let grpc_listen = config.server.grpc_listen;
+    let admin_listen = config.server.admin_listen;
+    let pipeline = Pipeline::build(config, &client, None, BuildMode::Serve)?;
+    let shared = Arc::new(Shared {
+        pipeline: Arc::new(ArcSwap::from_pointee(pipeline)),
+        client,
+        ready: watch::channel(false).0,
+    });
+
+    let grpc_listener =
+        TcpListener::bind(grpc_listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: grpc_listen,
+                source,
+            })?;
+    let admin_listener =
+        TcpListener::bind(admin_listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: admin_listen,
+                source,
+            })?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind {
+            addr: grpc_listen,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind {
+            addr: admin_listen,
+            source,
+        })?;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health_reporter
+        .set_service_status(AUTH_SERVICE_NAME, ServingStatus::NotServing)
+        .await;
+    tokio::spawn(report_ready_when_keys_load(
+        shared.clone(),
+        health_reporter.clone(),
+    ));
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    if let Some(path) = config_path {
+        reload::spawn_watcher(path, shared.clone(), shutdown_rx.clone());
+    }
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|err| ServeError::HttpClient(err.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|err| ServeError::HttpClient(err.to_string()))?;
+
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(pb::auth_server::AuthServer::new(AuthService::new(
+            shared.pipeline.clone(),
+        )));
+
+    let admin = admin_router(shared.clone());
+    let task = tokio::spawn(run(
+        router,
+        grpc_listener,
+        admin,
+        admin_listener,
+        health_reporter,
+        shutdown_rx,
+        grace,
+    ));
+    info!(%grpc_addr, %admin_addr, "portcullis listening");
+    Ok(Running {
+        grpc_addr,
+        admin_addr,
+        shared,
+        shutdown: shutdown_tx,
+        task,
+    })
+}
+
+/// The gRPC service name the health service reports for.
+pub const AUTH_SERVICE_NAME: &str = "portcullis.v1.Auth";
+
+async fn run(
+    router: tonic::transport::server::Router,
+    grpc_listener: TcpListener,
+    admin: Router,
+    admin_listener: TcpListener,
+    health: tonic_health::server::HealthReporter,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) -> Result<(), ServeError> {
+    let mut stopping = shutdown.clone();
+    let stop_signal = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        health
+            .set_service_status(AUTH_SERVICE_NAME, ServingStatus::NotServing)
+            .await;
+        info!("shutting down: no new connections, draining in-flight requests");
+    };
+    let mut admin_stop = shutdown.clone();
+    let admin_task = tokio::spawn(async move {
+        let _ = axum::serve(admin_listener, admin)
+            .with_graceful_shutdown(async move {
+                let _ = admin_stop.wait_for(|stop| *stop).await;
+            })
+            .await;
+    });
+    let grpc =
+        router.serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stop_signal);
+    tokio::pin!(grpc);
+    let result = tokio::select! {
+        result = &mut grpc => result,
+        _ = async {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+            tokio::time::sleep(grace).await;
+        } => {
+            info!("grace period over; closing remaining connections");
+            Ok(())
+        }
+    };
+    admin_task.abort();
+    result.map_err(ServeError::from)
+}
+
+/// Sets SERVING once every remote key source has loaded once (static keys load at build).
+async fn report_ready_when_keys_load(
+    shared: Arc<Shared>,
+    health: tonic_health::server::HealthReporter,
+) {
+    let receivers: Vec<_> = shared
+        .pipeline
+        .load()
+        .remote_sources()
+        .map(|source| source.ready())
+        .collect();
+    for mut ready in receivers {
+        if ready.wait_for(|loaded| *loaded).await.is_err() {
+            return;
+        }
+    }
+    shared.ready.send_replace(true);
+    health.set_service_status("", ServingStatus::Serving).await;
+    health
+        .set_service_status(AUTH_SERVICE_NAME, ServingStatus::Serving)
+        .await;
+    info!("all key sources loaded; serving");
+}
+
+fn admin_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(shared)
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {
+    if shared.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "key sources not loaded yet\n",
+        )
+    }
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
