@@ -176,6 +176,10 @@ fn proto_value_to_json(value: &prost_types::Value) -> serde_json::Value {
     match &value.kind {
         None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
         Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
+        // Struct numbers are doubles; print whole numbers (timestamps) without a fraction.
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => {
+            serde_json::Value::from(*n as i64)
+        }
         Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n)
             .map(serde_json::Value::Number)
             .unwrap_or(serde_json::Value::Null),
@@ -194,7 +198,7 @@ mod tests {
 
     #[test]
     fn struct_round_trips_through_json() {
-        let json = serde_json::json!({"a": [1.0, "x", {"b": true}], "c": null});
+        let json = serde_json::json!({"a": [1, 2.5, "x", {"b": true}], "c": null});
         let serde_json::Value::Object(map) = &json else {
             unreachable!()
         };
