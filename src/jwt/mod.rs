@@ -12,7 +12,7 @@ use std::{fmt, str::FromStr};
 pub use claims::ClaimPolicy;
 pub use json::parse_strict_object;
 pub use keys::{KeyError, KeyLookup, KeySet, VerifyingKey, hmac_key, pem_key};
-pub use token::{ParsedToken, TokenError, looks_like_jwt, parse_compact};
+pub use token::{JwsParts, ParsedToken, TokenError, looks_like_jwt, parse_compact, parse_jws};
 pub use verifier::{IssuerVerifier, JwtVerifier, token_digest};
 
 /// The JWS algorithms Portcullis verifies. `none` is not among them and never will be.

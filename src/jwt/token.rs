@@ -57,8 +57,37 @@ pub fn looks_like_jwt(token: &str) -> bool {
     token.contains('.')
 }
 
-/// Parses a compact JWS, refusing anything ambiguous.
+/// The signature layer of a compact JWS: header checked, payload still encoded.
+#[derive(Debug)]
+pub struct JwsParts<'a> {
+    pub algorithm: Algorithm,
+    pub kid: Option<String>,
+    pub typ: Option<String>,
+    /// The decoded payload (base64url is checked here: a MAC over a mis-encoded payload
+    /// must not verify).
+    pub payload: Vec<u8>,
+    pub signing_input: &'a str,
+    pub signature: &'a str,
+}
+
+/// Parses a compact JWS with claims, refusing anything ambiguous.
 pub fn parse_compact(token: &str) -> Result<ParsedToken<'_>, TokenError> {
+    let parts = parse_jws(token)?;
+    let claims = parse_strict_object(&parts.payload).map_err(|_| {
+        TokenError::Malformed("claims are not a JSON object with unique member names")
+    })?;
+    Ok(ParsedToken {
+        algorithm: parts.algorithm,
+        kid: parts.kid,
+        typ: parts.typ,
+        claims,
+        signing_input: parts.signing_input,
+        signature: parts.signature,
+    })
+}
+
+/// Parses the JWS layer only (header, segments, signature encoding), whatever the payload.
+pub fn parse_jws(token: &str) -> Result<JwsParts<'_>, TokenError> {
     let segments = token.split('.').count();
     match segments {
         3 => {}
@@ -72,7 +101,7 @@ pub fn parse_compact(token: &str) -> Result<ParsedToken<'_>, TokenError> {
         .split_once('.')
         .ok_or(TokenError::Malformed("a JWT has exactly three segments"))?;
 
-    let header = decode_json_segment(header_b64, "header")?;
+    let header = decode_header(header_b64)?;
     if header.contains_key("enc") {
         return Err(TokenError::Encrypted);
     }
@@ -97,13 +126,15 @@ pub fn parse_compact(token: &str) -> Result<ParsedToken<'_>, TokenError> {
         return Err(TokenError::Malformed("header kid is too long"));
     }
     let typ = optional_string(&header, "typ", "header typ is not a string")?;
-    let claims = decode_json_segment(payload_b64, "claims")?;
+    let payload = URL_SAFE_NO_PAD
+        .decode(payload_b64)
+        .map_err(|_| TokenError::Malformed("payload is not valid base64url"))?;
     check_signature_encoding(signature)?;
-    Ok(ParsedToken {
+    Ok(JwsParts {
         algorithm,
         kid,
         typ,
-        claims,
+        payload,
         signing_input,
         signature,
     })
@@ -121,24 +152,12 @@ fn optional_string(
     }
 }
 
-fn decode_json_segment(
-    segment: &str,
-    which: &'static str,
-) -> Result<Map<String, Value>, TokenError> {
-    let bytes = URL_SAFE_NO_PAD.decode(segment).map_err(|_| {
-        TokenError::Malformed(if which == "header" {
-            "header is not valid base64url"
-        } else {
-            "claims are not valid base64url"
-        })
-    })?;
-    parse_strict_object(&bytes).map_err(|_| {
-        TokenError::Malformed(if which == "header" {
-            "header is not a JSON object with unique member names"
-        } else {
-            "claims are not a JSON object with unique member names"
-        })
-    })
+fn decode_header(segment: &str) -> Result<Map<String, Value>, TokenError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| TokenError::Malformed("header is not valid base64url"))?;
+    parse_strict_object(&bytes)
+        .map_err(|_| TokenError::Malformed("header is not a JSON object with unique member names"))
 }
 
 /// Validates the signature segment's base64url without allocating.
