@@ -1,0 +1,175 @@
+{{/*
+Chart name, truncated to the 63 characters of a DNS label.
+*/}}
+{{- define "portcullis.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name: <release>-<chart>, or the release name when it already contains the chart
+name. Truncated to 63 characters; suffixed names (-config, -headless, ...) stay valid
+because the suffixes are short and the base is cut to leave room for them.
+*/}}
+{{- define "portcullis.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Namespace for every namespaced resource.
+*/}}
+{{- define "portcullis.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Chart label value.
+*/}}
+{{- define "portcullis.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels naming the release's objects (server and test pods alike).
+*/}}
+{{- define "portcullis.baseLabels" -}}
+app.kubernetes.io/name: {{ include "portcullis.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Selector labels of the server pods: stable for the release's lifetime (Deployment
+selectors are immutable). The component label keeps the `helm test` pod out of the
+Service, the PodDisruptionBudget and the spread constraints.
+*/}}
+{{- define "portcullis.selectorLabels" -}}
+{{ include "portcullis.baseLabels" . }}
+app.kubernetes.io/component: server
+{{- end }}
+
+{{/*
+Common labels on every resource; each template adds app.kubernetes.io/component.
+*/}}
+{{- define "portcullis.labels" -}}
+helm.sh/chart: {{ include "portcullis.chart" . }}
+{{ include "portcullis.baseLabels" . }}
+app.kubernetes.io/version: {{ (default .Chart.AppVersion .Values.image.tag) | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: portcullis
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+ServiceAccount name.
+*/}}
+{{- define "portcullis.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "portcullis.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Image reference: repository@digest when a digest is set, else repository:tag.
+*/}}
+{{- define "portcullis.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Ports, derived from the listen addresses in config.server so the container ports,
+probes, Service and NetworkPolicy always agree with what the server binds.
+*/}}
+{{- define "portcullis.listenPort" -}}
+{{- $addr := toString .addr }}
+{{- $port := regexFind "[0-9]+$" $addr }}
+{{- if not $port }}
+{{- fail (printf "config.server.%s: %q has no port" .key $addr) }}
+{{- end }}
+{{- $port }}
+{{- end }}
+
+{{- define "portcullis.grpcPort" -}}
+{{- $server := .Values.config.server | default dict }}
+{{- include "portcullis.listenPort" (dict "addr" (get $server "grpc_listen" | default "0.0.0.0:50051") "key" "grpc_listen") }}
+{{- end }}
+
+{{- define "portcullis.adminPort" -}}
+{{- $server := .Values.config.server | default dict }}
+{{- include "portcullis.listenPort" (dict "addr" (get $server "admin_listen" | default "0.0.0.0:9090") "key" "admin_listen") }}
+{{- end }}
+
+{{/*
+"true" when the gRPC listener serves TLS (config.server.tls set and not empty).
+*/}}
+{{- define "portcullis.tlsEnabled" -}}
+{{- $server := .Values.config.server | default dict }}
+{{- if get $server "tls" }}true{{ end }}
+{{- end }}
+
+{{/*
+Probe handler kind: grpc or http.
+*/}}
+{{- define "portcullis.probeType" -}}
+{{- if eq .Values.probes.type "auto" }}
+{{- if include "portcullis.tlsEnabled" . }}http{{ else }}grpc{{ end }}
+{{- else }}
+{{- .Values.probes.type }}
+{{- end }}
+{{- end }}
+
+{{/*
+The file secrets the chart knows: values key -> directory under /etc/portcullis/secrets.
+*/}}
+{{- define "portcullis.fileSecrets" -}}
+apiKeys: api-keys
+htpasswd: htpasswd
+jwt: jwt
+tls: tls
+{{- end }}
+
+{{/*
+Name of the Secret behind secrets.<key>: the existing one, the chart's, or "" if none.
+Call with (dict "root" $ "key" "apiKeys").
+*/}}
+{{- define "portcullis.fileSecretName" -}}
+{{- $s := index .root.Values.secrets .key }}
+{{- $dir := index (include "portcullis.fileSecrets" .root | fromYaml) .key }}
+{{- if and $s.existingSecret $s.files }}
+{{- fail (printf "secrets.%s: set existingSecret or files, not both" .key) }}
+{{- end }}
+{{- if $s.existingSecret }}
+{{- $s.existingSecret }}
+{{- else if $s.files }}
+{{- printf "%s-%s" (include "portcullis.fullname" .root) $dir }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the Secret behind secrets.env, or "" if none.
+*/}}
+{{- define "portcullis.envSecretName" -}}
+{{- if and .Values.secrets.env.existingSecret .Values.secrets.env.values }}
+{{- fail "secrets.env: set existingSecret or values, not both" }}
+{{- end }}
+{{- if .Values.secrets.env.existingSecret }}
+{{- .Values.secrets.env.existingSecret }}
+{{- else if .Values.secrets.env.values }}
+{{- printf "%s-env" (include "portcullis.fullname" .) }}
+{{- end }}
+{{- end }}
