@@ -383,3 +383,52 @@ async fn readiness_waits_for_the_first_key_load() {
         None
     );
 }
+
+#[tokio::test]
+async fn shutdown_reports_not_serving_and_lets_in_flight_requests_finish() {
+    let key = TestKey::new(ES256, "k1");
+    let jwks = FakeJwks::start(JwksMode::Down).await;
+    jwks.serve(&[&key]);
+    let running = start(&config(
+        &jwks.url,
+        "{refetch_cooldown: 50ms, min_refresh: 1h, max_refresh: 1h, timeout: 1s}",
+    ))
+    .await;
+    wait_ready(&running).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", running.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest {
+            service: "portcullis.v1.Auth".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    jwks.set(JwksMode::Hang);
+    let mut client = portcullis::pb::auth_client::AuthClient::new(channel);
+    // In flight for about a second: its unknown kid waits on the hanging fetch.
+    let in_flight = tokio::spawn(async move {
+        reason(&authenticate(&mut client, &unknown_kid_token("slow")).await)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let shutdown = tokio::spawn(running.shutdown());
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        ServingStatus::NotServing as i32
+    );
+    assert_eq!(
+        in_flight.await.unwrap(),
+        Some(Reason::UnknownKey),
+        "the in-flight request got its answer"
+    );
+    shutdown.await.unwrap().unwrap();
+}

@@ -1,0 +1,293 @@
+//! The `portcullis` binary as users run it: `check-config` (exit 64 with every error),
+//! `serve` with SIGTERM (NOT_SERVING, drain, exit 0), `authenticate` and `token inspect`.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn check_config_reports_every_error_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "server:\n  grpc_listen: nonsense\nissuers:\n  - name: a\n    issuer: https://a.test\n    hmac_secret: tooshort\n    algorithms: [HS256]\n    colour: red\ncache:\n  max_ttl: forever\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in ["server.grpc_listen", "issuers[0].colour", "cache.max_ttl"] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected} in:\n{stderr}"
+        );
+    }
+    assert!(!stderr.contains("tooshort"), "a secret value was printed");
+
+    // Structure valid, but the HMAC secret is too short: found when key material is built.
+    std::fs::write(&path, "issuers:\n  - name: a\n    issuer: https://a.test\n    hmac_secret: env:PORTCULLIS_TEST_SHORT_SECRET\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("PORTCULLIS_TEST_SHORT_SECRET", "0123456789")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("at least 32 bytes"), "{stderr}");
+    assert!(!stderr.contains("0123456789"), "a secret value was printed");
+    let offline = Command::new(BIN)
+        .args(["check-config", "--offline", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        offline.status.code(),
+        Some(0),
+        "offline checks structure only"
+    );
+
+    let quickstart = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/quickstart.yaml");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", quickstart])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Server {
+    child: Child,
+    grpc: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve_quickstart() -> Server {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let grpc = free_port();
+    let admin = free_port();
+    let config = std::fs::read_to_string(format!("{dir}/examples/quickstart.yaml"))
+        .unwrap()
+        .replace("127.0.0.1:50051", &format!("127.0.0.1:{grpc}"))
+        .replace("127.0.0.1:9090", &format!("127.0.0.1:{admin}"))
+        .replace("examples/keys/", &format!("{dir}/examples/keys/"));
+    let path = std::env::temp_dir().join(format!("portcullis-cli-test-{grpc}.yaml"));
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while reqwest::blocking_ready(admin).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "server did not become ready"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Server { child, grpc }
+}
+
+mod reqwest {
+    /// A tiny readiness probe over std (no HTTP client needed for one GET).
+    pub fn blocking_ready(port: u16) -> Result<(), ()> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|_| ())?;
+        stream
+            .write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .map_err(|_| ())?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).map_err(|_| ())?;
+        if response.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+}
+
+fn quickstart_token(extra: &[&str]) -> String {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let mut args = vec![
+        "token",
+        "sign",
+        "--alg",
+        "ES256",
+        "--kid",
+        "quickstart-es256",
+        "--iss",
+        "https://quickstart.portcullis.invalid",
+        "--sub",
+        "alice",
+        "--aud",
+        "api://quickstart",
+        "--scope",
+        "orders:read",
+    ];
+    args.extend_from_slice(extra);
+    let out = Command::new(BIN)
+        .args(&args)
+        .arg("--key")
+        .arg(format!("{dir}/examples/keys/quickstart-es256.key.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn authenticate_cli_prints_json_and_sets_the_exit_code() {
+    let server = serve_quickstart();
+    let addr = format!("http://127.0.0.1:{}", server.grpc);
+    let token = quickstart_token(&["--claim", "roles=[\"admin\"]"]);
+
+    let out = Command::new(BIN)
+        .args(["authenticate", "--addr", &addr, "--token", &token])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["authenticated"], true);
+    assert_eq!(json["principal"]["subject"], "alice");
+    assert_eq!(json["principal"]["credential_type"], "JWT");
+    assert_eq!(json["principal"]["claims"]["roles"][0], "admin");
+
+    let header = format!("authorization:Bearer {token}x");
+    let out = Command::new(BIN)
+        .args(["authenticate", "--addr", &addr, "--header", &header])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["denial"]["reason"], "MALFORMED_CREDENTIAL");
+
+    let out = Command::new(BIN)
+        .args([
+            "authenticate",
+            "--addr",
+            &addr,
+            "--expect-reason",
+            "MISSING_CREDENTIAL",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let out = Command::new(BIN)
+        .args([
+            "authenticate",
+            "--addr",
+            "http://127.0.0.1:1",
+            "--timeout-seconds",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "unreachable server");
+}
+
+#[test]
+fn token_inspect_labels_the_output_unverified() {
+    let token = quickstart_token(&[]);
+    let out = Command::new(BIN)
+        .args(["token", "inspect", &token])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["verified"], false);
+    assert!(json["warning"].as_str().unwrap().contains("UNVERIFIED"));
+    assert_eq!(json["header"]["kid"], "quickstart-es256");
+    assert_eq!(json["claims"]["sub"], "alice");
+    let out = Command::new(BIN)
+        .args(["token", "inspect", "not-a-token"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn sigterm_reports_not_serving_drains_and_exits_zero() {
+    let mut server = serve_quickstart();
+    let addr = format!("http://127.0.0.1:{}", server.grpc);
+    let token = quickstart_token(&[]);
+    let out = Command::new(BIN)
+        .args(["authenticate", "--addr", &addr, "--token", &token])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = server.child.stderr.take().unwrap();
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    let logs: Vec<String> = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    assert!(logs.iter().any(|l| l.contains("shutting down")), "{logs:?}");
+    assert!(
+        logs.iter().all(|l| !l.contains(&token[token.len() - 20..])),
+        "no token in logs"
+    );
+    let _ = now(); // support is shared with other test crates
+}
