@@ -154,7 +154,7 @@ impl KeySet {
         allowed: &[Algorithm],
         symmetric: bool,
     ) -> Result<Self, KeyError> {
-        let document = parse_strict_object(bytes).map_err(|err| KeyError::InvalidDocument(err))?;
+        let document = parse_strict_object(bytes).map_err(KeyError::InvalidDocument)?;
         let Some(Value::Array(entries)) = document.get("keys") else {
             return Err(KeyError::InvalidDocument("no \"keys\" array".to_owned()));
         };
