@@ -1,0 +1,70 @@
+//! Micro-benchmarks of the JWT verify path, per algorithm: the signature check alone, a full
+//! uncached verification (parse, key lookup, signature, claims, principal), and a cache hit.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::{hint::black_box, sync::Arc, time::Duration};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use jsonwebtoken::Algorithm::*;
+use portcullis::{
+    config::IssuerConfig,
+    jwt::{ClaimPolicy, IssuerVerifier, JwtVerifier, KeyLookup, KeySet, parse_jws},
+    keys::KeySource,
+};
+use support::{TestKey, claims, jwks};
+
+const ISS: &str = "https://bench.test";
+const AUD: &str = "api://bench";
+
+fn verifier(key: &TestKey, max_ttl: Duration) -> JwtVerifier {
+    let keys = KeySet::from_jwks(jwks(&[key]).to_string().as_bytes(), &[], true).unwrap();
+    let config: IssuerConfig = serde_yaml::from_str(&format!(
+        "{{name: bench, issuer: '{ISS}', jwks_file: unused, audiences: ['{AUD}']}}"
+    ))
+    .unwrap();
+    let issuer = IssuerVerifier {
+        name: "bench".into(),
+        iss: ISS.into(),
+        algorithms: Vec::new(),
+        policy: ClaimPolicy::from_config(&config),
+        keys: KeySource::Static(Arc::new(keys)),
+    };
+    JwtVerifier::new(vec![issuer], 10_000, max_ttl)
+}
+
+fn bench_verify(c: &mut Criterion) {
+    for alg in [RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384, HS512] {
+        let key = TestKey::new(alg, "bench");
+        let token = key.sign(&claims(ISS, AUD));
+        let name = format!("{alg:?}");
+
+        let keys = KeySet::from_jwks(jwks(&[&key]).to_string().as_bytes(), &[], true).unwrap();
+        let parts = parse_jws(&token).unwrap();
+        let KeyLookup::Found(verifying) = keys.find(parts.kid.as_deref(), parts.algorithm) else {
+            panic!("key found")
+        };
+        c.bench_function(&format!("signature/{name}"), |b| {
+            b.iter(|| assert!(verifying.verify(black_box(parts.signing_input.as_bytes()), black_box(parts.signature))))
+        });
+
+        let uncached = verifier(&key, Duration::ZERO);
+        c.bench_function(&format!("verify_uncached/{name}"), |b| {
+            b.iter(|| futures::executor::block_on(uncached.verify(black_box(&token), "")).unwrap())
+        });
+
+        let cached = verifier(&key, Duration::from_secs(300));
+        futures::executor::block_on(cached.verify(&token, "")).unwrap();
+        c.bench_function(&format!("verify_cached/{name}"), |b| {
+            b.iter(|| futures::executor::block_on(cached.verify(black_box(&token), "")).unwrap())
+        });
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500)).sample_size(30);
+    targets = bench_verify
+}
+criterion_main!(benches);
