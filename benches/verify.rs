@@ -35,7 +35,9 @@ fn verifier(key: &TestKey, max_ttl: Duration) -> JwtVerifier {
 }
 
 fn bench_verify(c: &mut Criterion) {
-    for alg in [RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384, HS512] {
+    for alg in [
+        RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384, HS512,
+    ] {
         let key = TestKey::new(alg, "bench");
         let token = key.sign(&claims(ISS, AUD));
         let name = format!("{alg:?}");
@@ -46,7 +48,12 @@ fn bench_verify(c: &mut Criterion) {
             panic!("key found")
         };
         c.bench_function(&format!("signature/{name}"), |b| {
-            b.iter(|| assert!(verifying.verify(black_box(parts.signing_input.as_bytes()), black_box(parts.signature))))
+            b.iter(|| {
+                assert!(verifying.verify(
+                    black_box(parts.signing_input.as_bytes()),
+                    black_box(parts.signature)
+                ))
+            })
         });
 
         let uncached = verifier(&key, Duration::ZERO);
