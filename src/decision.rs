@@ -203,6 +203,19 @@ impl CredentialType {
         self.to_proto().as_str_name()
     }
 
+    /// Parses a SPEC name such as `API_KEY`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            CredentialType::Jwt,
+            CredentialType::OpaqueToken,
+            CredentialType::ApiKey,
+            CredentialType::Basic,
+            CredentialType::ClientCertificate,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == name)
+    }
+
     pub fn to_proto(self) -> pb::CredentialType {
         match self {
             CredentialType::Jwt => pb::CredentialType::Jwt,
@@ -228,6 +241,9 @@ pub struct Principal {
     pub expires_at: Option<i64>,
     pub key_id: String,
     proto: pb::Principal,
+    /// The principal as Envoy dynamic metadata, built on first use by an ext_authz Check and
+    /// then reused for as long as the principal is cached.
+    envoy_metadata: std::sync::OnceLock<envoy_types::pb::google::protobuf::Value>,
 }
 
 impl Principal {
@@ -258,7 +274,64 @@ impl Principal {
             expires_at,
             key_id,
             proto,
+            envoy_metadata: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The principal as an Envoy `google.protobuf.Value` (a struct), built once.
+    pub fn envoy_metadata(&self) -> &envoy_types::pb::google::protobuf::Value {
+        self.envoy_metadata.get_or_init(|| {
+            use prost::Message;
+            // Both types are google.protobuf.Value: build it once with prost-types, transcode.
+            let as_struct = prost_types::Struct {
+                fields: [
+                    (
+                        "subject",
+                        prost_types::value::Kind::StringValue(self.subject.clone()),
+                    ),
+                    (
+                        "issuer",
+                        prost_types::value::Kind::StringValue(self.issuer.clone()),
+                    ),
+                    (
+                        "credential_type",
+                        prost_types::value::Kind::StringValue(
+                            self.credential_type.as_str().to_owned(),
+                        ),
+                    ),
+                    (
+                        "key_id",
+                        prost_types::value::Kind::StringValue(self.key_id.clone()),
+                    ),
+                    (
+                        "scopes",
+                        prost_types::value::Kind::ListValue(prost_types::ListValue {
+                            values: self
+                                .scopes
+                                .iter()
+                                .map(|s| prost_types::Value {
+                                    kind: Some(prost_types::value::Kind::StringValue(s.clone())),
+                                })
+                                .collect(),
+                        }),
+                    ),
+                    (
+                        "claims",
+                        prost_types::value::Kind::StructValue(
+                            self.proto.claims.clone().unwrap_or_default(),
+                        ),
+                    ),
+                ]
+                .into_iter()
+                .map(|(k, kind)| (k.to_owned(), prost_types::Value { kind: Some(kind) }))
+                .collect(),
+            };
+            let value = prost_types::Value {
+                kind: Some(prost_types::value::Kind::StructValue(as_struct)),
+            };
+            envoy_types::pb::google::protobuf::Value::decode(value.encode_to_vec().as_slice())
+                .unwrap_or_default()
+        })
     }
 
     /// The protobuf form, built once at verification time.
@@ -280,8 +353,11 @@ impl Principal {
 #[derive(Debug, Clone)]
 pub enum Decision {
     Allow {
+        /// None for an anonymous (public-route) allow.
         principal: Option<Arc<Principal>>,
         rule: String,
+        /// Identity headers to set upstream (`response.claims_to_headers`).
+        upstream_headers: Vec<(String, String)>,
     },
     Deny {
         denial: Denial,

@@ -15,6 +15,8 @@ pub mod jwt;
 pub mod keys;
 pub mod pb;
 pub mod pipeline;
+pub mod policy;
 pub mod reload;
 pub mod server;
 pub mod telemetry;
+pub mod upstream;

@@ -13,6 +13,8 @@ use crate::{
     jwt::{self, Algorithm, ClaimPolicy, IssuerVerifier, JwtVerifier, KeySet},
     keys::{KeySource, RemoteKeySource, jwks::Location},
     pb,
+    policy::{Policy, Resource, Verdict},
+    upstream::UpstreamHeaders,
 };
 
 /// One request, as every surface hands it to the pipeline.
@@ -23,12 +25,18 @@ pub struct RequestAttrs<'a> {
     /// Extra audience the token must carry (empty: none).
     pub audience: &'a str,
     pub required_scopes: &'a [String],
+    /// An `access_token` found in the URL query string (ext_authz): refused unless a rule
+    /// that matches the request allows query credentials (RFC 6750 §2.3).
+    pub query_credential: Option<&'a str>,
+    pub resource: Resource<'a>,
 }
 
 /// Verification and decision for one config generation.
 pub struct Pipeline {
     pub config: Arc<Config>,
     jwt: JwtVerifier,
+    policy: Policy,
+    upstream: UpstreamHeaders,
 }
 
 /// Whether building may fetch from the network and start background tasks.
@@ -58,13 +66,21 @@ impl Pipeline {
                 Err(message) => errors.push(ConfigError { path, message }),
             }
         }
+        let policy = Policy::build(&config.authorization)
+            .map_err(|mut rule_errors| errors.append(&mut rule_errors));
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
+        let Ok(policy) = policy else {
+            return Err(ConfigErrors(errors));
+        };
         let jwt = JwtVerifier::new(issuers, config.cache.max_entries, config.cache.max_ttl);
+        let upstream = UpstreamHeaders::new(&config.response.claims_to_headers);
         Ok(Self {
             config: Arc::new(config),
             jwt,
+            policy,
+            upstream,
         })
     }
 
@@ -84,10 +100,28 @@ impl Pipeline {
         &self.config.response.realm
     }
 
+    /// Every header name an allow can set upstream (ext_authz strips incoming copies).
+    pub fn upstream_header_names(&self) -> impl Iterator<Item = &str> {
+        self.upstream.names()
+    }
+
     /// Verifies the request's credential.
     pub async fn authenticate(&self, attrs: RequestAttrs<'_>) -> Result<Arc<Principal>, Denial> {
-        let credential =
-            credentials::extract(attrs.credential, attrs.headers, &self.config.credentials)?;
+        let extracted =
+            credentials::extract(attrs.credential, attrs.headers, &self.config.credentials);
+        let credential = match (extracted, attrs.query_credential) {
+            (Ok(found), None) => found,
+            (Ok(_), Some(_)) => {
+                return Err(Denial::new(
+                    Reason::AmbiguousCredential,
+                    "more than one credential presented",
+                ));
+            }
+            (Err(denial), Some(token)) if denial.reason == Reason::MissingCredential => {
+                Extracted::Bearer(token)
+            }
+            (Err(denial), _) => return Err(denial),
+        };
         match credential {
             Extracted::Bearer(_) if self.jwt.is_empty() => Err(Denial::new(
                 Reason::UnsupportedCredential,
@@ -111,30 +145,57 @@ impl Pipeline {
         }
     }
 
-    /// Verifies the credential and checks the required scopes.
+    /// Verifies the credential, checks the required scopes and applies the policy.
     pub async fn authorize(&self, attrs: RequestAttrs<'_>) -> Decision {
-        match self.authenticate(attrs).await {
-            Err(denial) => Decision::Deny {
-                denial,
-                principal: None,
-                rule: String::new(),
-            },
-            Ok(principal) => {
-                let missing = principal.missing_scopes(attrs.required_scopes);
-                if missing.is_empty() {
-                    Decision::Allow {
-                        principal: Some(principal),
-                        rule: String::new(),
-                    }
-                } else {
-                    Decision::Deny {
-                        denial: Denial::insufficient_scope(missing),
-                        principal: Some(principal),
-                        rule: "required_scopes".to_owned(),
-                    }
-                }
-            }
+        if attrs.query_credential.is_some()
+            && !self.policy.allows_query_credentials(&attrs.resource)
+        {
+            return deny(
+                Denial::new(
+                    Reason::MalformedCredential,
+                    "credentials in the URL query string are refused (RFC 6750 section 2.3)",
+                ),
+                None,
+                String::new(),
+            );
         }
+        let principal = match self.authenticate(attrs).await {
+            Ok(principal) => principal,
+            Err(denial) => {
+                return match self.policy.anonymous_rule(&attrs.resource) {
+                    Some(rule) if denial.reason != Reason::UpstreamUnavailable => Decision::Allow {
+                        principal: None,
+                        rule: rule.name.clone(),
+                        upstream_headers: Vec::new(),
+                    },
+                    _ => deny(denial, None, String::new()),
+                };
+            }
+        };
+        let missing = principal.missing_scopes(attrs.required_scopes);
+        if !missing.is_empty() {
+            return deny(
+                Denial::insufficient_scope(missing),
+                Some(principal),
+                "required_scopes".to_owned(),
+            );
+        }
+        match self.policy.decide(Some(&principal), &attrs.resource) {
+            Verdict::Allow { rule } => Decision::Allow {
+                upstream_headers: self.upstream.render(&principal),
+                principal: Some(principal),
+                rule,
+            },
+            Verdict::Deny { denial, rule } => deny(denial, Some(principal), rule),
+        }
+    }
+}
+
+fn deny(denial: Denial, principal: Option<Arc<Principal>>, rule: String) -> Decision {
+    Decision::Deny {
+        denial,
+        principal,
+        rule,
     }
 }
 

@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use axum::{Router, extract::State, http::StatusCode, routing::get};
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
@@ -12,7 +13,7 @@ use tracing::{error, info};
 
 use crate::{
     config::{Config, ConfigErrors},
-    grpc::auth_service::AuthService,
+    grpc::{auth_service::AuthService, ext_authz::ExtAuthzService},
     pb,
     pipeline::{BuildMode, Pipeline},
     reload,
@@ -155,6 +156,9 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(pb::auth_server::AuthServer::new(AuthService::new(
+            shared.pipeline.clone(),
+        )))
+        .add_service(AuthorizationServer::new(ExtAuthzService::new(
             shared.pipeline.clone(),
         )));
 

@@ -114,7 +114,7 @@ async fn authorize_checks_required_scopes_and_audience() {
     let path = dir.path().join("jwks.json");
     write(&path, &jwks(&[&key]).to_string());
     let running = start(&format!(
-        "issuers:\n  - name: a\n    issuer: https://a.test\n    jwks_file: {}\n",
+        "issuers:\n  - name: a\n    issuer: https://a.test\n    jwks_file: {}\nauthorization:\n  rules:\n    - name: any-authenticated\n",
         path.display()
     ))
     .await;

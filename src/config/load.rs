@@ -90,6 +90,7 @@ pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
             }),
             "credentials" => section(value, name, &mut errors).map(|v| config.credentials = v),
             "cache" => section(value, name, &mut errors).map(|v| config.cache = v),
+            "authorization" => section(value, name, &mut errors).map(|v| config.authorization = v),
             "response" => section(value, name, &mut errors).map(|v| config.response = v),
             "telemetry" => section(value, name, &mut errors).map(|v| config.telemetry = v),
             other => {
@@ -229,8 +230,92 @@ fn validate(config: &Config, positions: &[usize], errors: &mut Vec<ConfigError>)
             ));
         }
     }
+    validate_rules(config, errors);
+    validate_headers(config, errors);
     if let Err(err) = tracing_subscriber::EnvFilter::try_new(&config.telemetry.log_level) {
         errors.push(error("telemetry.log_level", err.to_string()));
+    }
+}
+
+/// Rule checks that need the whole config (issuer names); patterns and CEL are compiled by
+/// `policy::Policy::build`, which reports its errors with the rule's name.
+fn validate_rules(config: &Config, errors: &mut Vec<ConfigError>) {
+    let mut names = std::collections::HashSet::new();
+    for (i, rule) in config.authorization.rules.iter().enumerate() {
+        let path = format!("authorization.rules[{i}]");
+        if rule.name.trim().is_empty() {
+            errors.push(error(format!("{path}.name"), "must not be empty"));
+        } else if !names.insert(rule.name.as_str()) {
+            errors.push(error(
+                format!("{path}.name"),
+                format!("duplicate rule name {:?}", rule.name),
+            ));
+        }
+        for (j, issuer) in rule.require.issuers.iter().enumerate() {
+            if !config.issuers.iter().any(|known| &known.name == issuer) {
+                errors.push(error(
+                    format!("{path}.require.issuers[{j}]"),
+                    format!("rule {:?} names unknown issuer {issuer:?}", rule.name),
+                ));
+            }
+        }
+        for (j, kind) in rule.require.credential_types.iter().enumerate() {
+            if crate::decision::CredentialType::from_name(kind).is_none() {
+                errors.push(error(
+                    format!("{path}.require.credential_types[{j}]"),
+                    format!("rule {:?}: unknown credential type {kind:?} (JWT, OPAQUE_TOKEN, API_KEY, BASIC, CLIENT_CERTIFICATE)", rule.name),
+                ));
+            }
+        }
+        if rule.anonymous && rule.effect == Effect::Deny {
+            errors.push(error(
+                format!("{path}.anonymous"),
+                format!(
+                    "rule {:?}: an anonymous rule must have effect allow",
+                    rule.name
+                ),
+            ));
+        }
+    }
+}
+
+/// Upstream header names must be valid lower-case tokens and must not be hop-by-hop or
+/// credential headers.
+fn validate_headers(config: &Config, errors: &mut Vec<ConfigError>) {
+    let mut seen = std::collections::HashSet::new();
+    for (claim, header) in &config.response.claims_to_headers {
+        let path = format!("response.claims_to_headers.{claim}");
+        let valid = !header.is_empty()
+            && header
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !valid {
+            errors.push(error(
+                &path,
+                format!("{header:?} is not a lower-case header name"),
+            ));
+        } else if matches!(
+            header.as_str(),
+            "authorization"
+                | "cookie"
+                | "host"
+                | "connection"
+                | "content-length"
+                | "transfer-encoding"
+                | "te"
+                | "upgrade"
+        ) || header.starts_with(':')
+        {
+            errors.push(error(
+                &path,
+                format!("{header:?} cannot be set from claims"),
+            ));
+        } else if !seen.insert(header.as_str()) {
+            errors.push(error(
+                &path,
+                format!("header {header:?} is set from two claims"),
+            ));
+        }
     }
 }
 

@@ -14,6 +14,7 @@ pub struct Config {
     pub issuers: Vec<IssuerConfig>,
     pub credentials: CredentialsConfig,
     pub cache: CacheConfig,
+    pub authorization: AuthorizationConfig,
     pub response: ResponseConfig,
     pub telemetry: TelemetryConfig,
 }
@@ -172,17 +173,118 @@ impl Default for CacheConfig {
     }
 }
 
+/// Policy rules (SPEC §5). Default deny.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct AuthorizationConfig {
+    /// What happens when no rule applies to a request.
+    pub default: Effect,
+    pub rules: Vec<RuleConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    Allow,
+    #[default]
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleMode {
+    #[default]
+    Enforce,
+    /// Evaluated, logged and counted, never enforced.
+    Shadow,
+}
+
+/// One rule: where it applies (`match`), what it requires, and its effect.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct RuleConfig {
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub matches: MatchConfig,
+    #[serde(default)]
+    pub require: RequireConfig,
+    #[serde(default = "default_rule_effect")]
+    pub effect: Effect,
+    #[serde(default)]
+    pub mode: RuleMode,
+    /// Public route: allowed without a credential (a valid one is still reported).
+    #[serde(default)]
+    pub anonymous: bool,
+    /// Accept an `access_token` query parameter on matching requests (RFC 6750 §2.3; off:
+    /// query strings end up in logs).
+    #[serde(default)]
+    pub allow_query_credentials: bool,
+}
+
+fn default_rule_effect() -> Effect {
+    Effect::Allow
+}
+
+/// Where a rule applies. Every field set must match; globs use `*`, `?`, `**`, `{a,b}`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct MatchConfig {
+    pub grpc: GrpcMatchConfig,
+    pub http: HttpMatchConfig,
+    /// Exact values of Envoy `context_extensions` (or Authorize `resource.attributes`).
+    pub context_extensions: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct GrpcMatchConfig {
+    /// Fully-qualified service globs, e.g. `acme.orders.v1.*`.
+    pub services: Vec<String>,
+    /// Method name globs, e.g. `Get*`.
+    pub methods: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct HttpMatchConfig {
+    /// Host globs (port ignored, case-insensitive), e.g. `*.example.com`.
+    pub hosts: Vec<String>,
+    /// HTTP methods (case-insensitive).
+    pub methods: Vec<String>,
+    /// Path globs; `*` stays within a segment, `**` crosses segments.
+    pub paths: Vec<String>,
+}
+
+/// What a request must prove for a rule to hold. Every field set must hold.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct RequireConfig {
+    /// Any of: JWT, OPAQUE_TOKEN, API_KEY, BASIC, CLIENT_CERTIFICATE.
+    pub credential_types: Vec<String>,
+    /// Any of these issuer (or store) names.
+    pub issuers: Vec<String>,
+    pub scopes_all: Vec<String>,
+    pub scopes_any: Vec<String>,
+    /// Dotted claim path -> expected value. Equality; for an array claim, membership; an
+    /// expected list means any of its values.
+    pub claims: std::collections::BTreeMap<String, serde_json::Value>,
+    /// A CEL expression over `claims`, `principal` and `request`; must yield true.
+    pub cel: Option<String>,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct ResponseConfig {
     /// The realm named in `WWW-Authenticate` challenges.
     pub realm: String,
+    /// Dotted claim path -> upstream header name, set on allow (ext_authz, Authorize).
+    pub claims_to_headers: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for ResponseConfig {
     fn default() -> Self {
         Self {
             realm: "portcullis".to_owned(),
+            claims_to_headers: Default::default(),
         }
     }
 }

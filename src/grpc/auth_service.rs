@@ -11,6 +11,7 @@ use crate::{
     decision::{Decision, Denial},
     pb::{self, AuthenticateRequest, AuthenticateResponse, AuthorizeRequest, AuthorizeResponse},
     pipeline::{Pipeline, RequestAttrs},
+    policy::{Resource, normalize_path},
 };
 
 /// Largest number of headers accepted in one request message.
@@ -53,6 +54,8 @@ impl pb::auth_server::Auth for AuthService {
             headers: &request.headers,
             audience: &request.audience,
             required_scopes: &[],
+            query_credential: None,
+            resource: Resource::default(),
         };
         let response = match pipeline.authenticate(attrs).await {
             Ok(principal) => AuthenticateResponse {
@@ -79,19 +82,34 @@ impl pb::auth_server::Auth for AuthService {
         let request = request.get_ref();
         check_headers(request.headers.len())?;
         let pipeline = self.pipeline.load_full();
+        let resource = request.resource.as_ref();
+        let path = normalize_path(resource.map_or("", |r| r.path.as_str()));
         let attrs = RequestAttrs {
             credential: request.credential.as_ref(),
             headers: &request.headers,
             audience: &request.audience,
             required_scopes: &request.required_scopes,
+            query_credential: None,
+            resource: Resource {
+                grpc_service: resource.map_or("", |r| r.grpc_service.as_str()),
+                grpc_method: resource.map_or("", |r| r.grpc_method.as_str()),
+                http_method: resource.map_or("", |r| r.http_method.as_str()),
+                host: resource.map_or("", |r| r.host.as_str()),
+                path: &path,
+                context_extensions: resource.map(|r| &r.attributes),
+            },
         };
         let response = match pipeline.authorize(attrs).await {
-            Decision::Allow { principal, rule } => AuthorizeResponse {
+            Decision::Allow {
+                principal,
+                rule,
+                upstream_headers,
+            } => AuthorizeResponse {
                 allowed: true,
                 principal: principal.map(|p| p.proto().clone()),
                 denial: None,
                 rule,
-                upstream_headers: Default::default(),
+                upstream_headers: upstream_headers.into_iter().collect(),
             },
             Decision::Deny {
                 denial,

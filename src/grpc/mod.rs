@@ -2,3 +2,4 @@
 //! renders the pipeline's answer; no credential logic lives here.
 
 pub mod auth_service;
+pub mod ext_authz;

@@ -1,0 +1,169 @@
+//! Response shaping for allowed requests: upstream identity headers built from the principal
+//! (`response.claims_to_headers`), encoded so that no value can carry CR, LF, NUL or any other
+//! control character into a header, and the full list of header names Portcullis may set
+//! (which ext_authz strips from incoming requests so callers cannot spoof identity).
+
+use serde_json::Value;
+
+use crate::decision::Principal;
+
+/// Where one upstream header's value comes from.
+#[derive(Debug, Clone)]
+enum Source {
+    Subject,
+    Issuer,
+    CredentialType,
+    KeyId,
+    Scopes,
+    Claim(Vec<String>),
+}
+
+/// The configured claims-to-headers mapping, parsed once.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamHeaders {
+    mappings: Vec<(Source, String)>,
+}
+
+impl UpstreamHeaders {
+    /// `mapping`: dotted claim path (or `principal.subject|issuer|credential_type|key_id|scopes`)
+    /// to a lower-case header name.
+    pub fn new<'a>(mapping: impl IntoIterator<Item = (&'a String, &'a String)>) -> Self {
+        let mappings = mapping
+            .into_iter()
+            .map(|(path, header)| {
+                let source = match path.as_str() {
+                    "principal.subject" => Source::Subject,
+                    "principal.issuer" => Source::Issuer,
+                    "principal.credential_type" => Source::CredentialType,
+                    "principal.key_id" => Source::KeyId,
+                    "principal.scopes" => Source::Scopes,
+                    claim => Source::Claim(claim.split('.').map(str::to_owned).collect()),
+                };
+                (source, header.clone())
+            })
+            .collect();
+        Self { mappings }
+    }
+
+    /// Every header name this mapping can set.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.mappings.iter().map(|(_, header)| header.as_str())
+    }
+
+    /// The headers to set for `principal`; a claim that is absent sets nothing.
+    pub fn render(&self, principal: &Principal) -> Vec<(String, String)> {
+        let mut headers = Vec::with_capacity(self.mappings.len());
+        for (source, header) in &self.mappings {
+            let value = match source {
+                Source::Subject => Some(encode_text(&principal.subject)),
+                Source::Issuer => Some(encode_text(&principal.issuer)),
+                Source::CredentialType => Some(principal.credential_type.as_str().to_owned()),
+                Source::KeyId => Some(encode_text(&principal.key_id)),
+                Source::Scopes => Some(encode_text(&principal.scopes.join(" "))),
+                Source::Claim(path) => lookup(&principal.claims, path).and_then(encode_value),
+            };
+            if let Some(value) = value.filter(|v| !v.is_empty()) {
+                headers.push((header.clone(), value));
+            }
+        }
+        headers
+    }
+}
+
+fn lookup<'a>(claims: &'a serde_json::Map<String, Value>, path: &[String]) -> Option<&'a Value> {
+    let (first, rest) = path.split_first()?;
+    rest.iter()
+        .try_fold(claims.get(first)?, |value, segment| value.get(segment))
+}
+
+/// Scalars as text; arrays and objects as compact JSON; null as nothing.
+fn encode_value(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(text) => Some(encode_text(text)),
+        Value::Bool(_) | Value::Number(_) => Some(value.to_string()),
+        Value::Array(_) | Value::Object(_) => serde_json::to_string(value)
+            .ok()
+            .map(|json| encode_text(&json)),
+    }
+}
+
+/// Printable ASCII passes through; every other byte (controls, DEL, non-ASCII UTF-8) is
+/// percent-encoded, so CR, LF and NUL can never reach a header.
+pub fn encode_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if (0x20..0x7f).contains(&byte) && byte != b'%' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::CredentialType;
+    use serde_json::json;
+
+    #[test]
+    fn values_are_encoded_safely() {
+        let Value::Object(claims) = json!({
+            "email": "a@example.com",
+            "evil": "x\r\nX-Injected: 1\u{0}",
+            "name": "José",
+            "roles": ["a", "b\nc"],
+            "org": {"id": 7},
+            "n": 3,
+            "none": null,
+        }) else {
+            unreachable!()
+        };
+        let principal = Principal::new(
+            "alice".into(),
+            "corp".into(),
+            CredentialType::Jwt,
+            claims,
+            vec!["r".into(), "w".into()],
+            None,
+            "k".into(),
+        );
+        let mapping: Vec<(String, String)> = [
+            ("email", "x-email"),
+            ("evil", "x-evil"),
+            ("name", "x-name"),
+            ("roles", "x-roles"),
+            ("org.id", "x-org"),
+            ("n", "x-n"),
+            ("none", "x-none"),
+            ("missing", "x-missing"),
+            ("principal.subject", "x-user"),
+            ("principal.scopes", "x-scopes"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        let headers = UpstreamHeaders::new(mapping.iter().map(|(a, b)| (a, b))).render(&principal);
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(h, _)| h == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("x-email"), Some("a@example.com"));
+        assert_eq!(get("x-evil"), Some("x%0D%0AX-Injected: 1%00"));
+        assert_eq!(get("x-name"), Some("Jos%C3%A9"));
+        assert_eq!(get("x-roles"), Some(r#"["a","b\nc"]"#));
+        assert_eq!(get("x-org"), Some("7"));
+        assert_eq!(get("x-n"), Some("3"));
+        assert_eq!(get("x-none"), None);
+        assert_eq!(get("x-missing"), None);
+        assert_eq!(get("x-user"), Some("alice"));
+        assert_eq!(get("x-scopes"), Some("r w"));
+        for (_, value) in &headers {
+            assert!(!value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0));
+        }
+    }
+}
