@@ -73,8 +73,6 @@ PENDING_SPEC_KEYS = {
     "issuers[].introspection",
     "api_keys",
     "basic",
-    "authorization",
-    "response.claims_to_headers",
     "telemetry.otlp_endpoint",
 }
 
