@@ -4,16 +4,17 @@
 //! A `Pipeline` is built from one validated config and is immutable; a config reload builds a
 //! new one (reusing remote key sources whose settings did not change) and swaps it in.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use crate::{
     config::{Config, ConfigError, ConfigErrors, IssuerConfig, PublicKeyFile},
     credentials::{self, Extracted},
-    decision::{Decision, Denial, Principal, Reason},
+    decision::{CredentialType, Decision, Denial, Principal, Reason},
     jwt::{self, Algorithm, ClaimPolicy, IssuerVerifier, JwtVerifier, KeySet},
     keys::{KeySource, RemoteKeySource, jwks::Location},
     pb,
     policy::{Policy, Resource, Verdict},
+    telemetry::metrics::{METRICS, Surface},
     upstream::UpstreamHeaders,
 };
 
@@ -105,8 +106,37 @@ impl Pipeline {
         self.upstream.names()
     }
 
+    /// Decides one request from `surface` and records it once: span fields, metrics, and an
+    /// audit log line for a denial. `Authenticate` verifies only; the others apply the policy.
+    pub async fn run(&self, surface: Surface, attrs: RequestAttrs<'_>) -> Decision {
+        let started = Instant::now();
+        let mut seen = None;
+        let decision = match surface {
+            Surface::authenticate => match self.authenticate_seen(attrs, &mut seen).await {
+                Ok(principal) => Decision::Allow {
+                    principal: Some(principal),
+                    rule: String::new(),
+                    upstream_headers: Vec::new(),
+                },
+                Err(denial) => deny(denial, None, String::new()),
+            },
+            Surface::authorize | Surface::ext_authz => self.authorize(attrs, &mut seen).await,
+        };
+        record(surface, &decision, seen, started);
+        decision
+    }
+
     /// Verifies the request's credential.
     pub async fn authenticate(&self, attrs: RequestAttrs<'_>) -> Result<Arc<Principal>, Denial> {
+        self.authenticate_seen(attrs, &mut None).await
+    }
+
+    /// Verifies the request's credential, noting in `seen` which credential it was.
+    async fn authenticate_seen<'a>(
+        &self,
+        attrs: RequestAttrs<'a>,
+        seen: &mut Option<Seen<'a>>,
+    ) -> Result<Arc<Principal>, Denial> {
         let extracted =
             credentials::extract(attrs.credential, attrs.headers, &self.config.credentials);
         let credential = match (extracted, attrs.query_credential) {
@@ -122,6 +152,16 @@ impl Pipeline {
             }
             (Err(denial), _) => return Err(denial),
         };
+        *seen = Some(Seen::of(credential));
+        self.verify(credential, attrs).await
+    }
+
+    /// Verifies one extracted credential with the verifier for its kind.
+    async fn verify(
+        &self,
+        credential: Extracted<'_>,
+        attrs: RequestAttrs<'_>,
+    ) -> Result<Arc<Principal>, Denial> {
         match credential {
             Extracted::Bearer(_) if self.jwt.is_empty() => Err(Denial::new(
                 Reason::UnsupportedCredential,
@@ -146,7 +186,11 @@ impl Pipeline {
     }
 
     /// Verifies the credential, checks the required scopes and applies the policy.
-    pub async fn authorize(&self, attrs: RequestAttrs<'_>) -> Decision {
+    async fn authorize<'a>(
+        &self,
+        attrs: RequestAttrs<'a>,
+        seen: &mut Option<Seen<'a>>,
+    ) -> Decision {
         if attrs.query_credential.is_some()
             && !self.policy.allows_query_credentials(&attrs.resource)
         {
@@ -159,7 +203,7 @@ impl Pipeline {
                 String::new(),
             );
         }
-        let principal = match self.authenticate(attrs).await {
+        let principal = match self.authenticate_seen(attrs, seen).await {
             Ok(principal) => principal,
             Err(denial) => {
                 return match self.policy.anonymous_rule(&attrs.resource) {
@@ -189,6 +233,99 @@ impl Pipeline {
             Verdict::Deny { denial, rule } => deny(denial, Some(principal), rule),
         }
     }
+}
+
+/// The credential a request presented, for telemetry: its kind, and the text a short digest
+/// is taken from when the request is denied (for Basic, the user name only: a digest of a
+/// password would be guessable).
+#[derive(Debug, Clone, Copy)]
+struct Seen<'a> {
+    kind: CredentialType,
+    digest_of: &'a str,
+}
+
+impl<'a> Seen<'a> {
+    fn of(credential: Extracted<'a>) -> Self {
+        match credential {
+            Extracted::Bearer(token) if jwt::looks_like_jwt(token) => Seen {
+                kind: CredentialType::Jwt,
+                digest_of: token,
+            },
+            Extracted::Bearer(token) => Seen {
+                kind: CredentialType::OpaqueToken,
+                digest_of: token,
+            },
+            Extracted::ApiKey(key) => Seen {
+                kind: CredentialType::ApiKey,
+                digest_of: key,
+            },
+            Extracted::Basic { username, .. } => Seen {
+                kind: CredentialType::Basic,
+                digest_of: username,
+            },
+        }
+    }
+}
+
+/// Records a decided request once: span fields, metrics and, for a denial, an audit line.
+fn record(surface: Surface, decision: &Decision, seen: Option<Seen<'_>>, started: Instant) {
+    let span = tracing::Span::current();
+    let (allowed, reason, principal, rule) = match decision {
+        Decision::Allow {
+            principal, rule, ..
+        } => (true, None, principal.as_ref(), rule),
+        Decision::Deny {
+            denial,
+            principal,
+            rule,
+        } => (false, Some(denial), principal.as_ref(), rule),
+    };
+    let credential_type = principal
+        .map(|p| p.credential_type)
+        .or(seen.map(|s| s.kind));
+    span.record("decision", if allowed { "allow" } else { "deny" });
+    if let Some(denial) = reason {
+        span.record("reason", denial.reason.as_str());
+    }
+    if let Some(kind) = credential_type {
+        span.record("credential_type", kind.as_str());
+    }
+    if let Some(principal) = principal {
+        span.record("issuer", principal.issuer.as_str());
+    }
+    if !rule.is_empty() {
+        span.record("rule", rule.as_str());
+    }
+    METRICS.record_request(
+        surface,
+        allowed,
+        reason.map(|d| d.reason),
+        credential_type,
+        started.elapsed().as_secs_f64(),
+    );
+    if let Some(denial) = reason {
+        let digest = seen.map(|s| short_digest(s.digest_of)).unwrap_or_default();
+        tracing::info!(
+            target: "portcullis::audit",
+            surface = ?surface,
+            reason = denial.reason.as_str(),
+            rule = rule.as_str(),
+            subject = principal.map_or("", |p| p.subject.as_str()),
+            credential_type = credential_type.map_or("", CredentialType::as_str),
+            credential_digest = digest.as_str(),
+            message = denial.message.as_str(),
+            "request denied"
+        );
+    }
+}
+
+/// The first 8 bytes of the SHA-256 of a credential, hex: enough to correlate log lines,
+/// useless for recovering a high-entropy credential.
+pub fn short_digest(credential: &str) -> String {
+    jwt::token_digest(credential)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn deny(denial: Denial, principal: Option<Arc<Principal>>, rule: String) -> Decision {

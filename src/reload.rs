@@ -18,6 +18,7 @@ use crate::{
     config::{self, Config},
     pipeline::{BuildMode, Pipeline},
     server::Shared,
+    telemetry::metrics::{METRICS, ResultLabels},
 };
 
 /// Files whose contents make up the running config.
@@ -108,12 +109,20 @@ pub fn spawn_watcher(
             }
             match reload_now(&config_path, &shared) {
                 ReloadOutcome::Applied => {
+                    METRICS
+                        .config_reloads
+                        .get_or_create(&ResultLabels { result: "success" })
+                        .inc();
                     info!("configuration reloaded");
                     files = watched_files(&config_path, &shared.pipeline.load().config);
                     dirs = watch_dirs(&mut watcher, &files, &dirs);
                     last = fingerprint(&files);
                 }
                 ReloadOutcome::Refused(errors) => {
+                    METRICS
+                        .config_reloads
+                        .get_or_create(&ResultLabels { result: "failure" })
+                        .inc();
                     error!(errors = %errors, "configuration change refused; the previous configuration keeps serving");
                     last = now;
                 }

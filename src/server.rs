@@ -260,6 +260,7 @@ fn admin_router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(shared)
 }
 
@@ -272,6 +273,32 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str)
             "key sources not loaded yet\n",
         )
     }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl axum::response::IntoResponse {
+    let metrics = &crate::telemetry::metrics::METRICS;
+    for source in shared.pipeline.load().remote_sources() {
+        let labels = crate::telemetry::metrics::IssuerLabels {
+            issuer: source.issuer_name().to_owned(),
+        };
+        if let Some((keys, age)) = source.key_set_status() {
+            metrics
+                .jwks_keys
+                .get_or_create(&labels)
+                .set(i64::try_from(keys).unwrap_or(i64::MAX));
+            metrics
+                .jwks_key_age
+                .get_or_create(&labels)
+                .set(age.as_secs_f64());
+        }
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(),
+    )
 }
 
 /// Waits for SIGTERM or SIGINT.

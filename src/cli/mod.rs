@@ -73,8 +73,15 @@ fn serve(path: PathBuf) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    crate::telemetry::init(&config.telemetry);
     runtime().block_on(async move {
+        // Inside the runtime: the OTLP exporter needs it.
+        let telemetry = match crate::telemetry::init(&config.telemetry) {
+            Ok(guard) => guard,
+            Err(err) => {
+                eprintln!("portcullis: {err}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
+        };
         let running = match server::start(config, Some(path)).await {
             Ok(running) => running,
             Err(server::ServeError::Config(errors)) => {
@@ -87,7 +94,9 @@ fn serve(path: PathBuf) -> ExitCode {
             }
         };
         server::wait_for_signal().await;
-        match running.shutdown().await {
+        let result = running.shutdown().await;
+        telemetry.flush();
+        match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("portcullis: {err}");

@@ -232,6 +232,14 @@ fn validate(config: &Config, positions: &[usize], errors: &mut Vec<ConfigError>)
     }
     validate_rules(config, errors);
     validate_headers(config, errors);
+    if let Some(endpoint) = &config.telemetry.otlp_endpoint
+        && !is_http_url(endpoint)
+    {
+        errors.push(error(
+            "telemetry.otlp_endpoint",
+            "must be an http(s) URL such as http://otel-collector:4317",
+        ));
+    }
     if let Err(err) = tracing_subscriber::EnvFilter::try_new(&config.telemetry.log_level) {
         errors.push(error("telemetry.log_level", err.to_string()));
     }

@@ -303,6 +303,8 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// A tracing filter such as `info` or `portcullis=debug`; `RUST_LOG` overrides it.
     pub log_level: String,
+    /// OTLP/gRPC collector for traces, e.g. `http://otel-collector:4317`; unset: no export.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for TelemetryConfig {
@@ -310,6 +312,7 @@ impl Default for TelemetryConfig {
         Self {
             log_format: LogFormat::Json,
             log_level: "info".to_owned(),
+            otlp_endpoint: None,
         }
     }
 }

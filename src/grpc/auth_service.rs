@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tonic::{Request, Response, Status};
-use tracing::info;
+use tracing::Instrument;
 
 use crate::{
-    decision::{Decision, Denial},
+    decision::Decision,
     pb::{self, AuthenticateRequest, AuthenticateResponse, AuthorizeRequest, AuthorizeResponse},
     pipeline::{Pipeline, RequestAttrs},
     policy::{Resource, normalize_path},
+    telemetry::{self, metrics::Surface},
 };
 
 /// Largest number of headers accepted in one request message.
@@ -36,16 +37,14 @@ fn check_headers(count: usize) -> Result<(), Status> {
     Ok(())
 }
 
-fn log_denial(rpc: &'static str, denial: &Denial) {
-    info!(rpc, reason = %denial.reason, message = %denial.message, "request denied");
-}
-
 #[tonic::async_trait]
 impl pb::auth_server::Auth for AuthService {
     async fn authenticate(
         &self,
         request: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
+        let span = telemetry::request_span("authenticate");
+        telemetry::set_parent_from_metadata(&span, request.metadata());
         let request = request.get_ref();
         check_headers(request.headers.len())?;
         let pipeline = self.pipeline.load_full();
@@ -57,20 +56,21 @@ impl pb::auth_server::Auth for AuthService {
             query_credential: None,
             resource: Resource::default(),
         };
-        let response = match pipeline.authenticate(attrs).await {
-            Ok(principal) => AuthenticateResponse {
+        let decision = pipeline
+            .run(Surface::authenticate, attrs)
+            .instrument(span)
+            .await;
+        let response = match decision {
+            Decision::Allow { principal, .. } => AuthenticateResponse {
                 authenticated: true,
-                principal: Some(principal.proto().clone()),
+                principal: principal.map(|p| p.proto().clone()),
                 denial: None,
             },
-            Err(denial) => {
-                log_denial("Authenticate", &denial);
-                AuthenticateResponse {
-                    authenticated: false,
-                    principal: None,
-                    denial: Some(denial.to_proto(pipeline.realm())),
-                }
-            }
+            Decision::Deny { denial, .. } => AuthenticateResponse {
+                authenticated: false,
+                principal: None,
+                denial: Some(denial.to_proto(pipeline.realm())),
+            },
         };
         Ok(Response::new(response))
     }
@@ -79,6 +79,8 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<AuthorizeRequest>,
     ) -> Result<Response<AuthorizeResponse>, Status> {
+        let span = telemetry::request_span("authorize");
+        telemetry::set_parent_from_metadata(&span, request.metadata());
         let request = request.get_ref();
         check_headers(request.headers.len())?;
         let pipeline = self.pipeline.load_full();
@@ -99,7 +101,11 @@ impl pb::auth_server::Auth for AuthService {
                 context_extensions: resource.map(|r| &r.attributes),
             },
         };
-        let response = match pipeline.authorize(attrs).await {
+        let response = match pipeline
+            .run(Surface::authorize, attrs)
+            .instrument(span)
+            .await
+        {
             Decision::Allow {
                 principal,
                 rule,
@@ -115,16 +121,13 @@ impl pb::auth_server::Auth for AuthService {
                 denial,
                 principal,
                 rule,
-            } => {
-                log_denial("Authorize", &denial);
-                AuthorizeResponse {
-                    allowed: false,
-                    principal: principal.map(|p| p.proto().clone()),
-                    denial: Some(denial.to_proto(pipeline.realm())),
-                    rule,
-                    upstream_headers: Default::default(),
-                }
-            }
+            } => AuthorizeResponse {
+                allowed: false,
+                principal: principal.map(|p| p.proto().clone()),
+                denial: Some(denial.to_proto(pipeline.realm())),
+                rule,
+                upstream_headers: Default::default(),
+            },
         };
         Ok(Response::new(response))
     }

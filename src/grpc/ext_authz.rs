@@ -19,12 +19,13 @@ use envoy_types::{
     pb::google::{protobuf, rpc},
 };
 use tonic::{Request, Response, Status};
-use tracing::info;
+use tracing::Instrument;
 
 use crate::{
     decision::{Decision, Denial, Reason},
     pipeline::{Pipeline, RequestAttrs},
     policy::{Resource, normalize_path},
+    telemetry::{self, metrics::Surface},
 };
 
 pub struct ExtAuthzService {
@@ -46,8 +47,22 @@ impl Authorization for ExtAuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        let span = telemetry::request_span("ext_authz");
+        if !telemetry::set_parent_from_metadata(&span, request.metadata())
+            && let Some(headers) = request
+                .get_ref()
+                .attributes
+                .as_ref()
+                .and_then(|a| a.request.as_ref())
+                .and_then(|r| r.http.as_ref())
+                .map(|h| &h.headers)
+        {
+            telemetry::set_remote_parent(&span, headers);
+        }
         let pipeline = self.pipeline.load_full();
-        Ok(Response::new(check(&pipeline, request.get_ref()).await))
+        Ok(Response::new(
+            check(&pipeline, request.get_ref()).instrument(span).await,
+        ))
     }
 }
 
@@ -114,7 +129,7 @@ pub async fn check(pipeline: &Pipeline, request: &CheckRequest) -> CheckResponse
             context_extensions: attributes.map(|a| &a.context_extensions),
         },
     };
-    match pipeline.authorize(attrs).await {
+    match pipeline.run(Surface::ext_authz, attrs).await {
         Decision::Allow {
             principal,
             rule,
@@ -152,10 +167,7 @@ pub async fn check(pipeline: &Pipeline, request: &CheckRequest) -> CheckResponse
                 })),
             }
         }
-        Decision::Deny { denial, rule, .. } => {
-            info!(surface = "ext_authz", reason = %denial.reason, rule = %rule, message = %denial.message, "request denied");
-            denied(&denial, &rule, pipeline.realm())
-        }
+        Decision::Deny { denial, rule, .. } => denied(&denial, &rule, pipeline.realm()),
     }
 }
 

@@ -24,6 +24,7 @@ use super::{
 use crate::{
     decision::{CredentialType, Denial, Principal, Reason},
     keys::KeySource,
+    telemetry::metrics::METRICS,
 };
 
 /// One trusted issuer: its `iss`, algorithms, claim policy and keys.
@@ -104,7 +105,9 @@ impl JwtVerifier {
     ) -> Result<Arc<Principal>, Denial> {
         let digest = token_digest(token);
         let now = unix_now();
-        if let Some(cached) = self.cache.get(&digest) {
+        let cached = self.cache.get(&digest);
+        METRICS.record_cache("jwt", cached.is_some());
+        if let Some(cached) = cached {
             if cached.issuer.keys.current()?.contains(&cached.key) {
                 cached
                     .issuer

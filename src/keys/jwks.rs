@@ -20,6 +20,7 @@ use crate::{
     config::JwksConfig,
     decision::{Denial, Reason},
     jwt::{Algorithm, KeySet},
+    telemetry::metrics::{FetchLabels, METRICS},
 };
 
 /// Largest JWKS or discovery document accepted.
@@ -123,6 +124,19 @@ impl RemoteKeySource {
         &self.location == location && self.allowed == allowed && &self.settings == settings
     }
 
+    /// The configured issuer name (metric label).
+    pub fn issuer_name(&self) -> &str {
+        &self.issuer_name
+    }
+
+    /// Keys in the current set and time since it was fetched, once loaded.
+    pub fn key_set_status(&self) -> Option<(usize, Duration)> {
+        let guard = self.loaded.load();
+        guard
+            .as_ref()
+            .map(|loaded| (loaded.keys.len(), loaded.fetched_at.elapsed()))
+    }
+
     /// Becomes true once a key set has loaded, and stays true.
     pub fn ready(&self) -> watch::Receiver<bool> {
         self.ready.subscribe()
@@ -192,6 +206,14 @@ impl RemoteKeySource {
         self.stats.fetches.fetch_add(1, Ordering::Relaxed);
         let span = info_span!("jwks_fetch", issuer = %self.issuer_name);
         let result = self.fetch_document(jwks_uri).instrument(span).await;
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        METRICS
+            .jwks_fetches
+            .get_or_create(&FetchLabels {
+                issuer: self.issuer_name.clone(),
+                result: outcome,
+            })
+            .inc();
         match result {
             Ok((keys, max_age)) => {
                 debug!(issuer = %self.issuer_name, keys = keys.len(), "key set loaded");

@@ -20,6 +20,7 @@ use matcher::{Globs, Matcher};
 use crate::{
     config::{AuthorizationConfig, ConfigError, Effect, RuleConfig, RuleMode},
     decision::{CredentialType, Denial, Principal, Reason},
+    telemetry::metrics::{METRICS, Outcome, ShadowLabels},
 };
 
 /// What a request accesses, as the policy sees it.
@@ -128,6 +129,18 @@ impl Policy {
                 Verdict::Deny { rule, .. } => ("deny", rule),
             };
             if rule != DEFAULT_RULE {
+                let outcome = if decision == "allow" {
+                    Outcome::allow
+                } else {
+                    Outcome::deny
+                };
+                METRICS
+                    .shadow_decisions
+                    .get_or_create(&ShadowLabels {
+                        rule: rule.clone(),
+                        decision: outcome,
+                    })
+                    .inc();
                 info!(shadow_rule = %rule, shadow_decision = decision, "shadow rule evaluated (not enforced)");
             }
         }

@@ -1,0 +1,203 @@
+//! Prometheus metrics (SPEC §8), served as text on the admin port at `/metrics`. Names are
+//! `portcullis_*` with units; every label value comes from a closed set (surfaces, decisions,
+//! reason codes, credential types) or from configuration (issuer and rule names).
+
+use std::sync::LazyLock;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+
+use crate::decision::{CredentialType, Reason};
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Surface {
+    authenticate,
+    authorize,
+    ext_authz,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Outcome {
+    allow,
+    deny,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub surface: Surface,
+    pub decision: Outcome,
+    /// A SPEC reason code, or `none` for an allow.
+    pub reason: &'static str,
+    /// A SPEC credential type, or `none` when no credential was found.
+    pub credential_type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SurfaceLabels {
+    pub surface: Surface,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub cache: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssuerLabels {
+    pub issuer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetchLabels {
+    pub issuer: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowLabels {
+    pub rule: String,
+    pub decision: Outcome,
+}
+
+/// Every metric Portcullis exports.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<SurfaceLabels, Histogram>,
+    pub cache_lookups: Family<CacheLabels, Counter>,
+    pub jwks_fetches: Family<FetchLabels, Counter>,
+    pub jwks_keys: Family<IssuerLabels, Gauge>,
+    pub jwks_key_age: Family<IssuerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub config_reloads: Family<ResultLabels, Counter>,
+    pub shadow_decisions: Family<ShadowLabels, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 25 µs .. ~1.6 s
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.000_025, 2.0, 17,
+    ))
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("portcullis");
+        let requests = Family::default();
+        registry.register(
+            "requests",
+            "Requests by surface, decision, reason and credential type",
+            requests.clone(),
+        );
+        let request_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register_with_unit(
+            "request_duration",
+            "Time to decide one request",
+            Unit::Seconds,
+            request_duration.clone(),
+        );
+        let cache_lookups = Family::default();
+        registry.register(
+            "cache_lookups",
+            "Verified-credential cache lookups by cache and result (hit, miss)",
+            cache_lookups.clone(),
+        );
+        let jwks_fetches = Family::default();
+        registry.register(
+            "jwks_fetches",
+            "JWKS and discovery fetches by issuer and result (success, failure)",
+            jwks_fetches.clone(),
+        );
+        let jwks_keys = Family::default();
+        registry.register(
+            "jwks_keys",
+            "Keys in each issuer's current remote key set",
+            jwks_keys.clone(),
+        );
+        let jwks_key_age = Family::default();
+        registry.register_with_unit(
+            "jwks_key_set_age",
+            "Time since each issuer's key set was last fetched successfully",
+            Unit::Seconds,
+            jwks_key_age.clone(),
+        );
+        let config_reloads = Family::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads by result (success, failure)",
+            config_reloads.clone(),
+        );
+        let shadow_decisions = Family::default();
+        registry.register(
+            "shadow_decisions",
+            "Decisions of shadow-mode rules (logged, not enforced)",
+            shadow_decisions.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            request_duration,
+            cache_lookups,
+            jwks_fetches,
+            jwks_keys,
+            jwks_key_age,
+            config_reloads,
+            shadow_decisions,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts one decided request.
+    pub fn record_request(
+        &self,
+        surface: Surface,
+        allowed: bool,
+        reason: Option<Reason>,
+        credential_type: Option<CredentialType>,
+        seconds: f64,
+    ) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                surface,
+                decision: if allowed {
+                    Outcome::allow
+                } else {
+                    Outcome::deny
+                },
+                reason: reason.map_or("none", Reason::as_str),
+                credential_type: credential_type.map_or("none", CredentialType::as_str),
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&SurfaceLabels { surface })
+            .observe(seconds);
+    }
+
+    pub fn record_cache(&self, cache: &'static str, hit: bool) {
+        self.cache_lookups
+            .get_or_create(&CacheLabels {
+                cache,
+                result: if hit { "hit" } else { "miss" },
+            })
+            .inc();
+    }
+}
+
+/// The process-wide metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
