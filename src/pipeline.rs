@@ -313,7 +313,7 @@ fn record(surface: Surface, decision: &Decision, seen: Option<Seen<'_>>, started
             subject = principal.map_or("", |p| p.subject.as_str()),
             credential_type = credential_type.map_or("", CredentialType::as_str),
             credential_digest = digest.as_str(),
-            message = denial.message.as_str(),
+            detail = denial.message.as_str(),
             "request denied"
         );
     }

@@ -1,0 +1,183 @@
+//! Logs as operators see them: the server binary with JSON logs at info, sent valid and
+//! invalid credentials of every kind. Each denial produces one structured audit line (reason,
+//! rule, subject, a short credential digest) and no log line contains a token, key, password
+//! or signature.
+
+mod support;
+
+use std::{
+    io::Read,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use jsonwebtoken::Algorithm::ES256;
+use portcullis::pb::{self, auth_client::AuthClient};
+use serde_json::{Value, json};
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denials_are_audited_and_no_secret_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::new(ES256, "k1");
+    let jwks_path = dir.path().join("jwks.json");
+    std::fs::write(&jwks_path, jwks(&[&key]).to_string()).unwrap();
+    let port = |()| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (grpc, admin) = (port(()), port(()));
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server: {{grpc_listen: 127.0.0.1:{grpc}, admin_listen: 127.0.0.1:{admin}}}\nissuers:\n  - name: corp\n    issuer: https://a.test\n    jwks_file: {}\n    audiences: [api://orders]\nauthorization:\n  rules:\n    - name: admins-only\n      require: {{ claims: {{ role: admin }} }}\ntelemetry: {{log_format: json, log_level: info}}\n",
+            jwks_path.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut client = loop {
+        if let Ok(client) = AuthClient::connect(format!("http://127.0.0.1:{grpc}")).await {
+            break client;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    let valid = key.sign(&claims("https://a.test", "api://orders"));
+    let expired = key.sign(
+        &json!({"iss": "https://a.test", "aud": "api://orders", "sub": "bob", "exp": now() - 3600}),
+    );
+    let forged = format!("{}.{}", valid.rsplit_once('.').unwrap().0, b64([9u8; 64]));
+    let api_key = "pcl_5Qx8TnV2LmKz9RwYb3HcJd7FgA1sEo4uXy0Pq6Wk";
+    let password = "correct-horse-battery-staple";
+    let secrets = [
+        valid.clone(),
+        expired.clone(),
+        forged.clone(),
+        api_key.to_owned(),
+        password.to_owned(),
+    ];
+
+    let authenticate = |kind: pb::credential::Kind| pb::AuthenticateRequest {
+        credential: Some(pb::Credential { kind: Some(kind) }),
+        ..Default::default()
+    };
+    let requests = vec![
+        authenticate(pb::credential::Kind::BearerToken(valid.clone())),
+        authenticate(pb::credential::Kind::BearerToken(expired.clone())),
+        authenticate(pb::credential::Kind::BearerToken(forged.clone())),
+        authenticate(pb::credential::Kind::ApiKey(api_key.to_owned())),
+        authenticate(pb::credential::Kind::Basic(pb::BasicCredential {
+            username: "carol".into(),
+            password: password.into(),
+        })),
+        authenticate(pb::credential::Kind::Authorization(format!(
+            "Basic {}",
+            base64_std(&format!("carol:{password}"))
+        ))),
+        authenticate(pb::credential::Kind::BearerToken(format!(
+            "{valid} {password}"
+        ))),
+    ];
+    let mut denials = 0;
+    for request in requests {
+        if !client
+            .authenticate(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .authenticated
+        {
+            denials += 1;
+        }
+    }
+    // Authorize: authenticated, then denied by a rule (the audit line names rule and subject).
+    let authorize = client
+        .authorize(pb::AuthorizeRequest {
+            credential: Some(pb::Credential {
+                kind: Some(pb::credential::Kind::BearerToken(valid.clone())),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!authorize.allowed);
+    denials += 1;
+
+    let stopping = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    println!("stopped in {:?}", stopping.elapsed());
+
+    let audit: Vec<Value> = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["target"] == "portcullis::audit")
+        .collect();
+    assert_eq!(audit.len(), denials, "one audit line per denial:\n{logs}");
+    for line in &audit {
+        assert_eq!(line["message"], "request denied");
+        assert!(
+            line["reason"].as_str().is_some_and(|r| !r.is_empty()),
+            "{line}"
+        );
+        assert!(
+            line.get("rule").is_some() && line.get("subject").is_some(),
+            "{line}"
+        );
+    }
+    let expired_line = audit.iter().find(|l| l["reason"] == "EXPIRED").unwrap();
+    assert_eq!(
+        expired_line["credential_digest"],
+        portcullis::pipeline::short_digest(&expired)
+    );
+    let policy_line = audit
+        .iter()
+        .find(|l| l["reason"] == "POLICY_DENIED")
+        .unwrap();
+    assert_eq!(policy_line["rule"], "admins-only");
+    assert_eq!(policy_line["subject"], "alice");
+
+    for secret in &secrets {
+        for part in secret.split('.').filter(|p| p.len() >= 8) {
+            assert!(
+                !logs.contains(part),
+                "a credential fragment reached the logs:\n{logs}"
+            );
+        }
+    }
+    assert!(!logs.contains(&base64_std(&format!("carol:{password}"))));
+}
+
+fn base64_std(text: &str) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, text)
+}
