@@ -73,7 +73,6 @@ PENDING_SPEC_KEYS = {
     "issuers[].introspection",
     "api_keys",
     "basic",
-    "telemetry.otlp_endpoint",
 }
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
