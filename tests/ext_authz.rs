@@ -9,7 +9,7 @@ mod support;
 
 use std::{path::Path, process::Command};
 
-use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
+use envoy_types::ext_authz::v3::pb::HttpResponse;
 use jsonwebtoken::Algorithm::ES256;
 use serde_json::{Value, json};
 use support::*;
@@ -212,31 +212,8 @@ async fn an_unreachable_key_source_is_a_503_deny_not_an_rpc_error() {
         portcullis::pipeline::BuildMode::Check,
     )
     .unwrap();
-    let mut request = CheckRequest::default();
-    let headers = [(
-        "authorization".to_owned(),
-        format!("Bearer {}", key.sign(&claims(ISS, AUD))),
-    )]
-    .into_iter()
-    .collect();
-    request.attributes = Some(
-        envoy_types::pb::envoy::service::auth::v3::AttributeContext {
-            request: Some(
-                envoy_types::pb::envoy::service::auth::v3::attribute_context::Request {
-                    http: Some(
-                        envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest {
-                            method: "GET".into(),
-                            path: "/x".into(),
-                            headers,
-                            ..Default::default()
-                        },
-                    ),
-                    ..Default::default()
-                },
-            ),
-            ..Default::default()
-        },
-    );
+    let authorization = format!("Bearer {}", key.sign(&claims(ISS, AUD)));
+    let request = check_request("GET", "/x", &[("authorization", &authorization)]);
     let response = portcullis::grpc::ext_authz::check(&pipeline, &request).await;
     assert_eq!(
         response.status.unwrap().code,

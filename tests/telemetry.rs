@@ -12,7 +12,6 @@ use std::{
     time::Duration,
 };
 
-use envoy_types::ext_authz::v3::pb::CheckRequest;
 use jsonwebtoken::Algorithm::ES256;
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
@@ -183,32 +182,15 @@ async fn spans_are_exported_with_parents_and_attributes_and_no_secrets() {
 
     // ext_authz: the trace context arrives in the HTTP headers Envoy forwards.
     let check_trace = "5bf92f3577b34da6a3ce929d0e0e4737";
-    let mut check = CheckRequest::default();
-    check.attributes = Some(
-        envoy_types::pb::envoy::service::auth::v3::AttributeContext {
-            request: Some(
-                envoy_types::pb::envoy::service::auth::v3::attribute_context::Request {
-                    http: Some(
-                        envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest {
-                            method: "GET".into(),
-                            path: "/orders/7".into(),
-                            headers: [
-                                ("authorization".to_owned(), format!("Bearer {valid}")),
-                                (
-                                    "traceparent".to_owned(),
-                                    format!("00-{check_trace}-{PARENT_ID}-01"),
-                                ),
-                            ]
-                            .into_iter()
-                            .collect(),
-                            ..Default::default()
-                        },
-                    ),
-                    ..Default::default()
-                },
-            ),
-            ..Default::default()
-        },
+    let traceparent_header = format!("00-{check_trace}-{PARENT_ID}-01");
+    let authorization = format!("Bearer {valid}");
+    let check = check_request(
+        "GET",
+        "/orders/7",
+        &[
+            ("authorization", &authorization),
+            ("traceparent", &traceparent_header),
+        ],
     );
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", running.grpc_addr))
         .unwrap()

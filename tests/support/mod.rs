@@ -329,3 +329,29 @@ async fn serve_jwks(State((mode, hits)): State<FakeState>) -> axum::response::Re
         JwksMode::Garbage => "<html>not json".into_response(),
     }
 }
+
+/// An Envoy ext_authz CheckRequest for an HTTP request with these headers.
+pub fn check_request(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> envoy_types::ext_authz::v3::pb::CheckRequest {
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
+    envoy_types::ext_authz::v3::pb::CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: method.into(),
+                    path: path.into(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
