@@ -87,6 +87,7 @@ pub fn http_client() -> Result<reqwest::Client, ServeError> {
 pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, ServeError> {
     let client = http_client()?;
     let grace = config.server.shutdown_grace;
+    crate::telemetry::metrics::set_request_metrics(config.telemetry.metrics);
     let grpc_listen = config.server.grpc_listen;
     let admin_listen = config.server.admin_listen;
     let pipeline = Pipeline::build(config, &client, None, BuildMode::Serve)?;

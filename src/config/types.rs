@@ -305,6 +305,8 @@ pub struct TelemetryConfig {
     pub log_level: String,
     /// OTLP/gRPC collector for traces, e.g. `http://otel-collector:4317`; unset: no export.
     pub otlp_endpoint: Option<String>,
+    /// Per-request metrics (requests, latency, cache lookups) on `/metrics`.
+    pub metrics: bool,
 }
 
 impl Default for TelemetryConfig {
@@ -313,6 +315,7 @@ impl Default for TelemetryConfig {
             log_format: LogFormat::Json,
             log_level: "info".to_owned(),
             otlp_endpoint: None,
+            metrics: true,
         }
     }
 }

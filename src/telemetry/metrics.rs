@@ -2,7 +2,10 @@
 //! `portcullis_*` with units; every label value comes from a closed set (surfaces, decisions,
 //! reason codes, credential types) or from configuration (issuer and rule names).
 
-use std::sync::LazyLock;
+use std::sync::{
+    LazyLock,
+    atomic::{AtomicBool, Ordering},
+};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, text::encode},
@@ -172,6 +175,9 @@ impl Metrics {
         credential_type: Option<CredentialType>,
         seconds: f64,
     ) {
+        if !request_metrics() {
+            return;
+        }
         self.requests
             .get_or_create(&RequestLabels {
                 surface,
@@ -190,6 +196,9 @@ impl Metrics {
     }
 
     pub fn record_cache(&self, cache: &'static str, hit: bool) {
+        if !request_metrics() {
+            return;
+        }
         self.cache_lookups
             .get_or_create(&CacheLabels {
                 cache,
@@ -201,3 +210,15 @@ impl Metrics {
 
 /// The process-wide metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+static REQUEST_METRICS: AtomicBool = AtomicBool::new(true);
+
+/// Turns per-request metrics (requests, latency, cache lookups) on or off
+/// (`telemetry.metrics`); the rare events (fetches, reloads) are always counted.
+pub fn set_request_metrics(enabled: bool) {
+    REQUEST_METRICS.store(enabled, Ordering::Relaxed);
+}
+
+fn request_metrics() -> bool {
+    REQUEST_METRICS.load(Ordering::Relaxed)
+}
