@@ -18,3 +18,4 @@ pub mod pipeline;
 pub mod reload;
 pub mod server;
 pub mod telemetry;
+pub mod verify;

@@ -92,6 +92,11 @@ pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
             "cache" => section(value, name, &mut errors).map(|v| config.cache = v),
             "response" => section(value, name, &mut errors).map(|v| config.response = v),
             "telemetry" => section(value, name, &mut errors).map(|v| config.telemetry = v),
+            "api_keys" => section(value, name, &mut errors).map(|v| config.api_keys = v),
+            "basic" => section(value, name, &mut errors).map(|v| config.basic = v),
+            "client_certificates" => {
+                section(value, name, &mut errors).map(|v| config.client_certificates = v)
+            }
             other => {
                 errors.push(error(other, "unknown key"));
                 None
@@ -232,6 +237,64 @@ fn validate(config: &Config, positions: &[usize], errors: &mut Vec<ConfigError>)
     if let Err(err) = tracing_subscriber::EnvFilter::try_new(&config.telemetry.log_level) {
         errors.push(error("telemetry.log_level", err.to_string()));
     }
+    validate_verifiers(config, positions, errors);
+}
+
+/// Checks of `api_keys`, `basic`, introspection and opaque-token routing.
+fn validate_verifiers(config: &Config, positions: &[usize], errors: &mut Vec<ConfigError>) {
+    let prefix = &config.api_keys.prefix;
+    if !crate::keys::api_keys::valid_prefix(prefix) {
+        errors.push(error(
+            "api_keys.prefix",
+            "must be 1 to 16 lower-case letters or digits",
+        ));
+    }
+    if let Some(pg) = &config.api_keys.postgres {
+        if pg.max_connections == 0 {
+            errors.push(error(
+                "api_keys.postgres.max_connections",
+                "must be greater than zero",
+            ));
+        }
+        if pg.timeout.is_zero() {
+            errors.push(error("api_keys.postgres.timeout", "must be greater than zero"));
+        }
+    }
+    let basic = &config.basic;
+    if basic.max_failures == 0 {
+        errors.push(error("basic.max_failures", "must be greater than zero"));
+    }
+    if basic.failure_window.is_zero() {
+        errors.push(error("basic.failure_window", "must be greater than zero"));
+    }
+    let mut introspected = Vec::new();
+    for (i, issuer) in positions.iter().zip(&config.issuers) {
+        let Some(introspection) = &issuer.introspection else {
+            continue;
+        };
+        introspected.push(issuer.name.as_str());
+        let path = format!("issuers[{i}].introspection");
+        if !is_http_url(&introspection.endpoint) {
+            errors.push(error(format!("{path}.endpoint"), "must be an http(s) URL"));
+        }
+        if introspection.client_id.is_empty() {
+            errors.push(error(format!("{path}.client_id"), "must not be empty"));
+        }
+        if introspection.timeout.is_zero() {
+            errors.push(error(format!("{path}.timeout"), "must be greater than zero"));
+        }
+    }
+    match &config.credentials.opaque_token_issuer {
+        Some(name) if !introspected.contains(&name.as_str()) => errors.push(error(
+            "credentials.opaque_token_issuer",
+            format!("no issuer named {name:?} has introspection"),
+        )),
+        None if introspected.len() > 1 => errors.push(error(
+            "credentials.opaque_token_issuer",
+            "more than one issuer has introspection; name the one that receives opaque tokens",
+        )),
+        _ => {}
+    }
 }
 
 fn validate_issuer(issuer: &IssuerConfig, path: &str, errors: &mut Vec<ConfigError>) {
@@ -244,6 +307,7 @@ fn validate_issuer(issuer: &IssuerConfig, path: &str, errors: &mut Vec<ConfigErr
     ];
     match sources.iter().filter(|set| **set).count() {
         1 => {}
+        0 if issuer.introspection.is_some() => {}
         0 => errors.push(error(
             path,
             "set exactly one key source: discovery, jwks_uri, jwks_file, public_key_files or hmac_secret",

@@ -45,6 +45,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
+        let peer = request.peer_certs();
         let request = request.get_ref();
         check_headers(request.headers.len())?;
         let pipeline = self.pipeline.load_full();
@@ -53,6 +54,8 @@ impl pb::auth_server::Auth for AuthService {
             headers: &request.headers,
             audience: &request.audience,
             required_scopes: &[],
+            client_certificate_pem: &request.client_certificate_pem,
+            peer_certificates: peer.as_deref().map_or(&[], Vec::as_slice),
         };
         let response = match pipeline.authenticate(attrs).await {
             Ok(principal) => AuthenticateResponse {
@@ -65,7 +68,7 @@ impl pb::auth_server::Auth for AuthService {
                 AuthenticateResponse {
                     authenticated: false,
                     principal: None,
-                    denial: Some(denial.to_proto(pipeline.realm())),
+                    denial: Some(denial.to_proto(pipeline.realm_for(&denial))),
                 }
             }
         };
@@ -76,6 +79,7 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         request: Request<AuthorizeRequest>,
     ) -> Result<Response<AuthorizeResponse>, Status> {
+        let peer = request.peer_certs();
         let request = request.get_ref();
         check_headers(request.headers.len())?;
         let pipeline = self.pipeline.load_full();
@@ -84,6 +88,8 @@ impl pb::auth_server::Auth for AuthService {
             headers: &request.headers,
             audience: &request.audience,
             required_scopes: &request.required_scopes,
+            client_certificate_pem: &request.client_certificate_pem,
+            peer_certificates: peer.as_deref().map_or(&[], Vec::as_slice),
         };
         let response = match pipeline.authorize(attrs).await {
             Decision::Allow { principal, rule } => AuthorizeResponse {
@@ -102,7 +108,7 @@ impl pb::auth_server::Auth for AuthService {
                 AuthorizeResponse {
                     allowed: false,
                     principal: principal.map(|p| p.proto().clone()),
-                    denial: Some(denial.to_proto(pipeline.realm())),
+                    denial: Some(denial.to_proto(pipeline.realm_for(&denial))),
                     rule,
                     upstream_headers: Default::default(),
                 }
