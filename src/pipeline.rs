@@ -110,6 +110,15 @@ impl Pipeline {
         }
     }
 
+    /// Readiness of key stores that load asynchronously (PostgreSQL's change listener).
+    pub fn store_readiness(&self) -> Vec<tokio::sync::watch::Receiver<bool>> {
+        self.api_keys
+            .iter()
+            .filter_map(|keys| keys.postgres.as_ref())
+            .map(|store| store.ready())
+            .collect()
+    }
+
     /// The introspection for opaque tokens, if any (for metrics and tests).
     pub fn opaque_introspector(&self) -> Option<&Introspector> {
         self.opaque.as_ref()

@@ -250,17 +250,19 @@ async fn run(
     result.map_err(ServeError::from)
 }
 
-/// Sets SERVING once every remote key source has loaded once (static keys load at build).
+/// Sets SERVING once every remote key source has loaded once and every key store listens for
+/// changes (static keys load at build).
 async fn report_ready_when_keys_load(
     shared: Arc<Shared>,
     health: tonic_health::server::HealthReporter,
 ) {
-    let receivers: Vec<_> = shared
-        .pipeline
-        .load()
+    let pipeline = shared.pipeline.load();
+    let mut receivers: Vec<_> = pipeline
         .remote_sources()
         .map(|source| source.ready())
         .collect();
+    receivers.extend(pipeline.store_readiness());
+    drop(pipeline);
     for mut ready in receivers {
         if ready.wait_for(|loaded| *loaded).await.is_err() {
             return;

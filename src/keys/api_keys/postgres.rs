@@ -26,7 +26,7 @@ use sqlx::{
     Row,
     postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions},
 };
-use tokio::task::JoinHandle;
+use tokio::{sync::watch, task::JoinHandle};
 use tracing::{debug, info, warn};
 
 use super::{ApiKeyRecord, format};
@@ -139,6 +139,8 @@ pub struct PostgresStore {
     /// Bumped by every notification, so a lookup racing a revocation does not cache stale data.
     generation: Arc<AtomicU64>,
     listener: Option<JoinHandle<()>>,
+    /// True once the listener has LISTENed (revocations are seen from then on).
+    ready: Arc<watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -173,11 +175,13 @@ impl PostgresStore {
             })
             .build();
         let generation = Arc::new(AtomicU64::new(0));
+        let ready = Arc::new(watch::channel(false).0);
         let listener = listen.then(|| {
             tokio::spawn(listen_for_changes(
                 pool.clone(),
                 cache.clone(),
                 generation.clone(),
+                ready.clone(),
             ))
         });
         Ok(Arc::new(Self {
@@ -186,7 +190,13 @@ impl PostgresStore {
             cache,
             generation,
             listener,
+            ready,
         }))
+    }
+
+    /// Turns true once the store listens for changes; readiness waits for it.
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
     }
 
     /// Whether this store can serve a new config with these settings as is.
@@ -237,6 +247,7 @@ async fn listen_for_changes(
     pool: PgPool,
     cache: Cache<[u8; 32], Entry>,
     generation: Arc<AtomicU64>,
+    ready: Arc<watch::Sender<bool>>,
 ) {
     // Every connection after the first follows a loss, during which notifications were missed.
     let mut reconnecting = false;
@@ -263,6 +274,7 @@ async fn listen_for_changes(
             info!("API key listener reconnected; cache cleared");
         }
         reconnecting = true;
+        ready.send_replace(true);
         loop {
             match listener.try_recv().await {
                 Ok(Some(notification)) => {
