@@ -145,8 +145,7 @@ impl Pipeline {
     pub async fn authenticate(&self, attrs: RequestAttrs<'_>) -> Result<Arc<Principal>, Denial> {
         let chain = presented_chain(&attrs)?;
         let credential =
-            match credentials::extract(attrs.credential, attrs.headers, &self.config.credentials)
-            {
+            match credentials::extract(attrs.credential, attrs.headers, &self.config.credentials) {
                 Ok(credential) => credential,
                 Err(denial) if denial.reason == Reason::MissingCredential => {
                     let Some(chain) = &chain else {
@@ -259,7 +258,9 @@ fn presented_chain<'a>(
 ) -> Result<Option<Cow<'a, [CertificateDer<'static>]>>, Denial> {
     let pem = attrs.client_certificate_pem.trim();
     if pem.is_empty() {
-        return Ok((!attrs.peer_certificates.is_empty()).then_some(Cow::Borrowed(attrs.peer_certificates)));
+        return Ok(
+            (!attrs.peer_certificates.is_empty()).then_some(Cow::Borrowed(attrs.peer_certificates))
+        );
     }
     if pem.len() > MAX_CERTIFICATE_PEM_BYTES {
         return Err(Denial::new(

@@ -38,13 +38,18 @@ pub enum ServeError {
 
 /// The gRPC listener's TLS: its identity and, with `client_ca_file`, optional client
 /// certificates signed by that CA (callers without one still use other credentials).
-fn server_tls(tls: &crate::config::TlsConfig) -> Result<tonic::transport::ServerTlsConfig, ServeError> {
+fn server_tls(
+    tls: &crate::config::TlsConfig,
+) -> Result<tonic::transport::ServerTlsConfig, ServeError> {
     use tonic::transport::{Certificate, Identity, ServerTlsConfig};
     let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|err| ServeError::Tls(format!("cannot read {}: {err}", path.display())))
+        std::fs::read(path)
+            .map_err(|err| ServeError::Tls(format!("cannot read {}: {err}", path.display())))
     };
-    let mut config =
-        ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?));
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
+        read(&tls.cert_file)?,
+        read(&tls.key_file)?,
+    ));
     if let Some(ca) = &tls.client_ca_file {
         config = config
             .client_ca_root(Certificate::from_pem(read(ca)?))

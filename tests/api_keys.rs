@@ -73,7 +73,12 @@ async fn api_keys_from_the_file_store() {
                 ", metadata: {team: payments, tier: 2}, expires_at: 2099-01-01T00:00:00Z"
             ),
             entry("k_rotated", &rotated, "billing", ""),
-            entry("k_expired", &expired, "billing", ", expires_at: 2020-01-01T00:00:00Z"),
+            entry(
+                "k_expired",
+                &expired,
+                "billing",
+                ", expires_at: 2020-01-01T00:00:00Z"
+            ),
             entry("k_disabled", &disabled, "billing", ", disabled: true"),
         ),
     );
@@ -88,31 +93,107 @@ async fn api_keys_from_the_file_store() {
     damaged[8] = if damaged[8] == b'x' { b'y' } else { b'x' };
     let damaged = String::from_utf8(damaged).unwrap();
     let cases: Vec<(&str, pb::AuthenticateRequest, Option<Reason>)> = vec![
-        ("a key in the oneof authenticates", request_with_key(&active), None),
-        ("a key in x-api-key authenticates", request_with_headers(&[("x-api-key", &active)]), None),
-        ("a key in another configured header authenticates", request_with_headers(&[("x-other-key", &active)]), None),
-        ("Authorization: ApiKey (any case) authenticates", request_with_headers(&[("authorization", &format!("aPiKeY {active}"))]), None),
-        ("the oneof's raw authorization value authenticates", pb::AuthenticateRequest { credential: Some(pb::Credential { kind: Some(pb::credential::Kind::Authorization(format!("ApiKey {active}"))) }), ..Default::default() }, None),
-        ("a second active key of the same subject authenticates", request_with_key(&rotated), None),
-        ("a damaged key fails its checksum", request_with_key(&damaged), Some(Reason::MalformedCredential)),
-        ("a key with another prefix is malformed", request_with_key(&other_prefix), Some(Reason::MalformedCredential)),
-        ("garbage is malformed", request_with_key("not-a-key"), Some(Reason::MalformedCredential)),
-        ("a well-formed key nobody issued is unknown", request_with_key(&unknown), Some(Reason::UnknownKey)),
-        ("an expired key is refused", request_with_key(&expired), Some(Reason::Expired)),
-        ("a disabled key is revoked", request_with_key(&disabled), Some(Reason::Revoked)),
-        ("a key in a header and in the oneof is ambiguous", pb::AuthenticateRequest { headers: [("x-api-key".to_owned(), active.clone())].into(), ..request_with_key(&active) }, Some(Reason::AmbiguousCredential)),
-        ("two key headers are ambiguous", request_with_headers(&[("x-api-key", &active), ("x-other-key", &rotated)]), Some(Reason::AmbiguousCredential)),
-        ("an unknown Authorization scheme is unsupported", request_with_headers(&[("authorization", "Negotiate abc")]), Some(Reason::UnsupportedCredential)),
+        (
+            "a key in the oneof authenticates",
+            request_with_key(&active),
+            None,
+        ),
+        (
+            "a key in x-api-key authenticates",
+            request_with_headers(&[("x-api-key", &active)]),
+            None,
+        ),
+        (
+            "a key in another configured header authenticates",
+            request_with_headers(&[("x-other-key", &active)]),
+            None,
+        ),
+        (
+            "Authorization: ApiKey (any case) authenticates",
+            request_with_headers(&[("authorization", &format!("aPiKeY {active}"))]),
+            None,
+        ),
+        (
+            "the oneof's raw authorization value authenticates",
+            pb::AuthenticateRequest {
+                credential: Some(pb::Credential {
+                    kind: Some(pb::credential::Kind::Authorization(format!(
+                        "ApiKey {active}"
+                    ))),
+                }),
+                ..Default::default()
+            },
+            None,
+        ),
+        (
+            "a second active key of the same subject authenticates",
+            request_with_key(&rotated),
+            None,
+        ),
+        (
+            "a damaged key fails its checksum",
+            request_with_key(&damaged),
+            Some(Reason::MalformedCredential),
+        ),
+        (
+            "a key with another prefix is malformed",
+            request_with_key(&other_prefix),
+            Some(Reason::MalformedCredential),
+        ),
+        (
+            "garbage is malformed",
+            request_with_key("not-a-key"),
+            Some(Reason::MalformedCredential),
+        ),
+        (
+            "a well-formed key nobody issued is unknown",
+            request_with_key(&unknown),
+            Some(Reason::UnknownKey),
+        ),
+        (
+            "an expired key is refused",
+            request_with_key(&expired),
+            Some(Reason::Expired),
+        ),
+        (
+            "a disabled key is revoked",
+            request_with_key(&disabled),
+            Some(Reason::Revoked),
+        ),
+        (
+            "a key in a header and in the oneof is ambiguous",
+            pb::AuthenticateRequest {
+                headers: [("x-api-key".to_owned(), active.clone())].into(),
+                ..request_with_key(&active)
+            },
+            Some(Reason::AmbiguousCredential),
+        ),
+        (
+            "two key headers are ambiguous",
+            request_with_headers(&[("x-api-key", &active), ("x-other-key", &rotated)]),
+            Some(Reason::AmbiguousCredential),
+        ),
+        (
+            "an unknown Authorization scheme is unsupported",
+            request_with_headers(&[("authorization", "Negotiate abc")]),
+            Some(Reason::UnsupportedCredential),
+        ),
     ];
     for (name, request, expected) in cases {
         let response = call(&mut client, request).await;
         assert_eq!(reason(&response), expected, "{name}: {:?}", response.denial);
         if let Some(denial) = &response.denial {
-            assert!(!denial.message.contains(&active[4..]), "{name}: no key in the message");
+            assert!(
+                !denial.message.contains(&active[4..]),
+                "{name}: no key in the message"
+            );
         }
     }
 
-    let principal = call(&mut client, request_with_key(&active)).await.principal.unwrap();
+    let principal = call(&mut client, request_with_key(&active))
+        .await
+        .principal
+        .unwrap();
     assert_eq!(principal.subject, "billing");
     assert_eq!(principal.issuer, "api_keys.file");
     assert_eq!(principal.credential_type, pb::CredentialType::ApiKey as i32);
@@ -120,7 +201,10 @@ async fn api_keys_from_the_file_store() {
     assert_eq!(principal.scopes, ["orders:read"]);
     assert_eq!(principal.expires_at.unwrap().seconds, 4_070_908_800);
     let claims = principal.claims.unwrap().fields;
-    assert_eq!(claims["team"].kind, Some(Kind::StringValue("payments".into())));
+    assert_eq!(
+        claims["team"].kind,
+        Some(Kind::StringValue("payments".into()))
+    );
     assert_eq!(claims["tier"].kind, Some(Kind::NumberValue(2.0)));
 
     for (scopes, allowed) in [(vec!["orders:read"], true), (vec!["orders:write"], false)] {
@@ -133,9 +217,16 @@ async fn api_keys_from_the_file_store() {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(response.allowed, allowed, "{scopes:?}: {:?}", response.denial);
+        assert_eq!(
+            response.allowed, allowed,
+            "{scopes:?}: {:?}",
+            response.denial
+        );
         if !allowed {
-            assert_eq!(response.denial.unwrap().reason, Reason::InsufficientScope as i32);
+            assert_eq!(
+                response.denial.unwrap().reason,
+                Reason::InsufficientScope as i32
+            );
         }
     }
     running.shutdown().await.unwrap();
@@ -172,7 +263,10 @@ async fn key_file_is_hot_reloaded_through_a_kubernetes_symlink_swap() {
         .await
         .unwrap();
     let mut client = client(&running).await;
-    assert_eq!(reason(&call(&mut client, request_with_key(&first)).await), None);
+    assert_eq!(
+        reason(&call(&mut client, request_with_key(&first)).await),
+        None
+    );
     assert_eq!(
         reason(&call(&mut client, request_with_key(&second)).await),
         Some(Reason::UnknownKey)
@@ -189,7 +283,10 @@ async fn key_file_is_hot_reloaded_through_a_kubernetes_symlink_swap() {
     );
     let start = std::time::Instant::now();
     while reason(&call(&mut client, request_with_key(&second)).await).is_some() {
-        assert!(start.elapsed() < Duration::from_secs(10), "symlink swap not seen");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "symlink swap not seen"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
@@ -200,6 +297,9 @@ async fn key_file_is_hot_reloaded_through_a_kubernetes_symlink_swap() {
     // A broken key file is refused; the keys loaded before keep working.
     publish("..v3", "keys: [ {id: broken");
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(reason(&call(&mut client, request_with_key(&second)).await), None);
+    assert_eq!(
+        reason(&call(&mut client, request_with_key(&second)).await),
+        None
+    );
     running.shutdown().await.unwrap();
 }

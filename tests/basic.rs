@@ -86,24 +86,84 @@ async fn basic_credentials_against_an_htpasswd_file() {
         ..Default::default()
     };
     let cases: Vec<(&str, pb::AuthenticateRequest, Option<Reason>)> = vec![
-        ("a $2b$ entry with colons in the password", header(&basic("alice", "open:sesame:"), None), None),
-        ("a $2a$ entry", header(&basic("bob", "open:sesame:"), None), None),
-        ("a $2y$ entry", header(&basic("carol", "open:sesame:"), None), None),
-        ("an argon2id entry with a non-ASCII password", header(&basic("dave", "pässwörd"), None), None),
-        ("the scheme is case-insensitive", header(&basic("alice", "open:sesame:").replace("Basic", "bAsIc"), None), None),
-        ("the oneof's basic credential", oneof(pb::credential::Kind::Basic(pb::BasicCredential { username: "alice".into(), password: "open:sesame:".into() })), None),
-        ("the oneof's raw authorization value", oneof(pb::credential::Kind::Authorization(basic("dave", "pässwörd"))), None),
-        ("a wrong password", header(&basic("erin", "nope"), Some("10.1.1.1")), Some(Reason::InvalidSignature)),
-        ("an unknown user", header(&basic("mallory", "open:sesame:"), Some("10.1.1.2")), Some(Reason::InvalidSignature)),
-        ("no colon", header(&format!("Basic {}", STANDARD.encode("alice")), None), Some(Reason::MalformedCredential)),
-        ("invalid base64", header("Basic %%%", None), Some(Reason::MalformedCredential)),
-        ("invalid UTF-8", header(&format!("Basic {}", STANDARD.encode(b"al\xffce:x")), None), Some(Reason::MalformedCredential)),
+        (
+            "a $2b$ entry with colons in the password",
+            header(&basic("alice", "open:sesame:"), None),
+            None,
+        ),
+        (
+            "a $2a$ entry",
+            header(&basic("bob", "open:sesame:"), None),
+            None,
+        ),
+        (
+            "a $2y$ entry",
+            header(&basic("carol", "open:sesame:"), None),
+            None,
+        ),
+        (
+            "an argon2id entry with a non-ASCII password",
+            header(&basic("dave", "pässwörd"), None),
+            None,
+        ),
+        (
+            "the scheme is case-insensitive",
+            header(
+                &basic("alice", "open:sesame:").replace("Basic", "bAsIc"),
+                None,
+            ),
+            None,
+        ),
+        (
+            "the oneof's basic credential",
+            oneof(pb::credential::Kind::Basic(pb::BasicCredential {
+                username: "alice".into(),
+                password: "open:sesame:".into(),
+            })),
+            None,
+        ),
+        (
+            "the oneof's raw authorization value",
+            oneof(pb::credential::Kind::Authorization(basic(
+                "dave",
+                "pässwörd",
+            ))),
+            None,
+        ),
+        (
+            "a wrong password",
+            header(&basic("erin", "nope"), Some("10.1.1.1")),
+            Some(Reason::InvalidSignature),
+        ),
+        (
+            "an unknown user",
+            header(&basic("mallory", "open:sesame:"), Some("10.1.1.2")),
+            Some(Reason::InvalidSignature),
+        ),
+        (
+            "no colon",
+            header(&format!("Basic {}", STANDARD.encode("alice")), None),
+            Some(Reason::MalformedCredential),
+        ),
+        (
+            "invalid base64",
+            header("Basic %%%", None),
+            Some(Reason::MalformedCredential),
+        ),
+        (
+            "invalid UTF-8",
+            header(&format!("Basic {}", STANDARD.encode(b"al\xffce:x")), None),
+            Some(Reason::MalformedCredential),
+        ),
     ];
     for (name, request, expected) in cases {
         let response = call(&mut client, request).await;
         assert_eq!(reason(&response), expected, "{name}: {:?}", response.denial);
         if let Some(denial) = response.denial {
-            assert_eq!(denial.www_authenticate, "Basic realm=\"staff\", charset=\"UTF-8\"", "{name}");
+            assert_eq!(
+                denial.www_authenticate, "Basic realm=\"staff\", charset=\"UTF-8\"",
+                "{name}"
+            );
             assert!(!denial.message.contains("sesame"), "{name}");
         }
     }
@@ -137,18 +197,38 @@ async fn basic_credentials_against_an_htpasswd_file() {
     }
     let response = call(&mut client, header(&basic("bob", "open:sesame:"), None)).await;
     assert_eq!(reason(&response), Some(Reason::RateLimited));
-    assert_eq!(response.denial.unwrap().www_authenticate, "", "429 carries no challenge");
+    assert_eq!(
+        response.denial.unwrap().www_authenticate,
+        "",
+        "429 carries no challenge"
+    );
     // Per client address: failures for different users from one address add up.
     for user in ["x1", "x2", "x3"] {
-        let response = call(&mut client, header(&basic(user, "wrong"), Some("192.0.2.7"))).await;
+        let response = call(
+            &mut client,
+            header(&basic(user, "wrong"), Some("192.0.2.7")),
+        )
+        .await;
         assert_eq!(reason(&response), Some(Reason::InvalidSignature));
     }
     assert_eq!(
-        reason(&call(&mut client, header(&basic("carol", "open:sesame:"), Some("192.0.2.7"))).await),
+        reason(
+            &call(
+                &mut client,
+                header(&basic("carol", "open:sesame:"), Some("192.0.2.7"))
+            )
+            .await
+        ),
         Some(Reason::RateLimited)
     );
     assert_eq!(
-        reason(&call(&mut client, header(&basic("carol", "open:sesame:"), Some("192.0.2.8"))).await),
+        reason(
+            &call(
+                &mut client,
+                header(&basic("carol", "open:sesame:"), Some("192.0.2.8"))
+            )
+            .await
+        ),
         None,
         "another client is not affected"
     );
@@ -160,7 +240,11 @@ async fn weak_htpasswd_formats_are_refused_at_load_naming_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("htpasswd");
     let sha = "{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=";
-    std::fs::write(&path, format!("alice:{}\nbob:{sha}\n", bcrypt::hash("x", 4).unwrap())).unwrap();
+    std::fs::write(
+        &path,
+        format!("alice:{}\nbob:{sha}\n", bcrypt::hash("x", 4).unwrap()),
+    )
+    .unwrap();
     let config = portcullis::config::load_str(&format!(
         "server: {{grpc_listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0}}\nbasic: {{htpasswd_file: {}}}\n",
         path.display()
@@ -190,14 +274,22 @@ async fn htpasswd_changes_are_hot_reloaded() {
     )
     .unwrap();
     let config = portcullis::config::load_file(&config_path).unwrap();
-    let running = portcullis::server::start(config, Some(config_path)).await.unwrap();
+    let running = portcullis::server::start(config, Some(config_path))
+        .await
+        .unwrap();
     let mut client = client(&running).await;
     let frank = header(&basic("frank", "new-hire"), None);
-    assert_eq!(reason(&call(&mut client, frank.clone()).await), Some(Reason::InvalidSignature));
+    assert_eq!(
+        reason(&call(&mut client, frank.clone()).await),
+        Some(Reason::InvalidSignature)
+    );
     std::fs::write(&path, format!("{}\n", passwd_line("frank", "new-hire"))).unwrap();
     let start = std::time::Instant::now();
     while reason(&call(&mut client, frank.clone()).await).is_some() {
-        assert!(start.elapsed() < Duration::from_secs(10), "htpasswd change not seen");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "htpasswd change not seen"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(

@@ -30,10 +30,17 @@ fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
     CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
 }
 
-fn leaf(issuer: &CertifiedIssuer<'static, KeyPair>, edit: impl FnOnce(&mut CertificateParams)) -> Leaf {
+fn leaf(
+    issuer: &CertifiedIssuer<'static, KeyPair>,
+    edit: impl FnOnce(&mut CertificateParams),
+) -> Leaf {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, "legacy-client");
-    params.distinguished_name.push(DnType::OrganizationName, "Example");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "legacy-client");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "Example");
     edit(&mut params);
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, issuer).unwrap();
@@ -55,7 +62,10 @@ fn request(pem: &str, token: Option<&str>) -> pb::AuthenticateRequest {
     }
 }
 
-async fn call(client: &mut AuthClient<Channel>, request: pb::AuthenticateRequest) -> pb::AuthenticateResponse {
+async fn call(
+    client: &mut AuthClient<Channel>,
+    request: pb::AuthenticateRequest,
+) -> pb::AuthenticateResponse {
     client.authenticate(request).await.unwrap().into_inner()
 }
 
@@ -90,9 +100,17 @@ async fn client_certificates_and_bound_tokens() {
     let mut client = client(&running).await;
 
     let identities = [
-        ("a SPIFFE URI SAN wins", &spiffe, "spiffe://example.org/ns/prod/sa/orders"),
+        (
+            "a SPIFFE URI SAN wins",
+            &spiffe,
+            "spiffe://example.org/ns/prod/sa/orders",
+        ),
         ("else the DNS SAN", &dns, "api.example.com"),
-        ("else the subject DN", &dn_only, "CN=legacy-client, O=Example"),
+        (
+            "else the subject DN",
+            &dn_only,
+            "CN=legacy-client, O=Example",
+        ),
     ];
     for (name, cert, subject) in identities {
         let response = call(&mut client, request(&cert.pem, None)).await;
@@ -101,7 +119,10 @@ async fn client_certificates_and_bound_tokens() {
         assert_eq!(principal.subject, subject, "{name}");
         assert_eq!(principal.key_id, cert.thumbprint, "{name}");
         assert_eq!(principal.issuer, "client_certificates");
-        assert_eq!(principal.credential_type, pb::CredentialType::ClientCertificate as i32);
+        assert_eq!(
+            principal.credential_type,
+            pb::CredentialType::ClientCertificate as i32
+        );
         assert!(principal.claims.unwrap().fields.contains_key("x5t#S256"));
     }
 
@@ -110,21 +131,59 @@ async fn client_certificates_and_bound_tokens() {
     let bound = key.sign(&bound);
     let plain = key.sign(&claims("https://hs.test", "api://x"));
     let cases = [
-        ("an expired certificate", request(&expired.pem, None), Some(Reason::Expired)),
-        ("a certificate from another CA", request(&untrusted.pem, None), Some(Reason::UntrustedIssuer)),
-        ("PEM that is not a certificate", request("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", None), Some(Reason::MalformedCredential)),
-        ("text that is not PEM", request("hello", None), Some(Reason::MalformedCredential)),
-        ("a bound token with its certificate", request(&spiffe.pem, Some(&bound)), None),
-        ("a bound token with another certificate", request(&dns.pem, Some(&bound)), Some(Reason::CertificateMismatch)),
-        ("a bound token without a certificate", request("", Some(&bound)), Some(Reason::CertificateMismatch)),
-        ("an unbound token with a certificate", request(&dns.pem, Some(&plain)), None),
+        (
+            "an expired certificate",
+            request(&expired.pem, None),
+            Some(Reason::Expired),
+        ),
+        (
+            "a certificate from another CA",
+            request(&untrusted.pem, None),
+            Some(Reason::UntrustedIssuer),
+        ),
+        (
+            "PEM that is not a certificate",
+            request(
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                None,
+            ),
+            Some(Reason::MalformedCredential),
+        ),
+        (
+            "text that is not PEM",
+            request("hello", None),
+            Some(Reason::MalformedCredential),
+        ),
+        (
+            "a bound token with its certificate",
+            request(&spiffe.pem, Some(&bound)),
+            None,
+        ),
+        (
+            "a bound token with another certificate",
+            request(&dns.pem, Some(&bound)),
+            Some(Reason::CertificateMismatch),
+        ),
+        (
+            "a bound token without a certificate",
+            request("", Some(&bound)),
+            Some(Reason::CertificateMismatch),
+        ),
+        (
+            "an unbound token with a certificate",
+            request(&dns.pem, Some(&plain)),
+            None,
+        ),
     ];
     for (name, request, expected) in cases {
         let response = call(&mut client, request).await;
         assert_eq!(reason(&response), expected, "{name}: {:?}", response.denial);
     }
     let response = call(&mut client, request(&spiffe.pem, Some(&bound))).await;
-    assert_eq!(response.principal.unwrap().credential_type, pb::CredentialType::Jwt as i32);
+    assert_eq!(
+        response.principal.unwrap().credential_type,
+        pb::CredentialType::Jwt as i32
+    );
 
     let response = client
         .authorize(pb::AuthorizeRequest {
@@ -135,7 +194,10 @@ async fn client_certificates_and_bound_tokens() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(response.denial.unwrap().reason, Reason::InsufficientScope as i32);
+    assert_eq!(
+        response.denial.unwrap().reason,
+        Reason::InsufficientScope as i32
+    );
     running.shutdown().await.unwrap();
 }
 
@@ -147,7 +209,9 @@ async fn the_tls_peer_certificate_is_the_credential_on_an_mtls_listener() {
         p.subject_alt_names = vec![SanType::DnsName("localhost".try_into().unwrap())];
     });
     let workload = leaf(&trusted, |p| {
-        p.subject_alt_names = vec![SanType::URI("spiffe://example.org/ns/a/sa/b".try_into().unwrap())];
+        p.subject_alt_names = vec![SanType::URI(
+            "spiffe://example.org/ns/a/sa/b".try_into().unwrap(),
+        )];
     });
     let path = |name: &str| dir.path().join(name);
     std::fs::write(path("ca.pem"), trusted.pem()).unwrap();
@@ -189,6 +253,10 @@ async fn the_tls_peer_certificate_is_the_credential_on_an_mtls_listener() {
 
     let mut without_cert = connect(None).await;
     let response = call(&mut without_cert, pb::AuthenticateRequest::default()).await;
-    assert_eq!(reason(&response), Some(Reason::MissingCredential), "client certificates are optional");
+    assert_eq!(
+        reason(&response),
+        Some(Reason::MissingCredential),
+        "client certificates are optional"
+    );
     running.shutdown().await.unwrap();
 }

@@ -104,14 +104,16 @@ impl TestDb {
                 .unwrap()
                 .clone(),
         };
-        let statement =
-            postgres::insert_statement(&format::hex(&format::digest(&key)), &record);
+        let statement = postgres::insert_statement(&format::hex(&format::digest(&key)), &record);
         pool.execute(statement.as_str()).await.unwrap();
         key
     }
 }
 
-async fn authenticate_key(client: &mut AuthClient<tonic::transport::Channel>, key: &str) -> Option<Reason> {
+async fn authenticate_key(
+    client: &mut AuthClient<tonic::transport::Channel>,
+    key: &str,
+) -> Option<Reason> {
     let response = client
         .authenticate(pb::AuthenticateRequest {
             credential: Some(pb::Credential {
@@ -177,7 +179,10 @@ fn replica(dir: &std::path::Path, url: &str) -> Replica {
         .unwrap();
     let start = Instant::now();
     while !ready(admin) {
-        assert!(start.elapsed() < Duration::from_secs(15), "replica not ready");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "replica not ready"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     Replica { child, grpc }
@@ -197,8 +202,12 @@ async fn revocation_reaches_another_replica_within_a_second() {
     let dir = tempfile::tempdir().unwrap();
     let a = replica(dir.path(), &db.url);
     let b = replica(dir.path(), &db.url);
-    let mut client_a = AuthClient::connect(format!("http://127.0.0.1:{}", a.grpc)).await.unwrap();
-    let mut client_b = AuthClient::connect(format!("http://127.0.0.1:{}", b.grpc)).await.unwrap();
+    let mut client_a = AuthClient::connect(format!("http://127.0.0.1:{}", a.grpc))
+        .await
+        .unwrap();
+    let mut client_b = AuthClient::connect(format!("http://127.0.0.1:{}", b.grpc))
+        .await
+        .unwrap();
     for client in [&mut client_a, &mut client_b] {
         // Both keys of the subject work and are now cached (for 5 minutes) on both replicas.
         assert_eq!(authenticate_key(client, &revoked).await, None);
@@ -206,7 +215,10 @@ async fn revocation_reaches_another_replica_within_a_second() {
     }
     // A key inserted after a replica remembered its digest as unknown is seen at once too.
     let late = format::generate("pcl").unwrap();
-    assert_eq!(authenticate_key(&mut client_b, &late).await, Some(Reason::UnknownKey));
+    assert_eq!(
+        authenticate_key(&mut client_b, &late).await,
+        Some(Reason::UnknownKey)
+    );
 
     db.cli(&["keys", "revoke", "k_old"]);
     let revoked_at = Instant::now();
@@ -223,8 +235,15 @@ async fn revocation_reaches_another_replica_within_a_second() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(revoked_at.elapsed() < Duration::from_secs(1));
-    assert_eq!(authenticate_key(&mut client_a, &revoked).await, Some(Reason::Revoked));
-    assert_eq!(authenticate_key(&mut client_b, &rotated).await, None, "the subject's other key still works");
+    assert_eq!(
+        authenticate_key(&mut client_a, &revoked).await,
+        Some(Reason::Revoked)
+    );
+    assert_eq!(
+        authenticate_key(&mut client_b, &rotated).await,
+        None,
+        "the subject's other key still works"
+    );
 
     let output = Command::new(BIN)
         .args(["keys", "revoke", "k_missing"])
@@ -289,14 +308,21 @@ async fn database_outage_serves_cached_keys_and_the_store_reconnects() {
         )
         .await
         .unwrap();
-    assert_eq!(authenticate_key(&mut client, &cached).await, None, "cached keys keep working");
+    assert_eq!(
+        authenticate_key(&mut client, &cached).await,
+        None,
+        "cached keys keep working"
+    );
     let started = Instant::now();
     assert_eq!(
         authenticate_key(&mut client, &uncached).await,
         Some(Reason::UpstreamUnavailable),
         "uncached keys fail closed"
     );
-    assert!(started.elapsed() < Duration::from_secs(3), "within the configured timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "within the configured timeout"
+    );
 
     // The database is back: the store reconnects by itself.
     db.admin
@@ -305,7 +331,10 @@ async fn database_outage_serves_cached_keys_and_the_store_reconnects() {
         .unwrap();
     let back = Instant::now();
     while authenticate_key(&mut client, &uncached).await.is_some() {
-        assert!(back.elapsed() < Duration::from_secs(10), "the store did not reconnect");
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "the store did not reconnect"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(authenticate_key(&mut client, &cached).await, None);

@@ -55,7 +55,12 @@ pub struct GenerateArgs {
 /// Where the database is: a URL, or the `api_keys.postgres.url` of a config file.
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, conflicts_with = "config")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        conflicts_with = "config"
+    )]
     database_url: Option<String>,
     #[arg(long)]
     config: Option<PathBuf>,
@@ -125,7 +130,9 @@ fn generate(args: GenerateArgs) -> ExitCode {
     let key = match format::generate(&args.prefix) {
         Ok(key) => key,
         Err(format::FormatError::Prefix) => {
-            eprintln!("portcullis keys generate: --prefix must be 1-16 lower-case letters or digits");
+            eprintln!(
+                "portcullis keys generate: --prefix must be 1-16 lower-case letters or digits"
+            );
             return ExitCode::from(2);
         }
         Err(err) => {
@@ -172,10 +179,12 @@ fn generate(args: GenerateArgs) -> ExitCode {
     if let Some((_, at)) = expires_at {
         entry["expires_at"] = Value::String(humantime::format_rfc3339_seconds(at).to_string());
     }
-    let yaml = serde_yaml::to_string(&serde_json::json!({ "keys": [entry] }))
-        .unwrap_or_default();
+    let yaml = serde_yaml::to_string(&serde_json::json!({ "keys": [entry] })).unwrap_or_default();
     println!("API key (shown once; only its SHA-256 is stored):\n{key}\n");
     println!("# api_keys.file entry:\n{yaml}");
-    println!("-- api_keys.postgres:\n{}", postgres::insert_statement(&sha256, &record));
+    println!(
+        "-- api_keys.postgres:\n{}",
+        postgres::insert_statement(&sha256, &record)
+    );
     ExitCode::SUCCESS
 }

@@ -257,7 +257,10 @@ fn validate_verifiers(config: &Config, positions: &[usize], errors: &mut Vec<Con
             ));
         }
         if pg.timeout.is_zero() {
-            errors.push(error("api_keys.postgres.timeout", "must be greater than zero"));
+            errors.push(error(
+                "api_keys.postgres.timeout",
+                "must be greater than zero",
+            ));
         }
     }
     let basic = &config.basic;
@@ -281,7 +284,10 @@ fn validate_verifiers(config: &Config, positions: &[usize], errors: &mut Vec<Con
             errors.push(error(format!("{path}.client_id"), "must not be empty"));
         }
         if introspection.timeout.is_zero() {
-            errors.push(error(format!("{path}.timeout"), "must be greater than zero"));
+            errors.push(error(
+                format!("{path}.timeout"),
+                "must be greater than zero",
+            ));
         }
     }
     match &config.credentials.opaque_token_issuer {
@@ -445,5 +451,41 @@ issuers:
         let errors = load_str(yaml).unwrap_err().0;
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].path, "issuers[0].algorithms");
+    }
+
+    #[test]
+    fn opaque_tokens_need_one_introspection_issuer_or_a_named_one() {
+        let issuer = |name: &str| {
+            format!(
+                "  - name: {name}\n    issuer: https://{name}.example\n    introspection: {{endpoint: https://{name}.example/introspect, client_id: c, client_secret: env:S}}\n"
+            )
+        };
+        let one = format!("issuers:\n{}", issuer("a"));
+        assert!(
+            load_str(&one).is_ok(),
+            "an introspection-only issuer needs no key source"
+        );
+        let two = format!("issuers:\n{}{}", issuer("a"), issuer("b"));
+        let errors = load_str(&two).unwrap_err().0;
+        assert_eq!(
+            errors[0].path, "credentials.opaque_token_issuer",
+            "{errors:?}"
+        );
+        assert!(load_str(&format!("{two}credentials: {{opaque_token_issuer: b}}\n")).is_ok());
+        let errors = load_str(&format!("{two}credentials: {{opaque_token_issuer: c}}\n"))
+            .unwrap_err()
+            .0;
+        assert_eq!(
+            errors[0].path, "credentials.opaque_token_issuer",
+            "{errors:?}"
+        );
+        let errors =
+            load_str("api_keys: {prefix: Bad_Prefix, colour: 1}\nbasic: {max_failures: 0}\n")
+                .unwrap_err()
+                .0;
+        let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
+        for expected in ["api_keys.colour", "api_keys.prefix", "basic.max_failures"] {
+            assert!(paths.contains(&expected), "{expected}: {errors:?}");
+        }
     }
 }

@@ -126,7 +126,10 @@ pub struct IntrospectionConfig {
     #[serde(default = "default_introspection_ttl", deserialize_with = "duration")]
     pub cache_ttl: Duration,
     /// Bound on one introspection call; past it the request is UPSTREAM_UNAVAILABLE.
-    #[serde(default = "default_introspection_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_introspection_timeout",
+        deserialize_with = "duration"
+    )]
     pub timeout: Duration,
 }
 

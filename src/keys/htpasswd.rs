@@ -183,7 +183,11 @@ mod tests {
             ("sha512 crypt", "alice:$6$salt$hashhashhash", "crypt"),
             ("des crypt", "alice:abJnggxhB/yWI", "DES"),
             ("plaintext", "alice:hunter2", "plaintext"),
-            ("argon2i", "alice:$argon2i$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$aGFzaA", "argon2i"),
+            (
+                "argon2i",
+                "alice:$argon2i$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$aGFzaA",
+                "argon2i",
+            ),
             ("no colon", "alice", "user:hash"),
         ];
         for (name, line, expected) in cases {
@@ -192,7 +196,10 @@ mod tests {
             assert!(err.starts_with("line 3: "), "{name}: {err}");
             assert!(err.contains(expected), "{name}: {err}");
             let hash = line.split_once(':').map(|(_, h)| h).unwrap_or("");
-            assert!(hash.is_empty() || !err.contains(hash), "{name}: hash echoed: {err}");
+            assert!(
+                hash.is_empty() || !err.contains(hash),
+                "{name}: hash echoed: {err}"
+            );
         }
     }
 
@@ -202,9 +209,7 @@ mod tests {
         let bcrypt_a = bcrypt_b.replacen("$2b$", "$2a$", 1);
         let bcrypt_y = bcrypt_b.replacen("$2b$", "$2y$", 1);
         let argon = argon2id_line("dave", "pässword").unwrap();
-        let text = format!(
-            "alice:{bcrypt_b}\nbob:{bcrypt_a}\ncarol:{bcrypt_y}\n{argon}\n"
-        );
+        let text = format!("alice:{bcrypt_b}\nbob:{bcrypt_a}\ncarol:{bcrypt_y}\n{argon}\n");
         let file = Htpasswd::parse(&text).unwrap();
         assert_eq!(file.len(), 4);
         for user in ["alice", "bob", "carol"] {

@@ -65,7 +65,10 @@ impl ApiKeyVerifier {
 
 fn check_record(record: &ApiKeyRecord, now: i64) -> Result<(), Denial> {
     if record.disabled {
-        return Err(Denial::new(Reason::Revoked, "API key is disabled or revoked"));
+        return Err(Denial::new(
+            Reason::Revoked,
+            "API key is disabled or revoked",
+        ));
     }
     if record.expires_at.is_some_and(|exp| exp <= now) {
         return Err(Denial::new(Reason::Expired, "API key has expired"));

@@ -104,9 +104,7 @@ pub fn build_verifiers(
 
     let opaque_issuer = config.credentials.opaque_token_issuer.as_deref();
     for (i, issuer) in config.issuers.iter().enumerate() {
-        if issuer.introspection.is_none()
-            || opaque_issuer.is_some_and(|name| name != issuer.name)
-        {
+        if issuer.introspection.is_none() || opaque_issuer.is_some_and(|name| name != issuer.name) {
             continue;
         }
         match Introspector::new(issuer, client.clone(), max_entries, max_ttl) {
@@ -116,7 +114,12 @@ pub fn build_verifiers(
     }
 
     let mut ca_files: Vec<PathBuf> = config.client_certificates.ca_files.clone();
-    if let Some(ca) = config.server.tls.as_ref().and_then(|t| t.client_ca_file.clone()) {
+    if let Some(ca) = config
+        .server
+        .tls
+        .as_ref()
+        .and_then(|t| t.client_ca_file.clone())
+    {
         ca_files.push(ca);
     }
     match CertificateVerifier::load(&ca_files) {

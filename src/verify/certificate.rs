@@ -68,8 +68,9 @@ impl CertificateVerifier {
             let chain =
                 parse_pem_chain(&text).map_err(|err| format!("{}: {err}", path.display()))?;
             for der in &chain {
-                let anchor = webpki::anchor_from_trusted_cert(der)
-                    .map_err(|err| format!("{}: not a usable CA certificate: {err}", path.display()))?;
+                let anchor = webpki::anchor_from_trusted_cert(der).map_err(|err| {
+                    format!("{}: not a usable CA certificate: {err}", path.display())
+                })?;
                 anchors.push(anchor.to_owned());
             }
         }
@@ -184,16 +185,12 @@ pub fn check_binding(principal: &Principal, leaf: Option<&[u8]>) -> Result<(), D
         mismatch("the token is bound to a client certificate and none was presented")
     })?;
     let actual = thumbprint(leaf);
-    let same = aws_lc_rs::constant_time::verify_slices_are_equal(
-        actual.as_bytes(),
-        expected.as_bytes(),
-    )
-    .is_ok();
+    let same =
+        aws_lc_rs::constant_time::verify_slices_are_equal(actual.as_bytes(), expected.as_bytes())
+            .is_ok();
     if same {
         Ok(())
     } else {
-        Err(mismatch(
-            "the token is bound to another client certificate",
-        ))
+        Err(mismatch("the token is bound to another client certificate"))
     }
 }

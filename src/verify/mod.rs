@@ -6,8 +6,8 @@
 //! [`Principal`]: crate::decision::Principal
 
 pub mod api_key;
-pub mod build;
 pub mod basic;
+pub mod build;
 pub mod certificate;
 pub mod introspection;
 

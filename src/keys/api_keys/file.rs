@@ -145,10 +145,17 @@ mod tests {
     fn bad_key_files_are_refused_with_the_entry_named() {
         let digest = "a".repeat(64);
         let cases = [
-            ("digest too short", "keys:\n  - {id: a, sha256: abc, subject: s}\n", "keys[0]"),
+            (
+                "digest too short",
+                "keys:\n  - {id: a, sha256: abc, subject: s}\n",
+                "keys[0]",
+            ),
             (
                 "duplicate id",
-                &*format!("keys:\n  - {{id: a, sha256: {digest}, subject: s}}\n  - {{id: a, sha256: {}, subject: s}}\n", "b".repeat(64)),
+                &*format!(
+                    "keys:\n  - {{id: a, sha256: {digest}, subject: s}}\n  - {{id: a, sha256: {}, subject: s}}\n",
+                    "b".repeat(64)
+                ),
                 "keys[1]",
             ),
             (
@@ -156,7 +163,11 @@ mod tests {
                 &*format!("keys:\n  - {{id: a, sha256: {digest}, subject: s, expires_at: soon}}\n"),
                 "keys[0]",
             ),
-            ("unknown field", "keys:\n  - {id: a, sha256: x, subject: s, colour: red}\n", "colour"),
+            (
+                "unknown field",
+                "keys:\n  - {id: a, sha256: x, subject: s, colour: red}\n",
+                "colour",
+            ),
         ];
         for (name, text, expected) in cases {
             let err = FileStore::parse(text).unwrap_err();

@@ -77,7 +77,8 @@ pub fn generate(prefix: &str) -> Result<String, FormatError> {
 /// Checks shape, prefix and checksum; nothing is looked up.
 pub fn check(key: &str, prefix: &str) -> Result<(), FormatError> {
     let (found_prefix, rest) = key.rsplit_once('_').ok_or(FormatError::Shape)?;
-    if rest.len() != RANDOM_CHARS + CHECKSUM_CHARS || !rest.bytes().all(|b| b.is_ascii_alphanumeric())
+    if rest.len() != RANDOM_CHARS + CHECKSUM_CHARS
+        || !rest.bytes().all(|b| b.is_ascii_alphanumeric())
     {
         return Err(FormatError::Shape);
     }
@@ -131,11 +132,27 @@ mod tests {
         let i = 10;
         flipped[i] = if flipped[i] == b'a' { b'b' } else { b'a' };
         let cases = [
-            ("one character changed", String::from_utf8(flipped).unwrap(), FormatError::Checksum),
-            ("truncated", key[..key.len() - 1].to_owned(), FormatError::Shape),
-            ("other prefix", key.replacen("pcl", "abc", 1), FormatError::Prefix),
+            (
+                "one character changed",
+                String::from_utf8(flipped).unwrap(),
+                FormatError::Checksum,
+            ),
+            (
+                "truncated",
+                key[..key.len() - 1].to_owned(),
+                FormatError::Shape,
+            ),
+            (
+                "other prefix",
+                key.replacen("pcl", "abc", 1),
+                FormatError::Prefix,
+            ),
             ("no underscore", key.replace('_', ""), FormatError::Shape),
-            ("non-base62", format!("{}!", &key[..key.len() - 1]), FormatError::Shape),
+            (
+                "non-base62",
+                format!("{}!", &key[..key.len() - 1]),
+                FormatError::Shape,
+            ),
         ];
         for (name, damaged, expected) in cases {
             assert_eq!(check(&damaged, "pcl"), Err(expected), "{name}");

@@ -61,7 +61,11 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions, PostgresError> {
 }
 
 /// A pool that connects on first use.
-pub fn lazy_pool(url: &str, max_connections: u32, timeout: Duration) -> Result<PgPool, PostgresError> {
+pub fn lazy_pool(
+    url: &str,
+    max_connections: u32,
+    timeout: Duration,
+) -> Result<PgPool, PostgresError> {
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(timeout)
