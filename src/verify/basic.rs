@@ -234,6 +234,35 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn successes_are_cached_under_a_keyed_digest_of_user_and_password() {
+        let hash = bcrypt::hash("c", 4).unwrap();
+        let file = Htpasswd::parse(&format!("ab:{hash}\n")).unwrap();
+        let verifier =
+            BasicVerifier::new(file, &BasicConfig::default(), 100, Duration::from_secs(60))
+                .unwrap();
+        assert_ne!(
+            verifier.cache_key("ab", "c"),
+            verifier.cache_key("a", "bc"),
+            "user and password boundaries are part of the key"
+        );
+        assert!(verifier.verify("ab", "c", None).await.is_ok());
+        verifier.verified.run_pending_tasks();
+        assert_eq!(verifier.verified.entry_count(), 1, "the success is cached");
+        assert!(
+            verifier
+                .verified
+                .contains_key(&verifier.cache_key("ab", "c"))
+        );
+        assert!(verifier.verify("ab", "wrong", None).await.is_err());
+        verifier.verified.run_pending_tasks();
+        assert_eq!(
+            verifier.verified.entry_count(),
+            1,
+            "failures are not cached"
+        );
+    }
+
     #[test]
     fn client_address_comes_from_proxy_headers() {
         let h = |pairs: &[(&str, &str)]| {
