@@ -9,6 +9,8 @@ use prost::Message;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = ["proto/portcullis/v1/auth.proto"];
     println!("cargo:rerun-if-changed=proto");
+    // The API key schema is embedded by `sqlx::migrate!`.
+    println!("cargo:rerun-if-changed=migrations");
     let fds = protox::compile(protos, ["proto"])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(

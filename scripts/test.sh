@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: provisions what the tests need (the npm OpenID
-# provider, helm, Python test tools), then runs formatting and lint checks, the Rust tests
+# provider, PostgreSQL, helm, Python test tools), then runs formatting and lint checks, the Rust tests
 # (unit, integration, real OpenID provider) and the Helm chart tests.
 # Under CI=true a test that cannot get a component it needs fails instead of skipping.
 set -euo pipefail
@@ -14,6 +14,10 @@ step "provisioning test dependencies"
 scripts/provision/oidc.sh
 scripts/provision/python.sh
 scripts/provision/helm.sh >/dev/null
+# Starts (installing Debian packages if needed) a test PostgreSQL on 127.0.0.1:54329 and
+# exports PORTCULLIS_TEST_DATABASE_URL for the API key store tests.
+PG_ENV="$(scripts/provision/postgres.sh)"
+eval "$PG_ENV"
 export PATH="$REPO/.tools/bin:$PATH"
 
 step "cargo fmt --check"

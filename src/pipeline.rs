@@ -4,19 +4,30 @@
 //! A `Pipeline` is built from one validated config and is immutable; a config reload builds a
 //! new one (reusing remote key sources whose settings did not change) and swaps it in.
 
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{borrow::Cow, collections::HashMap, sync::Arc, time::Instant};
+
+use rustls_pki_types::CertificateDer;
 
 use crate::{
     config::{Config, ConfigError, ConfigErrors, IssuerConfig, PublicKeyFile},
     credentials::{self, Extracted},
-    decision::{CredentialType, Decision, Denial, Principal, Reason},
+    decision::{CredentialType, Decision, Denial, Principal, Reason, Scheme},
     jwt::{self, Algorithm, ClaimPolicy, IssuerVerifier, JwtVerifier, KeySet},
     keys::{KeySource, RemoteKeySource, jwks::Location},
     pb,
     policy::{Policy, Resource, Verdict},
     telemetry::metrics::{METRICS, Surface},
     upstream::UpstreamHeaders,
+    verify::{
+        api_key::ApiKeyVerifier,
+        basic::{self, BasicVerifier},
+        certificate::{self, CertificateVerifier},
+        introspection::Introspector,
+    },
 };
+
+/// Largest `client_certificate_pem` accepted (a certificate chain), in bytes.
+const MAX_CERTIFICATE_PEM_BYTES: usize = 64 * 1024;
 
 /// One request, as every surface hands it to the pipeline.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +41,10 @@ pub struct RequestAttrs<'a> {
     /// that matches the request allows query credentials (RFC 6750 §2.3).
     pub query_credential: Option<&'a str>,
     pub resource: Resource<'a>,
+    /// `client_certificate_pem` from the request (empty: none).
+    pub client_certificate_pem: &'a str,
+    /// The chain the TLS peer presented, leaf first (empty: none or no mTLS).
+    pub peer_certificates: &'a [CertificateDer<'static>],
 }
 
 /// Verification and decision for one config generation.
@@ -38,6 +53,11 @@ pub struct Pipeline {
     jwt: JwtVerifier,
     policy: Policy,
     upstream: UpstreamHeaders,
+    api_keys: Option<ApiKeyVerifier>,
+    basic: Option<BasicVerifier>,
+    /// The introspection that receives opaque bearer tokens.
+    opaque: Option<Introspector>,
+    certificates: Option<CertificateVerifier>,
 }
 
 /// Whether building may fetch from the network and start background tasks.
@@ -62,6 +82,9 @@ impl Pipeline {
         let mut issuers = Vec::with_capacity(config.issuers.len());
         for (i, issuer) in config.issuers.iter().enumerate() {
             let path = format!("issuers[{i}]");
+            if !has_key_source(issuer) {
+                continue; // introspection only
+            }
             match build_issuer(issuer, client, previous, mode) {
                 Ok(built) => issuers.push(built),
                 Err(message) => errors.push(ConfigError { path, message }),
@@ -69,6 +92,13 @@ impl Pipeline {
         }
         let policy = Policy::build(&config.authorization)
             .map_err(|mut rule_errors| errors.append(&mut rule_errors));
+        let built = crate::verify::build::build_verifiers(
+            &config,
+            client,
+            previous.and_then(|p| p.api_keys.as_ref()),
+            mode,
+            &mut errors,
+        );
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -82,7 +112,33 @@ impl Pipeline {
             jwt,
             policy,
             upstream,
+            api_keys: built.api_keys,
+            basic: built.basic,
+            opaque: built.opaque,
+            certificates: built.certificates,
         })
+    }
+
+    /// The realm for a denial's challenge: `basic.realm` for Basic challenges.
+    pub fn realm_for(&self, denial: &Denial) -> &str {
+        match (denial.scheme, &self.config.basic.realm) {
+            (Scheme::Basic, Some(realm)) => realm,
+            _ => self.realm(),
+        }
+    }
+
+    /// Readiness of key stores that load asynchronously (PostgreSQL's change listener).
+    pub fn store_readiness(&self) -> Vec<tokio::sync::watch::Receiver<bool>> {
+        self.api_keys
+            .iter()
+            .filter_map(|keys| keys.postgres.as_ref())
+            .map(|store| store.ready())
+            .collect()
+    }
+
+    /// The introspection for opaque tokens, if any (for metrics and tests).
+    pub fn opaque_introspector(&self) -> Option<&Introspector> {
+        self.opaque.as_ref()
     }
 
     /// Remote key sources, for readiness and metrics.
@@ -131,12 +187,15 @@ impl Pipeline {
         self.authenticate_seen(attrs, &mut None).await
     }
 
-    /// Verifies the request's credential, noting in `seen` which credential it was.
+    /// Verifies the request's credential, noting in `seen` which credential it was. Without
+    /// any other credential, a presented client certificate is the credential; with a token,
+    /// it is what RFC 8705 binds the token to.
     async fn authenticate_seen<'a>(
         &self,
         attrs: RequestAttrs<'a>,
         seen: &mut Option<Seen<'a>>,
     ) -> Result<Arc<Principal>, Denial> {
+        let chain = presented_chain(&attrs)?;
         let extracted =
             credentials::extract(attrs.credential, attrs.headers, &self.config.credentials);
         let credential = match (extracted, attrs.query_credential) {
@@ -150,39 +209,86 @@ impl Pipeline {
             (Err(denial), Some(token)) if denial.reason == Reason::MissingCredential => {
                 Extracted::Bearer(token)
             }
+            (Err(denial), None) if denial.reason == Reason::MissingCredential => {
+                let Some(chain) = &chain else {
+                    return Err(denial);
+                };
+                *seen = Some(Seen {
+                    kind: CredentialType::ClientCertificate,
+                    digest_of: "",
+                });
+                return match &self.certificates {
+                    Some(verifier) => verifier.verify(chain),
+                    None => Err(Denial::new(
+                        Reason::UnsupportedCredential,
+                        "no client certificate CA is configured",
+                    )),
+                };
+            }
             (Err(denial), _) => return Err(denial),
         };
         *seen = Some(Seen::of(credential));
-        self.verify(credential, attrs).await
-    }
-
-    /// Verifies one extracted credential with the verifier for its kind.
-    async fn verify(
-        &self,
-        credential: Extracted<'_>,
-        attrs: RequestAttrs<'_>,
-    ) -> Result<Arc<Principal>, Denial> {
-        match credential {
-            Extracted::Bearer(_) if self.jwt.is_empty() => Err(Denial::new(
-                Reason::UnsupportedCredential,
-                "no token issuer is configured",
-            )),
+        let principal = match credential {
             Extracted::Bearer(token) if jwt::looks_like_jwt(token) => {
-                self.jwt.verify(token, attrs.audience).await
+                if self.jwt.is_empty() {
+                    return Err(Denial::new(
+                        Reason::UnsupportedCredential,
+                        "no token issuer is configured",
+                    ));
+                }
+                self.jwt.verify(token, attrs.audience).await?
             }
-            Extracted::Bearer(_) => Err(Denial::new(
-                Reason::MalformedCredential,
-                "bearer token is not a JWT and no introspection is configured",
-            )),
-            Extracted::ApiKey(_) => Err(Denial::new(
-                Reason::UnsupportedCredential,
-                "no API key store is configured",
-            )),
-            Extracted::Basic { .. } => Err(Denial::new(
-                Reason::UnsupportedCredential,
-                "no Basic credential store is configured",
-            )),
+            Extracted::Bearer(token) => match &self.opaque {
+                Some(introspector) => introspector.verify(token, attrs.audience).await?,
+                None if self.jwt.is_empty() => {
+                    return Err(Denial::new(
+                        Reason::UnsupportedCredential,
+                        "no token issuer is configured",
+                    ));
+                }
+                None => {
+                    return Err(Denial::new(
+                        Reason::MalformedCredential,
+                        "bearer token is not a JWT and no introspection is configured",
+                    ));
+                }
+            },
+            Extracted::ApiKey(key) => match &self.api_keys {
+                Some(verifier) => verifier.verify(key).await?,
+                None => {
+                    return Err(Denial::new(
+                        Reason::UnsupportedCredential,
+                        "no API key store is configured",
+                    ));
+                }
+            },
+            Extracted::Basic {
+                encoded,
+                username,
+                password,
+            } => {
+                let Some(verifier) = &self.basic else {
+                    return Err(Denial::new(
+                        Reason::UnsupportedCredential,
+                        "no Basic credential store is configured",
+                    ));
+                };
+                let (user, password) = match encoded {
+                    Some(encoded) => basic::decode(encoded)?,
+                    None => (username.to_owned(), password.to_owned()),
+                };
+                let client = basic::client_address(attrs.headers);
+                verifier.verify(&user, &password, client.as_deref()).await?
+            }
+        };
+        if matches!(
+            principal.credential_type,
+            CredentialType::Jwt | CredentialType::OpaqueToken
+        ) {
+            let leaf = chain.as_deref().and_then(|c| c.first()).map(|c| c.as_ref());
+            certificate::check_binding(&principal, leaf)?;
         }
+        Ok(principal)
     }
 
     /// Verifies the credential, checks the required scopes and applies the policy.
@@ -304,7 +410,10 @@ fn record(surface: Surface, decision: &Decision, seen: Option<Seen<'_>>, started
         started.elapsed().as_secs_f64(),
     );
     if let Some(denial) = reason {
-        let digest = seen.map(|s| short_digest(s.digest_of)).unwrap_or_default();
+        let digest = seen
+            .filter(|s| !s.digest_of.is_empty())
+            .map(|s| short_digest(s.digest_of))
+            .unwrap_or_default();
         tracing::info!(
             target: "portcullis::audit",
             surface = ?surface,
@@ -334,6 +443,49 @@ fn deny(denial: Denial, principal: Option<Arc<Principal>>, rule: String) -> Deci
         principal,
         rule,
     }
+}
+
+/// The certificate chain the request presented: `client_certificate_pem`, else the TLS
+/// peer's. Both present and naming different certificates is ambiguous.
+fn presented_chain<'a>(
+    attrs: &RequestAttrs<'a>,
+) -> Result<Option<Cow<'a, [CertificateDer<'static>]>>, Denial> {
+    let pem = attrs.client_certificate_pem.trim();
+    if pem.is_empty() {
+        return Ok(
+            (!attrs.peer_certificates.is_empty()).then_some(Cow::Borrowed(attrs.peer_certificates))
+        );
+    }
+    if pem.len() > MAX_CERTIFICATE_PEM_BYTES {
+        return Err(Denial::new(
+            Reason::MalformedCredential,
+            format!("client_certificate_pem is larger than {MAX_CERTIFICATE_PEM_BYTES} bytes"),
+        ));
+    }
+    let chain = certificate::parse_pem_chain(pem).map_err(|err| {
+        Denial::new(
+            Reason::MalformedCredential,
+            format!("client_certificate_pem: {err}"),
+        )
+    })?;
+    if let (Some(peer), Some(given)) = (attrs.peer_certificates.first(), chain.first())
+        && peer != given
+    {
+        return Err(Denial::new(
+            Reason::AmbiguousCredential,
+            "the TLS peer certificate and client_certificate_pem differ",
+        ));
+    }
+    Ok(Some(Cow::Owned(chain)))
+}
+
+/// Whether an issuer has a JWT key source (an issuer may have introspection only).
+fn has_key_source(issuer: &IssuerConfig) -> bool {
+    issuer.discovery
+        || issuer.jwks_uri.is_some()
+        || issuer.jwks_file.is_some()
+        || !issuer.public_key_files.is_empty()
+        || issuer.hmac_secret.is_some()
 }
 
 fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {

@@ -28,7 +28,16 @@ fn watched_files(config_path: &Path, config: &Config) -> BTreeSet<PathBuf> {
         files.extend(issuer.jwks_file.clone());
         files.extend(issuer.public_key_files.iter().map(|f| f.path().clone()));
         files.extend(issuer.hmac_secret.as_ref().and_then(|s| s.file().cloned()));
+        files.extend(
+            issuer
+                .introspection
+                .as_ref()
+                .and_then(|i| i.client_secret.file().cloned()),
+        );
     }
+    files.extend(config.api_keys.file.clone());
+    files.extend(config.basic.htpasswd_file.clone());
+    files.extend(config.client_certificates.ca_files.iter().cloned());
     files
 }
 

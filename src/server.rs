@@ -33,6 +33,30 @@ pub enum ServeError {
     HttpClient(String),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("server.tls: {0}")]
+    Tls(String),
+}
+
+/// The gRPC listener's TLS: its identity and, with `client_ca_file`, optional client
+/// certificates signed by that CA (callers without one still use other credentials).
+fn server_tls(
+    tls: &crate::config::TlsConfig,
+) -> Result<tonic::transport::ServerTlsConfig, ServeError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|err| ServeError::Tls(format!("cannot read {}: {err}", path.display())))
+    };
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
+        read(&tls.cert_file)?,
+        read(&tls.key_file)?,
+    ));
+    if let Some(ca) = &tls.client_ca_file {
+        config = config
+            .client_ca_root(Certificate::from_pem(read(ca)?))
+            .client_auth_optional(true);
+    }
+    Ok(config)
 }
 
 /// State shared by the surfaces, the admin endpoints and the reloader.
@@ -90,6 +114,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     crate::telemetry::metrics::set_request_metrics(config.telemetry.metrics);
     let grpc_listen = config.server.grpc_listen;
     let admin_listen = config.server.admin_listen;
+    let tls = config.server.tls.as_ref().map(server_tls).transpose()?;
     let pipeline = Pipeline::build(config, &client, None, BuildMode::Serve)?;
     let shared = Arc::new(Shared {
         pipeline: Arc::new(ArcSwap::from_pointee(pipeline)),
@@ -154,7 +179,11 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
         .build_v1alpha()
         .map_err(|err| ServeError::HttpClient(err.to_string()))?;
 
-    let router = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let router = builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -233,17 +262,19 @@ async fn run(
     result.map_err(ServeError::from)
 }
 
-/// Sets SERVING once every remote key source has loaded once (static keys load at build).
+/// Sets SERVING once every remote key source has loaded once and every key store listens for
+/// changes (static keys load at build).
 async fn report_ready_when_keys_load(
     shared: Arc<Shared>,
     health: tonic_health::server::HealthReporter,
 ) {
-    let receivers: Vec<_> = shared
-        .pipeline
-        .load()
+    let pipeline = shared.pipeline.load();
+    let mut receivers: Vec<_> = pipeline
         .remote_sources()
         .map(|source| source.ready())
         .collect();
+    receivers.extend(pipeline.store_readiness());
+    drop(pipeline);
     for mut ready in receivers {
         if ready.wait_for(|loaded| *loaded).await.is_err() {
             return;

@@ -1,6 +1,9 @@
-//! The `portcullis` command line: `serve`, `check-config`, `token inspect` and `authenticate`.
+//! The `portcullis` command line: `serve`, `check-config`, `keys`, `passwd`, `token` and
+//! `authenticate`.
 
 mod authenticate;
+mod keys;
+mod passwd;
 mod token;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -45,6 +48,13 @@ enum Command {
     },
     /// Call a running server's Authenticate and print the result as JSON.
     Authenticate(authenticate::AuthenticateArgs),
+    /// API keys: generate, and the PostgreSQL store's schema and revocation.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
+    /// Print an htpasswd line (argon2id) for USER; the password comes from a prompt or stdin.
+    Passwd { user: String },
 }
 
 impl Cli {
@@ -54,6 +64,8 @@ impl Cli {
             Command::CheckConfig { config, offline } => check_config(&config, offline),
             Command::Token { command } => token::run(command),
             Command::Authenticate(args) => authenticate::run(args),
+            Command::Keys { command } => keys::run(command),
+            Command::Passwd { user } => passwd::run(&user),
         }
     }
 }

@@ -93,6 +93,11 @@ pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
             "authorization" => section(value, name, &mut errors).map(|v| config.authorization = v),
             "response" => section(value, name, &mut errors).map(|v| config.response = v),
             "telemetry" => section(value, name, &mut errors).map(|v| config.telemetry = v),
+            "api_keys" => section(value, name, &mut errors).map(|v| config.api_keys = v),
+            "basic" => section(value, name, &mut errors).map(|v| config.basic = v),
+            "client_certificates" => {
+                section(value, name, &mut errors).map(|v| config.client_certificates = v)
+            }
             other => {
                 errors.push(error(other, "unknown key"));
                 None
@@ -243,6 +248,70 @@ fn validate(config: &Config, positions: &[usize], errors: &mut Vec<ConfigError>)
     if let Err(err) = tracing_subscriber::EnvFilter::try_new(&config.telemetry.log_level) {
         errors.push(error("telemetry.log_level", err.to_string()));
     }
+    validate_verifiers(config, positions, errors);
+}
+
+/// Checks of `api_keys`, `basic`, introspection and opaque-token routing.
+fn validate_verifiers(config: &Config, positions: &[usize], errors: &mut Vec<ConfigError>) {
+    let prefix = &config.api_keys.prefix;
+    if !crate::keys::api_keys::valid_prefix(prefix) {
+        errors.push(error(
+            "api_keys.prefix",
+            "must be 1 to 16 lower-case letters or digits",
+        ));
+    }
+    if let Some(pg) = &config.api_keys.postgres {
+        if pg.max_connections == 0 {
+            errors.push(error(
+                "api_keys.postgres.max_connections",
+                "must be greater than zero",
+            ));
+        }
+        if pg.timeout.is_zero() {
+            errors.push(error(
+                "api_keys.postgres.timeout",
+                "must be greater than zero",
+            ));
+        }
+    }
+    let basic = &config.basic;
+    if basic.max_failures == 0 {
+        errors.push(error("basic.max_failures", "must be greater than zero"));
+    }
+    if basic.failure_window.is_zero() {
+        errors.push(error("basic.failure_window", "must be greater than zero"));
+    }
+    let mut introspected = Vec::new();
+    for (i, issuer) in positions.iter().zip(&config.issuers) {
+        let Some(introspection) = &issuer.introspection else {
+            continue;
+        };
+        introspected.push(issuer.name.as_str());
+        let path = format!("issuers[{i}].introspection");
+        if !is_http_url(&introspection.endpoint) {
+            errors.push(error(format!("{path}.endpoint"), "must be an http(s) URL"));
+        }
+        if introspection.client_id.is_empty() {
+            errors.push(error(format!("{path}.client_id"), "must not be empty"));
+        }
+        if introspection.timeout.is_zero() {
+            errors.push(error(
+                format!("{path}.timeout"),
+                "must be greater than zero",
+            ));
+        }
+    }
+    match &config.credentials.opaque_token_issuer {
+        Some(name) if !introspected.contains(&name.as_str()) => errors.push(error(
+            "credentials.opaque_token_issuer",
+            format!("no issuer named {name:?} has introspection"),
+        )),
+        None if introspected.len() > 1 => errors.push(error(
+            "credentials.opaque_token_issuer",
+            "more than one issuer has introspection; name the one that receives opaque tokens",
+        )),
+        _ => {}
+    }
 }
 
 /// Rule checks that need the whole config (issuer names); patterns and CEL are compiled by
@@ -337,6 +406,7 @@ fn validate_issuer(issuer: &IssuerConfig, path: &str, errors: &mut Vec<ConfigErr
     ];
     match sources.iter().filter(|set| **set).count() {
         1 => {}
+        0 if issuer.introspection.is_some() => {}
         0 => errors.push(error(
             path,
             "set exactly one key source: discovery, jwks_uri, jwks_file, public_key_files or hmac_secret",
@@ -474,5 +544,41 @@ issuers:
         let errors = load_str(yaml).unwrap_err().0;
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].path, "issuers[0].algorithms");
+    }
+
+    #[test]
+    fn opaque_tokens_need_one_introspection_issuer_or_a_named_one() {
+        let issuer = |name: &str| {
+            format!(
+                "  - name: {name}\n    issuer: https://{name}.example\n    introspection: {{endpoint: https://{name}.example/introspect, client_id: c, client_secret: env:S}}\n"
+            )
+        };
+        let one = format!("issuers:\n{}", issuer("a"));
+        assert!(
+            load_str(&one).is_ok(),
+            "an introspection-only issuer needs no key source"
+        );
+        let two = format!("issuers:\n{}{}", issuer("a"), issuer("b"));
+        let errors = load_str(&two).unwrap_err().0;
+        assert_eq!(
+            errors[0].path, "credentials.opaque_token_issuer",
+            "{errors:?}"
+        );
+        assert!(load_str(&format!("{two}credentials: {{opaque_token_issuer: b}}\n")).is_ok());
+        let errors = load_str(&format!("{two}credentials: {{opaque_token_issuer: c}}\n"))
+            .unwrap_err()
+            .0;
+        assert_eq!(
+            errors[0].path, "credentials.opaque_token_issuer",
+            "{errors:?}"
+        );
+        let errors =
+            load_str("api_keys: {prefix: Bad_Prefix, colour: 1}\nbasic: {max_failures: 0}\n")
+                .unwrap_err()
+                .0;
+        let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
+        for expected in ["api_keys.colour", "api_keys.prefix", "basic.max_failures"] {
+            assert!(paths.contains(&expected), "{expected}: {errors:?}");
+        }
     }
 }

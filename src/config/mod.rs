@@ -4,7 +4,9 @@
 mod load;
 mod secret;
 mod types;
+mod verifiers;
 
 pub use load::{ConfigError, ConfigErrors, load_file, load_str};
 pub use secret::SecretRef;
 pub use types::*;
+pub use verifiers::*;

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Deserializer};
 
-use super::secret::SecretRef;
+use super::{secret::SecretRef, verifiers::*};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -17,6 +17,9 @@ pub struct Config {
     pub authorization: AuthorizationConfig,
     pub response: ResponseConfig,
     pub telemetry: TelemetryConfig,
+    pub api_keys: ApiKeysConfig,
+    pub basic: BasicConfig,
+    pub client_certificates: ClientCertificatesConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -27,6 +30,8 @@ pub struct ServerConfig {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
+    /// TLS on the gRPC listener (restart to change).
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -35,6 +40,7 @@ impl Default for ServerConfig {
             grpc_listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
             shutdown_grace: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -71,6 +77,9 @@ pub struct IssuerConfig {
     pub typ: Vec<String>,
     #[serde(default)]
     pub jwks: JwksConfig,
+    /// RFC 7662 introspection for this issuer's opaque tokens.
+    #[serde(default)]
+    pub introspection: Option<IntrospectionConfig>,
 }
 
 fn default_leeway() -> Duration {
@@ -143,6 +152,9 @@ pub struct CredentialsConfig {
     pub api_key_headers: Vec<String>,
     /// Largest credential accepted, in bytes; larger ones are MALFORMED_CREDENTIAL.
     pub max_credential_bytes: usize,
+    /// The issuer (by name) whose introspection receives opaque bearer tokens; needed only
+    /// when more than one issuer has `introspection`.
+    pub opaque_token_issuer: Option<String>,
 }
 
 impl Default for CredentialsConfig {
@@ -150,6 +162,7 @@ impl Default for CredentialsConfig {
         Self {
             api_key_headers: vec!["x-api-key".to_owned()],
             max_credential_bytes: 8 * 1024,
+            opaque_token_issuer: None,
         }
     }
 }

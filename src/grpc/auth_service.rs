@@ -45,6 +45,7 @@ impl pb::auth_server::Auth for AuthService {
     ) -> Result<Response<AuthenticateResponse>, Status> {
         let span = telemetry::request_span("authenticate");
         telemetry::set_parent_from_metadata(&span, request.metadata());
+        let peer = request.peer_certs();
         let request = request.get_ref();
         check_headers(request.headers.len())?;
         let pipeline = self.pipeline.load_full();
@@ -55,6 +56,8 @@ impl pb::auth_server::Auth for AuthService {
             required_scopes: &[],
             query_credential: None,
             resource: Resource::default(),
+            client_certificate_pem: &request.client_certificate_pem,
+            peer_certificates: peer.as_deref().map_or(&[], Vec::as_slice),
         };
         let decision = pipeline
             .run(Surface::authenticate, attrs)
@@ -69,7 +72,7 @@ impl pb::auth_server::Auth for AuthService {
             Decision::Deny { denial, .. } => AuthenticateResponse {
                 authenticated: false,
                 principal: None,
-                denial: Some(denial.to_proto(pipeline.realm())),
+                denial: Some(denial.to_proto(pipeline.realm_for(&denial))),
             },
         };
         Ok(Response::new(response))
@@ -81,6 +84,7 @@ impl pb::auth_server::Auth for AuthService {
     ) -> Result<Response<AuthorizeResponse>, Status> {
         let span = telemetry::request_span("authorize");
         telemetry::set_parent_from_metadata(&span, request.metadata());
+        let peer = request.peer_certs();
         let request = request.get_ref();
         check_headers(request.headers.len())?;
         let pipeline = self.pipeline.load_full();
@@ -100,6 +104,8 @@ impl pb::auth_server::Auth for AuthService {
                 path: &path,
                 context_extensions: resource.map(|r| &r.attributes),
             },
+            client_certificate_pem: &request.client_certificate_pem,
+            peer_certificates: peer.as_deref().map_or(&[], Vec::as_slice),
         };
         let response = match pipeline
             .run(Surface::authorize, attrs)
@@ -124,7 +130,7 @@ impl pb::auth_server::Auth for AuthService {
             } => AuthorizeResponse {
                 allowed: false,
                 principal: principal.map(|p| p.proto().clone()),
-                denial: Some(denial.to_proto(pipeline.realm())),
+                denial: Some(denial.to_proto(pipeline.realm_for(&denial))),
                 rule,
                 upstream_headers: Default::default(),
             },

@@ -114,11 +114,18 @@ pub async fn check(pipeline: &Pipeline, request: &CheckRequest) -> CheckResponse
     let query_token = form_urlencoded::parse(query.as_bytes())
         .find(|(name, _)| name == "access_token")
         .map(|(_, value)| value.into_owned());
+    // The peer certificate as Envoy sends it: URL-encoded PEM (`+` is not a space here).
+    let certificate = attributes
+        .and_then(|a| a.source.as_ref())
+        .map(|source| percent_encoding::percent_decode_str(&source.certificate).decode_utf8_lossy())
+        .unwrap_or_default();
     let attrs = RequestAttrs {
         credential: None,
         headers: headers_ref,
         audience: "",
         required_scopes: &[],
+        client_certificate_pem: &certificate,
+        peer_certificates: &[],
         query_credential: query_token.as_deref(),
         resource: Resource {
             grpc_service,
@@ -167,7 +174,7 @@ pub async fn check(pipeline: &Pipeline, request: &CheckRequest) -> CheckResponse
                 })),
             }
         }
-        Decision::Deny { denial, rule, .. } => denied(&denial, &rule, pipeline.realm()),
+        Decision::Deny { denial, rule, .. } => denied(&denial, &rule, pipeline.realm_for(&denial)),
     }
 }
 

@@ -9,7 +9,7 @@ mod verifier;
 
 use std::{fmt, str::FromStr};
 
-pub use claims::ClaimPolicy;
+pub use claims::{CheckedClaims, ClaimPolicy};
 pub use json::parse_strict_object;
 pub use keys::{KeyError, KeyLookup, KeySet, VerifyingKey, hmac_key, pem_key};
 pub use token::{JwsParts, ParsedToken, TokenError, looks_like_jwt, parse_compact, parse_jws};

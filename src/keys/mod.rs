@@ -1,6 +1,9 @@
 //! Key material the verifiers use, and where it comes from: static sets built from files or
-//! secrets at config load, and remote JWKS documents fetched and cached in the background.
+//! secrets at config load, remote JWKS documents fetched and cached in the background, API key
+//! stores (file and PostgreSQL) and the htpasswd file behind HTTP Basic.
 
+pub mod api_keys;
+pub mod htpasswd;
 pub mod jwks;
 
 use std::sync::Arc;

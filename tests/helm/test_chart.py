@@ -64,17 +64,6 @@ SPEC_CONFIG_KEYS = {
 # Config keys whose values are secret: they must be env:NAME or file:/path references.
 SECRET_VALUED_KEYS = {"hmac_secret", "client_secret", "password", "secret", "token"}
 
-# SPEC section 6 keys that the portcullis binary does not implement yet. While
-# `check-config` complains only that some of these are unknown keys, the check-config
-# test xfails and names them instead of failing; any other complaint fails it. Remove an
-# entry once the application implements the key (the test then has to pass outright).
-PENDING_SPEC_KEYS = {
-    "server.tls",
-    "issuers[].introspection",
-    "api_keys",
-    "basic",
-}
-
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
@@ -846,19 +835,6 @@ def test_rendered_config_passes_check_config(helm, portcullis_bin, tmp_path, sce
     path.write_text(config)
     proc = subprocess.run([portcullis_bin, "check-config", "--offline", "--config", str(path)],
                           capture_output=True, text=True, timeout=60)
-    if proc.returncode == 64:
-        complaints = [line.strip() for line in (proc.stdout + proc.stderr).splitlines()
-                      if line.strip() and not line.rstrip().endswith("invalid configuration:")]
-        pending = set()
-        for line in complaints:
-            m = re.fullmatch(r"(\S+): unknown key", line)
-            key = re.sub(r"\[\d+\]", "[]", m.group(1)) if m else None
-            if key not in PENDING_SPEC_KEYS:
-                break
-            pending.add(key)
-        else:
-            if pending:
-                pytest.xfail(f"the binary does not implement these SPEC keys yet: {sorted(pending)}")
     assert proc.returncode == 0, (
         f"check-config --offline rejected the {scenario} config (exit {proc.returncode}):\n"
         f"{proc.stdout}\n{proc.stderr}\n--- config.yaml ---\n{config}")

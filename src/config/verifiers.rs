@@ -1,0 +1,149 @@
+//! Configuration of the verifiers beyond JWT: API key stores (`api_keys`), HTTP Basic
+//! (`basic`), per-issuer OAuth2 introspection (`issuers[].introspection`), client certificates
+//! (`client_certificates`) and TLS on the gRPC listener (`server.tls`).
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+use super::{secret::SecretRef, types::duration};
+
+/// TLS on the gRPC listener. With `client_ca_file`, clients may present a certificate signed
+/// by that CA (optional: callers without one still use the other credentials).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// `api_keys`: the key prefix and the stores looked up (file first, then PostgreSQL).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ApiKeysConfig {
+    /// The prefix every key carries (`<prefix>_...`); keys with another prefix are malformed.
+    pub prefix: String,
+    /// A YAML file of key records (hot-reloaded).
+    pub file: Option<PathBuf>,
+    pub postgres: Option<PostgresConfig>,
+}
+
+impl Default for ApiKeysConfig {
+    fn default() -> Self {
+        Self {
+            prefix: "pcl".to_owned(),
+            file: None,
+            postgres: None,
+        }
+    }
+}
+
+impl ApiKeysConfig {
+    pub fn is_configured(&self) -> bool {
+        self.file.is_some() || self.postgres.is_some()
+    }
+}
+
+/// `api_keys.postgres`: the shared key store.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct PostgresConfig {
+    /// Connection URL (`env:DATABASE_URL`, `file:/path` or literal).
+    pub url: SecretRef,
+    /// How long a found key is cached (revocations arrive sooner, by NOTIFY).
+    #[serde(default = "default_pg_cache_ttl", deserialize_with = "duration")]
+    pub cache_ttl: Duration,
+    /// How long an unknown digest is remembered as unknown.
+    #[serde(default = "default_pg_negative_ttl", deserialize_with = "duration")]
+    pub negative_cache_ttl: Duration,
+    /// Connections in the pool.
+    #[serde(default = "default_pg_connections")]
+    pub max_connections: u32,
+    /// Longest wait for a connection or a query before UPSTREAM_UNAVAILABLE.
+    #[serde(default = "default_pg_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+fn default_pg_cache_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_pg_negative_ttl() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_pg_connections() -> u32 {
+    4
+}
+fn default_pg_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// `basic`: HTTP Basic credentials checked against an htpasswd file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct BasicConfig {
+    /// Realm of the `Basic` challenge; defaults to `response.realm`.
+    pub realm: Option<String>,
+    pub htpasswd_file: Option<PathBuf>,
+    /// How long a successful check is remembered (keyed digest of user and password).
+    #[serde(deserialize_with = "duration")]
+    pub cache_ttl: Duration,
+    /// Failures allowed per user and per client address within `failure_window`.
+    pub max_failures: u32,
+    #[serde(deserialize_with = "duration")]
+    pub failure_window: Duration,
+}
+
+impl Default for BasicConfig {
+    fn default() -> Self {
+        Self {
+            realm: None,
+            htpasswd_file: None,
+            cache_ttl: Duration::from_secs(60),
+            max_failures: 5,
+            failure_window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How Portcullis authenticates itself to an introspection endpoint (RFC 7662 §2.1).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMethod {
+    #[default]
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+/// `issuers[].introspection`: RFC 7662 for the issuer's opaque tokens.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct IntrospectionConfig {
+    pub endpoint: String,
+    pub client_id: String,
+    pub client_secret: SecretRef,
+    #[serde(default)]
+    pub auth_method: ClientAuthMethod,
+    /// Longest time an introspection result is reused (never past the token's `exp`).
+    #[serde(default = "default_introspection_ttl", deserialize_with = "duration")]
+    pub cache_ttl: Duration,
+    /// Bound on one introspection call; past it the request is UPSTREAM_UNAVAILABLE.
+    #[serde(
+        default = "default_introspection_timeout",
+        deserialize_with = "duration"
+    )]
+    pub timeout: Duration,
+}
+
+fn default_introspection_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_introspection_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// `client_certificates`: CAs that client certificates are validated against, besides
+/// `server.tls.client_ca_file`. Certificate authentication is on when any CA is configured.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct ClientCertificatesConfig {
+    pub ca_files: Vec<PathBuf>,
+}

@@ -1,0 +1,284 @@
+//! HTTP Basic verification (RFC 7617) against the htpasswd file.
+//!
+//! - Parsing: base64 of `user:password`; the password may contain colons; no colon, invalid
+//!   base64 or invalid UTF-8 is MALFORMED_CREDENTIAL.
+//! - Throttling: failures are counted per user and per client address (first
+//!   `x-forwarded-for` entry, else `x-real-ip`) in a sliding window; at `basic.max_failures`
+//!   further attempts are RATE_LIMITED until old failures leave the window.
+//! - Cost: bcrypt/argon2 run on the blocking pool. Successful checks are remembered for
+//!   `basic.cache_ttl` under HMAC-SHA256(per-process random key, user, password), so a hot
+//!   caller does not pay the hash on every call and the cache never holds a password or a
+//!   digest that could be attacked offline. Unknown users are checked against a real entry's
+//!   hash so that they take as long as known ones.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use aws_lc_rs::{hmac, rand::SystemRandom};
+use base64::{Engine, engine::general_purpose::STANDARD};
+use moka::sync::Cache;
+use serde_json::{Map, Value};
+
+use crate::{
+    config::BasicConfig,
+    decision::{CredentialType, Denial, Principal, Reason, Scheme},
+    keys::htpasswd::Htpasswd,
+};
+
+/// Issuer name reported for Basic principals.
+pub const ISSUER: &str = "basic";
+
+/// Failure timestamps of one user or client.
+type Window = Arc<Mutex<VecDeque<Instant>>>;
+
+pub struct BasicVerifier {
+    htpasswd: Arc<Htpasswd>,
+    key: hmac::Key,
+    verified: Cache<[u8; 32], Arc<Principal>>,
+    failures: Cache<String, Window>,
+    max_failures: usize,
+    window: Duration,
+}
+
+impl std::fmt::Debug for BasicVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicVerifier")
+            .field("users", &self.htpasswd.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A Denial carrying a `Basic` challenge.
+pub fn basic_denial(reason: Reason, message: &str) -> Denial {
+    Denial {
+        scheme: Scheme::Basic,
+        ..Denial::new(reason, message)
+    }
+}
+
+/// Splits a decoded `user:password`.
+pub fn decode(encoded: &str) -> Result<(String, String), Denial> {
+    let malformed = |message: &str| basic_denial(Reason::MalformedCredential, message);
+    let bytes = STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| malformed("Basic credentials are not valid base64"))?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| malformed("Basic credentials are not UTF-8"))?;
+    let (user, password) = text
+        .split_once(':')
+        .ok_or_else(|| malformed("Basic credentials have no ':' between user and password"))?;
+    if user.is_empty() {
+        return Err(malformed("Basic credentials have an empty user name"));
+    }
+    Ok((user.to_owned(), password.to_owned()))
+}
+
+/// The client address used for throttling, from proxy headers (none: throttled per user only).
+pub fn client_address(headers: &HashMap<String, String>) -> Option<String> {
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    header("x-forwarded-for")
+        .and_then(|v| v.split(',').next())
+        .or_else(|| header("x-real-ip"))
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= 64)
+        .map(str::to_owned)
+}
+
+impl BasicVerifier {
+    pub fn new(
+        htpasswd: Htpasswd,
+        config: &BasicConfig,
+        max_entries: u64,
+        max_ttl: Duration,
+    ) -> Result<Self, String> {
+        let key = hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new())
+            .map_err(|_| "the system random number generator failed".to_owned())?;
+        Ok(Self {
+            htpasswd: Arc::new(htpasswd),
+            key,
+            verified: Cache::builder()
+                .max_capacity(max_entries)
+                .time_to_live(config.cache_ttl.min(max_ttl))
+                .build(),
+            failures: Cache::builder()
+                .max_capacity(max_entries)
+                .time_to_idle(config.failure_window)
+                .build(),
+            max_failures: usize::try_from(config.max_failures).unwrap_or(usize::MAX),
+            window: config.failure_window,
+        })
+    }
+
+    fn cache_key(&self, user: &str, password: &str) -> [u8; 32] {
+        let mut context = hmac::Context::with_key(&self.key);
+        context.update(&(user.len() as u64).to_le_bytes());
+        context.update(user.as_bytes());
+        context.update(password.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(context.sign().as_ref());
+        out
+    }
+
+    /// Failures of `who` inside the window (old ones are dropped).
+    fn recent_failures(&self, who: &str, now: Instant) -> usize {
+        self.failures.get(who).map_or(0, |window| {
+            let mut window = window.lock().unwrap_or_else(|e| e.into_inner());
+            while window
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= self.window)
+            {
+                window.pop_front();
+            }
+            window.len()
+        })
+    }
+
+    fn record_failure(&self, who: String, now: Instant) {
+        let window = self.failures.get_with(who, Window::default);
+        let mut window = window.lock().unwrap_or_else(|e| e.into_inner());
+        window.push_back(now);
+        while window.len() > self.max_failures {
+            window.pop_front();
+        }
+    }
+
+    pub async fn verify(
+        &self,
+        user: &str,
+        password: &str,
+        client: Option<&str>,
+    ) -> Result<Arc<Principal>, Denial> {
+        if user.is_empty() || user.contains(':') {
+            return Err(basic_denial(
+                Reason::MalformedCredential,
+                "the Basic user name is empty or contains ':'",
+            ));
+        }
+        let now = Instant::now();
+        let user_key = format!("user:{user}");
+        let client_key = client.map(|c| format!("client:{c}"));
+        let throttled = self.recent_failures(&user_key, now) >= self.max_failures
+            || client_key
+                .as_deref()
+                .is_some_and(|c| self.recent_failures(c, now) >= self.max_failures);
+        if throttled {
+            return Err(basic_denial(
+                Reason::RateLimited,
+                "too many failed attempts; try again later",
+            ));
+        }
+        let cache_key = self.cache_key(user, password);
+        if let Some(principal) = self.verified.get(&cache_key) {
+            return Ok(principal);
+        }
+        let htpasswd = self.htpasswd.clone();
+        let (owned_user, owned_password) = (user.to_owned(), password.to_owned());
+        let valid =
+            tokio::task::spawn_blocking(move || htpasswd.verify(&owned_user, &owned_password))
+                .await
+                .unwrap_or(false);
+        if !valid {
+            self.record_failure(user_key, now);
+            if let Some(client_key) = client_key {
+                self.record_failure(client_key, now);
+            }
+            return Err(basic_denial(
+                Reason::InvalidSignature,
+                "unknown user or wrong password",
+            ));
+        }
+        let mut claims = Map::new();
+        claims.insert("sub".to_owned(), Value::String(user.to_owned()));
+        let principal = Arc::new(Principal::new(
+            user.to_owned(),
+            ISSUER.to_owned(),
+            CredentialType::Basic,
+            claims,
+            Vec::new(),
+            None,
+            String::new(),
+        ));
+        self.verified.insert(cache_key, principal.clone());
+        Ok(principal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc7617_parsing() {
+        let enc = |s: &[u8]| STANDARD.encode(s);
+        let ok = decode(&enc(b"alice:pa:ss:word")).unwrap();
+        assert_eq!(ok, ("alice".to_owned(), "pa:ss:word".to_owned()));
+        assert_eq!(decode(&enc("jös:ü".as_bytes())).unwrap().0, "jös");
+        let cases: [(&str, String); 4] = [
+            ("no colon", enc(b"alice")),
+            ("invalid base64", "***".to_owned()),
+            ("invalid UTF-8", enc(b"al\xffice:pw")),
+            ("empty user", enc(b":pw")),
+        ];
+        for (name, value) in cases {
+            let denial = decode(&value).unwrap_err();
+            assert_eq!(denial.reason, Reason::MalformedCredential, "{name}");
+            assert_eq!(denial.scheme, Scheme::Basic, "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn successes_are_cached_under_a_keyed_digest_of_user_and_password() {
+        let hash = bcrypt::hash("c", 4).unwrap();
+        let file = Htpasswd::parse(&format!("ab:{hash}\n")).unwrap();
+        let verifier =
+            BasicVerifier::new(file, &BasicConfig::default(), 100, Duration::from_secs(60))
+                .unwrap();
+        assert_ne!(
+            verifier.cache_key("ab", "c"),
+            verifier.cache_key("a", "bc"),
+            "user and password boundaries are part of the key"
+        );
+        assert!(verifier.verify("ab", "c", None).await.is_ok());
+        verifier.verified.run_pending_tasks();
+        assert_eq!(verifier.verified.entry_count(), 1, "the success is cached");
+        assert!(
+            verifier
+                .verified
+                .contains_key(&verifier.cache_key("ab", "c"))
+        );
+        assert!(verifier.verify("ab", "wrong", None).await.is_err());
+        verifier.verified.run_pending_tasks();
+        assert_eq!(
+            verifier.verified.entry_count(),
+            1,
+            "failures are not cached"
+        );
+    }
+
+    #[test]
+    fn client_address_comes_from_proxy_headers() {
+        let h = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>()
+        };
+        assert_eq!(
+            client_address(&h(&[("x-forwarded-for", "10.0.0.1, 10.0.0.2")])).as_deref(),
+            Some("10.0.0.1")
+        );
+        assert_eq!(
+            client_address(&h(&[("x-real-ip", "10.0.0.3")])).as_deref(),
+            Some("10.0.0.3")
+        );
+        assert_eq!(client_address(&h(&[])), None);
+    }
+}

@@ -1,0 +1,268 @@
+//! OAuth2 token introspection (RFC 7662) for opaque bearer tokens, per issuer.
+//!
+//! Portcullis authenticates to the endpoint with `client_secret_basic` or `client_secret_post`.
+//! `active: false` is INACTIVE; an active token is then held to the issuer's claim policy
+//! (expired: EXPIRED, wrong audience: AUDIENCE_MISMATCH). Results are cached by the token's
+//! SHA-256 for at most `cache_ttl`, `cache.max_ttl` and the time left until `exp`; expiry and
+//! the requested audience are re-checked on every hit. Concurrent requests for one uncached
+//! token share one call (moka `try_get_with`). An endpoint that is down, slower than `timeout`
+//! or answers anything but a JSON object with a boolean `active` is UPSTREAM_UNAVAILABLE:
+//! never a fallback to "allow".
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use moka::future::Cache;
+use serde_json::Value;
+use tracing::warn;
+
+use super::unix_now;
+use crate::{
+    config::{ClientAuthMethod, IssuerConfig},
+    decision::{CredentialType, Denial, Principal, Reason},
+    jwt::{ClaimPolicy, parse_strict_object, token_digest},
+};
+
+/// Largest introspection response accepted.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+struct Introspected {
+    principal: Arc<Principal>,
+    checked: crate::jwt::CheckedClaims,
+    ttl: Duration,
+}
+
+struct TtlFromEntry;
+
+impl moka::Expiry<[u8; 32], Arc<Introspected>> for TtlFromEntry {
+    fn expire_after_create(
+        &self,
+        _: &[u8; 32],
+        value: &Arc<Introspected>,
+        _: Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// One issuer's introspection endpoint and its result cache.
+pub struct Introspector {
+    pub issuer_name: String,
+    iss: String,
+    endpoint: String,
+    client_id: String,
+    client_secret: String,
+    method: ClientAuthMethod,
+    timeout: Duration,
+    cache_ttl: Duration,
+    policy: ClaimPolicy,
+    client: reqwest::Client,
+    cache: Cache<[u8; 32], Arc<Introspected>>,
+    /// Calls made to the endpoint (for metrics and tests).
+    pub calls: AtomicU64,
+}
+
+impl std::fmt::Debug for Introspector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Introspector")
+            .field("issuer", &self.issuer_name)
+            .field("endpoint", &self.endpoint)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable() -> Denial {
+    Denial::new(
+        Reason::UpstreamUnavailable,
+        "the introspection endpoint is unavailable",
+    )
+}
+
+/// RFC 6749 §2.3.1: client id and secret are form-urlencoded before Basic encoding.
+fn form_encode(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+impl Introspector {
+    /// Builds the introspector for an issuer that has `introspection` configured.
+    pub fn new(
+        issuer: &IssuerConfig,
+        client: reqwest::Client,
+        max_entries: u64,
+        max_ttl: Duration,
+    ) -> Result<Option<Self>, String> {
+        let Some(config) = &issuer.introspection else {
+            return Ok(None);
+        };
+        let secret = config
+            .client_secret
+            .resolve()
+            .map_err(|err| format!("introspection.client_secret: {err}"))?;
+        let client_secret = String::from_utf8(secret)
+            .map_err(|_| "introspection.client_secret is not UTF-8".to_owned())?;
+        let policy = ClaimPolicy {
+            required_claims: Vec::new(),
+            typ: Vec::new(),
+            ..ClaimPolicy::from_config(issuer)
+        };
+        Ok(Some(Self {
+            issuer_name: issuer.name.clone(),
+            iss: issuer.issuer.clone(),
+            endpoint: config.endpoint.clone(),
+            client_id: config.client_id.clone(),
+            client_secret,
+            method: config.auth_method,
+            timeout: config.timeout,
+            cache_ttl: config.cache_ttl.min(max_ttl),
+            policy,
+            client,
+            cache: Cache::builder()
+                .max_capacity(max_entries)
+                .expire_after(TtlFromEntry)
+                .build(),
+            calls: AtomicU64::new(0),
+        }))
+    }
+
+    pub async fn verify(
+        &self,
+        token: &str,
+        requested_audience: &str,
+    ) -> Result<Arc<Principal>, Denial> {
+        let digest = token_digest(token);
+        let entry = self
+            .cache
+            .try_get_with(digest, self.introspect(token))
+            .await
+            .map_err(|denial| (*denial).clone())?;
+        self.policy
+            .recheck(&entry.checked, unix_now(), requested_audience)?;
+        Ok(entry.principal.clone())
+    }
+
+    /// One call to the endpoint. The per-request audience is checked by the caller, since
+    /// concurrent requests with different audiences share this call.
+    async fn introspect(&self, token: &str) -> Result<Arc<Introspected>, Denial> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let mut form = vec![("token", token), ("token_type_hint", "access_token")];
+        let mut request = self.client.post(&self.endpoint).timeout(self.timeout);
+        match self.method {
+            ClientAuthMethod::ClientSecretBasic => {
+                let pair = format!(
+                    "{}:{}",
+                    form_encode(&self.client_id),
+                    form_encode(&self.client_secret)
+                );
+                request = request.header(
+                    reqwest::header::AUTHORIZATION,
+                    format!("Basic {}", STANDARD.encode(pair)),
+                );
+            }
+            ClientAuthMethod::ClientSecretPost => {
+                form.push(("client_id", &self.client_id));
+                form.push(("client_secret", &self.client_secret));
+            }
+        }
+        let call = async {
+            let response = request
+                .header(reqwest::header::ACCEPT, "application/json")
+                .form(&form)
+                .send()
+                .await
+                .map_err(|err| format!("request failed: {}", err.without_url()))?;
+            if !response.status().is_success() {
+                return Err(format!("HTTP status {}", response.status().as_u16()));
+            }
+            if response
+                .content_length()
+                .is_some_and(|len| len > MAX_RESPONSE_BYTES as u64)
+            {
+                return Err("response too large".to_owned());
+            }
+            let body = response
+                .bytes()
+                .await
+                .map_err(|err| format!("reading the response failed: {}", err.without_url()))?;
+            if body.len() > MAX_RESPONSE_BYTES {
+                return Err("response too large".to_owned());
+            }
+            parse_strict_object(&body).map_err(|err| format!("response is not JSON: {err}"))
+        };
+        let claims = match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(claims)) => claims,
+            Ok(Err(problem)) => {
+                warn!(issuer = %self.issuer_name, problem = %problem, "introspection failed");
+                return Err(unavailable());
+            }
+            Err(_) => {
+                warn!(issuer = %self.issuer_name, "introspection timed out");
+                return Err(unavailable());
+            }
+        };
+        match claims.get("active") {
+            Some(Value::Bool(true)) => {}
+            Some(Value::Bool(false)) => {
+                return Err(Denial::new(Reason::Inactive, "the token is not active"));
+            }
+            _ => {
+                warn!(issuer = %self.issuer_name, "introspection response has no boolean active");
+                return Err(unavailable());
+            }
+        }
+        if let Some(iss) = claims.get("iss")
+            && iss.as_str() != Some(self.iss.as_str())
+        {
+            return Err(Denial::new(
+                Reason::UntrustedIssuer,
+                "introspection names another issuer",
+            ));
+        }
+        let now = unix_now();
+        let checked = self.policy.check(None, &claims, now, "")?;
+        let subject = [&checked.subject]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .chain(
+                ["client_id", "username"]
+                    .iter()
+                    .filter_map(|name| claims.get(*name).and_then(Value::as_str))
+                    .map(str::to_owned),
+            )
+            .next()
+            .ok_or_else(|| {
+                Denial::new(
+                    Reason::InvalidClaims,
+                    "introspection names no sub, client_id or username",
+                )
+            })?;
+        let ttl = match checked.expires_at {
+            Some(exp) => {
+                Duration::from_secs(u64::try_from(exp - now).unwrap_or(0)).min(self.cache_ttl)
+            }
+            None => self.cache_ttl,
+        };
+        let principal = Arc::new(Principal::new(
+            subject,
+            self.issuer_name.clone(),
+            CredentialType::OpaqueToken,
+            claims,
+            checked.scopes.clone(),
+            checked.expires_at,
+            String::new(),
+        ));
+        Ok(Arc::new(Introspected {
+            principal,
+            checked,
+            ttl,
+        }))
+    }
+}

@@ -1,0 +1,305 @@
+//! API keys from the file store, end to end over gRPC: every place a key may arrive, the
+//! checksum refusing damaged keys before any lookup, expiry, revocation, several active keys
+//! per subject, the Principal's fields, Authorize's required scopes, and hot reload of the
+//! key file including the Kubernetes Secret symlink swap.
+
+mod support;
+
+use std::{collections::HashMap, path::Path, time::Duration};
+
+use portcullis::{
+    keys::api_keys::format,
+    pb::{self, Reason},
+};
+use prost_types::value::Kind;
+use support::*;
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+/// A key file entry for `key`.
+fn entry(id: &str, key: &str, subject: &str, extra: &str) -> String {
+    format!(
+        "  - {{id: {id}, sha256: {}, subject: {subject}, scopes: [orders:read]{extra}}}\n",
+        format::hex(&format::digest(key))
+    )
+}
+
+fn request_with_headers(pairs: &[(&str, &str)]) -> pb::AuthenticateRequest {
+    pb::AuthenticateRequest {
+        headers: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<HashMap<_, _>>(),
+        ..Default::default()
+    }
+}
+
+fn request_with_key(key: &str) -> pb::AuthenticateRequest {
+    pb::AuthenticateRequest {
+        credential: Some(pb::Credential {
+            kind: Some(pb::credential::Kind::ApiKey(key.to_owned())),
+        }),
+        ..Default::default()
+    }
+}
+
+async fn call(
+    client: &mut pb::auth_client::AuthClient<tonic::transport::Channel>,
+    request: pb::AuthenticateRequest,
+) -> pb::AuthenticateResponse {
+    client.authenticate(request).await.unwrap().into_inner()
+}
+
+#[tokio::test]
+async fn api_keys_from_the_file_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let active = format::generate("pcl").unwrap();
+    let rotated = format::generate("pcl").unwrap();
+    let expired = format::generate("pcl").unwrap();
+    let disabled = format::generate("pcl").unwrap();
+    let unknown = format::generate("pcl").unwrap();
+    let other_prefix = format::generate("abc").unwrap();
+    let keys_path = dir.path().join("keys.yaml");
+    write(
+        &keys_path,
+        &format!(
+            "keys:\n{}{}{}{}",
+            entry(
+                "k_active",
+                &active,
+                "billing",
+                ", metadata: {team: payments, tier: 2}, expires_at: 2099-01-01T00:00:00Z"
+            ),
+            entry("k_rotated", &rotated, "billing", ""),
+            entry(
+                "k_expired",
+                &expired,
+                "billing",
+                ", expires_at: 2020-01-01T00:00:00Z"
+            ),
+            entry("k_disabled", &disabled, "billing", ", disabled: true"),
+        ),
+    );
+    let running = start(&format!(
+        "api_keys: {{prefix: pcl, file: {}}}\ncredentials: {{api_key_headers: [x-api-key, x-other-key]}}\nauthorization: {{rules: [{{name: any-authenticated}}]}}\n",
+        keys_path.display()
+    ))
+    .await;
+    let mut client = client(&running).await;
+
+    let mut damaged = active.clone().into_bytes();
+    damaged[8] = if damaged[8] == b'x' { b'y' } else { b'x' };
+    let damaged = String::from_utf8(damaged).unwrap();
+    let cases: Vec<(&str, pb::AuthenticateRequest, Option<Reason>)> = vec![
+        (
+            "a key in the oneof authenticates",
+            request_with_key(&active),
+            None,
+        ),
+        (
+            "a key in x-api-key authenticates",
+            request_with_headers(&[("x-api-key", &active)]),
+            None,
+        ),
+        (
+            "a key in another configured header authenticates",
+            request_with_headers(&[("x-other-key", &active)]),
+            None,
+        ),
+        (
+            "Authorization: ApiKey (any case) authenticates",
+            request_with_headers(&[("authorization", &format!("aPiKeY {active}"))]),
+            None,
+        ),
+        (
+            "the oneof's raw authorization value authenticates",
+            pb::AuthenticateRequest {
+                credential: Some(pb::Credential {
+                    kind: Some(pb::credential::Kind::Authorization(format!(
+                        "ApiKey {active}"
+                    ))),
+                }),
+                ..Default::default()
+            },
+            None,
+        ),
+        (
+            "a second active key of the same subject authenticates",
+            request_with_key(&rotated),
+            None,
+        ),
+        (
+            "a damaged key fails its checksum",
+            request_with_key(&damaged),
+            Some(Reason::MalformedCredential),
+        ),
+        (
+            "a key with another prefix is malformed",
+            request_with_key(&other_prefix),
+            Some(Reason::MalformedCredential),
+        ),
+        (
+            "garbage is malformed",
+            request_with_key("not-a-key"),
+            Some(Reason::MalformedCredential),
+        ),
+        (
+            "a well-formed key nobody issued is unknown",
+            request_with_key(&unknown),
+            Some(Reason::UnknownKey),
+        ),
+        (
+            "an expired key is refused",
+            request_with_key(&expired),
+            Some(Reason::Expired),
+        ),
+        (
+            "a disabled key is revoked",
+            request_with_key(&disabled),
+            Some(Reason::Revoked),
+        ),
+        (
+            "a key in a header and in the oneof is ambiguous",
+            pb::AuthenticateRequest {
+                headers: [("x-api-key".to_owned(), active.clone())].into(),
+                ..request_with_key(&active)
+            },
+            Some(Reason::AmbiguousCredential),
+        ),
+        (
+            "two key headers are ambiguous",
+            request_with_headers(&[("x-api-key", &active), ("x-other-key", &rotated)]),
+            Some(Reason::AmbiguousCredential),
+        ),
+        (
+            "an unknown Authorization scheme is unsupported",
+            request_with_headers(&[("authorization", "Negotiate abc")]),
+            Some(Reason::UnsupportedCredential),
+        ),
+    ];
+    for (name, request, expected) in cases {
+        let response = call(&mut client, request).await;
+        assert_eq!(reason(&response), expected, "{name}: {:?}", response.denial);
+        if let Some(denial) = &response.denial {
+            assert!(
+                !denial.message.contains(&active[4..]),
+                "{name}: no key in the message"
+            );
+        }
+    }
+
+    let principal = call(&mut client, request_with_key(&active))
+        .await
+        .principal
+        .unwrap();
+    assert_eq!(principal.subject, "billing");
+    assert_eq!(principal.issuer, "api_keys.file");
+    assert_eq!(principal.credential_type, pb::CredentialType::ApiKey as i32);
+    assert_eq!(principal.key_id, "k_active");
+    assert_eq!(principal.scopes, ["orders:read"]);
+    assert_eq!(principal.expires_at.unwrap().seconds, 4_070_908_800);
+    let claims = principal.claims.unwrap().fields;
+    assert_eq!(
+        claims["team"].kind,
+        Some(Kind::StringValue("payments".into()))
+    );
+    assert_eq!(claims["tier"].kind, Some(Kind::NumberValue(2.0)));
+
+    for (scopes, allowed) in [(vec!["orders:read"], true), (vec!["orders:write"], false)] {
+        let response = client
+            .authorize(pb::AuthorizeRequest {
+                credential: request_with_key(&active).credential,
+                required_scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            response.allowed, allowed,
+            "{scopes:?}: {:?}",
+            response.denial
+        );
+        if !allowed {
+            assert_eq!(
+                response.denial.unwrap().reason,
+                Reason::InsufficientScope as i32
+            );
+        }
+    }
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn key_file_is_hot_reloaded_through_a_kubernetes_symlink_swap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path().join("mount");
+    std::fs::create_dir(&mount).unwrap();
+    let first = format::generate("pcl").unwrap();
+    let second = format::generate("pcl").unwrap();
+    // Kubernetes layout: mount/..v1/keys.yaml, mount/..data -> ..v1, mount/keys.yaml -> ..data/keys.yaml
+    let publish = |version: &str, text: &str| {
+        let versioned = mount.join(version);
+        std::fs::create_dir(&versioned).unwrap();
+        write(&versioned.join("keys.yaml"), text);
+        let tmp = mount.join("..data_tmp");
+        std::os::unix::fs::symlink(version, &tmp).unwrap();
+        std::fs::rename(&tmp, mount.join("..data")).unwrap();
+    };
+    publish("..v1", &format!("keys:\n{}", entry("k1", &first, "a", "")));
+    std::os::unix::fs::symlink("..data/keys.yaml", mount.join("keys.yaml")).unwrap();
+    let config_path = dir.path().join("config.yaml");
+    write(
+        &config_path,
+        &format!(
+            "server: {{grpc_listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0}}\napi_keys: {{file: {}}}\n",
+            mount.join("keys.yaml").display()
+        ),
+    );
+    let config = portcullis::config::load_file(&config_path).unwrap();
+    let running = portcullis::server::start(config, Some(config_path))
+        .await
+        .unwrap();
+    let mut client = client(&running).await;
+    assert_eq!(
+        reason(&call(&mut client, request_with_key(&first)).await),
+        None
+    );
+    assert_eq!(
+        reason(&call(&mut client, request_with_key(&second)).await),
+        Some(Reason::UnknownKey)
+    );
+
+    // The Secret is updated: the first key is revoked, the second added.
+    publish(
+        "..v2",
+        &format!(
+            "keys:\n{}{}",
+            entry("k1", &first, "a", ", disabled: true"),
+            entry("k2", &second, "a", "")
+        ),
+    );
+    let start = std::time::Instant::now();
+    while reason(&call(&mut client, request_with_key(&second)).await).is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "symlink swap not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        reason(&call(&mut client, request_with_key(&first)).await),
+        Some(Reason::Revoked)
+    );
+
+    // A broken key file is refused; the keys loaded before keep working.
+    publish("..v3", "keys: [ {id: broken");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        reason(&call(&mut client, request_with_key(&second)).await),
+        None
+    );
+    running.shutdown().await.unwrap();
+}

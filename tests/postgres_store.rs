@@ -1,0 +1,343 @@
+//! The PostgreSQL API key store against a real PostgreSQL (scripts/provision/postgres.sh):
+//! schema by `portcullis keys migrate`, revocation by `portcullis keys revoke` reaching another
+//! replica (a second server process) within one second through LISTEN/NOTIFY, and a database
+//! outage: cached keys keep working, uncached ones are UPSTREAM_UNAVAILABLE, and the store
+//! reconnects by itself once the database is back.
+//!
+//! Reads `PORTCULLIS_TEST_DATABASE_URL`; each test creates and drops its own database. Under
+//! CI=true a missing database fails the test; elsewhere it is skipped with a message.
+
+mod support;
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use portcullis::{
+    keys::api_keys::{ApiKeyRecord, format, postgres},
+    pb::{self, Reason, auth_client::AuthClient},
+};
+use sqlx::{Executor, PgPool};
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// A database of its own for one test, dropped by `drop_database`.
+struct TestDb {
+    admin: PgPool,
+    name: String,
+    url: String,
+}
+
+async fn test_database() -> Option<TestDb> {
+    let in_ci = std::env::var("CI").as_deref() == Ok("true");
+    let Ok(base) = std::env::var("PORTCULLIS_TEST_DATABASE_URL") else {
+        assert!(
+            !in_ci,
+            "CI=true: PORTCULLIS_TEST_DATABASE_URL must be set (scripts/provision/postgres.sh)"
+        );
+        eprintln!(
+            "SKIPPED: PORTCULLIS_TEST_DATABASE_URL is not set; eval \"$(scripts/provision/postgres.sh)\""
+        );
+        return None;
+    };
+    let admin = match sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&base)
+        .await
+    {
+        Ok(pool) => pool,
+        Err(err) => {
+            assert!(!in_ci, "CI=true: cannot reach the test database: {err}");
+            eprintln!("SKIPPED: cannot reach PORTCULLIS_TEST_DATABASE_URL: {err}");
+            return None;
+        }
+    };
+    let name = format!(
+        "portcullis_t_{}",
+        format::random_base62(10).unwrap().to_lowercase()
+    );
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    let (prefix, _) = base.split('?').next().unwrap().rsplit_once('/').unwrap();
+    let url = format!("{prefix}/{name}");
+    Some(TestDb { admin, name, url })
+}
+
+impl TestDb {
+    async fn drop_database(self) {
+        let _ = self
+            .admin
+            .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
+            .await;
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        let output = Command::new(BIN)
+            .args(args)
+            .env("DATABASE_URL", &self.url)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "portcullis {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    /// Inserts a key record as `keys generate` prints it; returns the key.
+    async fn insert_key(&self, pool: &PgPool, id: &str, subject: &str) -> String {
+        let key = format::generate("pcl").unwrap();
+        let record = ApiKeyRecord {
+            id: id.to_owned(),
+            subject: subject.to_owned(),
+            scopes: vec!["orders:read".to_owned()],
+            expires_at: None,
+            disabled: false,
+            metadata: serde_json::json!({"team": "payments"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        };
+        let statement = postgres::insert_statement(&format::hex(&format::digest(&key)), &record);
+        pool.execute(statement.as_str()).await.unwrap();
+        key
+    }
+}
+
+async fn authenticate_key(
+    client: &mut AuthClient<tonic::transport::Channel>,
+    key: &str,
+) -> Option<Reason> {
+    let response = client
+        .authenticate(pb::AuthenticateRequest {
+            credential: Some(pb::Credential {
+                kind: Some(pb::credential::Kind::ApiKey(key.to_owned())),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    reason(&response)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Replica {
+    child: Child,
+    grpc: u16,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ready(admin: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", admin)) else {
+        return false;
+    };
+    let _ = stream.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.1 200")
+}
+
+/// A `portcullis serve` process on the database; ready once its change listener listens.
+fn replica(dir: &std::path::Path, url: &str) -> Replica {
+    let (grpc, admin) = (free_port(), free_port());
+    let config = dir.join(format!("replica-{grpc}.yaml"));
+    std::fs::write(
+        &config,
+        format!(
+            "server: {{grpc_listen: 127.0.0.1:{grpc}, admin_listen: 127.0.0.1:{admin}}}\napi_keys:\n  postgres: {{url: env:PORTCULLIS_REPLICA_DB, cache_ttl: 5m, negative_cache_ttl: 5m}}\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("PORTCULLIS_REPLICA_DB", url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !ready(admin) {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "replica not ready"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Replica { child, grpc }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_reaches_another_replica_within_a_second() {
+    let Some(db) = test_database().await else {
+        return;
+    };
+    db.cli(&["keys", "migrate"]);
+    db.cli(&["keys", "migrate"]); // idempotent
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    let revoked = db.insert_key(&pool, "k_old", "billing").await;
+    let rotated = db.insert_key(&pool, "k_new", "billing").await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let a = replica(dir.path(), &db.url);
+    let b = replica(dir.path(), &db.url);
+    let mut client_a = AuthClient::connect(format!("http://127.0.0.1:{}", a.grpc))
+        .await
+        .unwrap();
+    let mut client_b = AuthClient::connect(format!("http://127.0.0.1:{}", b.grpc))
+        .await
+        .unwrap();
+    for client in [&mut client_a, &mut client_b] {
+        // Both keys of the subject work and are now cached (for 5 minutes) on both replicas.
+        assert_eq!(authenticate_key(client, &revoked).await, None);
+        assert_eq!(authenticate_key(client, &rotated).await, None);
+    }
+    // A key inserted after a replica remembered its digest as unknown is seen at once too.
+    let late = format::generate("pcl").unwrap();
+    assert_eq!(
+        authenticate_key(&mut client_b, &late).await,
+        Some(Reason::UnknownKey)
+    );
+
+    db.cli(&["keys", "revoke", "k_old"]);
+    let revoked_at = Instant::now();
+    loop {
+        let reason = authenticate_key(&mut client_b, &revoked).await;
+        if reason == Some(Reason::Revoked) {
+            break;
+        }
+        assert_eq!(reason, None);
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "the other replica still accepts the revoked key after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(revoked_at.elapsed() < Duration::from_secs(1));
+    assert_eq!(
+        authenticate_key(&mut client_a, &revoked).await,
+        Some(Reason::Revoked)
+    );
+    assert_eq!(
+        authenticate_key(&mut client_b, &rotated).await,
+        None,
+        "the subject's other key still works"
+    );
+
+    let output = Command::new(BIN)
+        .args(["keys", "revoke", "k_missing"])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "revoking an unknown id fails");
+
+    drop((a, b));
+    pool.close().await;
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_serves_cached_keys_and_the_store_reconnects() {
+    let Some(db) = test_database().await else {
+        return;
+    };
+    db.cli(&["keys", "migrate"]);
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    let cached = db.insert_key(&pool, "k_cached", "svc").await;
+    let uncached = db.insert_key(&pool, "k_uncached", "svc").await;
+    pool.close().await;
+
+    let running = start(&format!(
+        "api_keys:\n  postgres: {{url: \"{}\", cache_ttl: 60s, negative_cache_ttl: 1s, timeout: 1s}}\n",
+        db.url
+    ))
+    .await;
+    let shared = running.shared.clone();
+    eventually(Duration::from_secs(10), || shared.is_ready()).await;
+    let mut client = client(&running).await;
+    let response = client
+        .authenticate(pb::AuthenticateRequest {
+            credential: Some(pb::Credential {
+                kind: Some(pb::credential::Kind::ApiKey(cached.clone())),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let principal = response.principal.expect("authenticated");
+    assert_eq!(principal.issuer, "api_keys.postgres");
+    assert_eq!(principal.key_id, "k_cached");
+    assert_eq!(principal.subject, "svc");
+    assert_eq!(principal.credential_type, pb::CredentialType::ApiKey as i32);
+    assert!(principal.claims.unwrap().fields.contains_key("team"));
+
+    // The database goes away: no new connections, existing ones cut.
+    db.admin
+        .execute(format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", db.name).as_str())
+        .await
+        .unwrap();
+    db.admin
+        .execute(
+            format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+                db.name
+            )
+            .as_str(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        authenticate_key(&mut client, &cached).await,
+        None,
+        "cached keys keep working"
+    );
+    let started = Instant::now();
+    assert_eq!(
+        authenticate_key(&mut client, &uncached).await,
+        Some(Reason::UpstreamUnavailable),
+        "uncached keys fail closed"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "within the configured timeout"
+    );
+
+    // The database is back: the store reconnects by itself.
+    db.admin
+        .execute(format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", db.name).as_str())
+        .await
+        .unwrap();
+    let back = Instant::now();
+    while authenticate_key(&mut client, &uncached).await.is_some() {
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "the store did not reconnect"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(authenticate_key(&mut client, &cached).await, None);
+    running.shutdown().await.unwrap();
+    db.drop_database().await;
+}
