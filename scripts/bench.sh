@@ -14,6 +14,7 @@
 #   BENCH_DURATION=10s     measured run per scenario (ghz -z)
 #   BENCH_WARMUP=2s        warm-up run before each measured run (discarded)
 #   BENCH_CONCURRENCY=64   ghz -c
+#   BENCH_HALF_CONCURRENCY=16  ghz -c for the runs at half the peak rate
 #   BENCH_CONNECTIONS=4    ghz --connections (HTTP/2 connections the workers share)
 #   BENCH_PIN=1            1: server on CPU 0, ghz on CPU 1 (taskset); 0: no pinning
 #   BENCH_SKIP_BUILD=0     1: use the existing target/release/portcullis
@@ -37,6 +38,7 @@ cd "$REPO"
 DURATION="${BENCH_DURATION:-10s}"
 WARMUP="${BENCH_WARMUP:-2s}"
 CONCURRENCY="${BENCH_CONCURRENCY:-64}"
+HALF_CONCURRENCY="${BENCH_HALF_CONCURRENCY:-16}"
 CONNECTIONS="${BENCH_CONNECTIONS:-4}"
 PIN="${BENCH_PIN:-1}"
 OUT="${BENCH_OUT:-$REPO/target/bench}"
@@ -126,10 +128,42 @@ log "generating a throwaway RSA-2048 key in $TMP"
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$TMP/rs256.key.pem" 2>/dev/null
 openssl pkey -in "$TMP/rs256.key.pem" -pubout -out "$TMP/rs256.pub.pem"
 
-# write_config NAME CACHE_YAML -> $TMP/NAME.yaml; sets GRPC_PORT_<NAME>, ADMIN_PORT_<NAME>
+# API keys (file store and PostgreSQL), a Basic user, and rules for Check and Authorize.
+gen_key() { # gen_key SUBJECT -> sets KEY_VALUE, KEY_YAML (file entry), KEY_SQL (INSERT)
+  local out
+  out="$("$BIN" keys generate --subject "$1" --scopes orders:read)"
+  KEY_VALUE="$(sed -n 2p <<<"$out")"
+  KEY_YAML="$(awk '/^keys:/ { on = 1; next } on && /^$/ { exit } on' <<<"$out")"
+  KEY_SQL="$(grep '^INSERT' <<<"$out")"
+}
+gen_key bench-file
+API_KEY_FILE="$KEY_VALUE"
+printf 'keys:\n%s\n' "$KEY_YAML" >"$TMP/api-keys.yaml"
+BASIC_PASSWORD="bench-throwaway-password"
+printf '%s\n' "$BASIC_PASSWORD" | "$BIN" passwd bench >"$TMP/htpasswd"
+
+# PostgreSQL (the test cluster from scripts/provision/postgres.sh), its own database.
+PG_ENV="$("$REPO/scripts/provision/postgres.sh")"
+eval "$PG_ENV"
+PG_BASE="${PORTCULLIS_TEST_DATABASE_URL%/*}"
+psql "$PORTCULLIS_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS portcullis_bench WITH (FORCE)" >&2
+psql "$PORTCULLIS_TEST_DATABASE_URL" -qc "CREATE DATABASE portcullis_bench" >&2
+PG_URL="$PG_BASE/portcullis_bench"
+"$BIN" keys migrate --database-url "$PG_URL" >&2
+gen_key bench-postgres
+API_KEY_PG="$KEY_VALUE"
+psql "$PG_URL" -qc "$KEY_SQL" >&2
+
+# The OTLP sink the telemetry-on server exports its spans to.
+"$REPO/scripts/provision/python.sh" >/dev/null
+OTLP_PORT="$(free_port)"
+"$REPO/.tools/venv/bin/python" "$REPO/scripts/otlp-sink.py" "$OTLP_PORT" 2>"$TMP/otlp-sink.log" &
+PIDS+=("$!")
+
+# write_config NAME CACHE_YAML TELEMETRY_YAML -> $TMP/NAME.yaml; sets GRPC_PORT[NAME], ADMIN_PORT[NAME]
 declare -A GRPC_PORT ADMIN_PORT
 write_config() {
-  local name="$1" cache="$2"
+  local name="$1" cache="$2" telemetry="$3"
   GRPC_PORT[$name]="$(free_port)"
   ADMIN_PORT[$name]="$(free_port)"
   cat >"$TMP/$name.yaml" <<EOF
@@ -158,16 +192,38 @@ issuers:
     algorithms: [RS256]
     leeway: 30s
     required_claims: [exp, sub]
+api_keys:
+  prefix: pcl
+  file: $TMP/api-keys.yaml
+  postgres: { url: env:BENCH_DATABASE_URL }
+basic:
+  htpasswd_file: $TMP/htpasswd
+authorization:
+  rules:
+    - name: orders-read
+      match: { http: { methods: [GET], paths: ["/orders/*"] } }
+      require: { scopes_all: [orders:read] }
+    - name: reports-cel
+      match: { http: { paths: ["/reports/**"] } }
+      require: { cel: "claims.sub == 'bench' && request.http.method == 'GET' && claims.aud == '$QS_AUD'" }
+response:
+  claims_to_headers: { sub: x-user-id, principal.issuer: x-auth-issuer }
 cache: $cache
-telemetry: {log_level: warn}
+telemetry: $telemetry
 EOF
-  "$BIN" check-config --config "$TMP/$name.yaml" >&2 || die "generated config $name is invalid"
+  BENCH_DATABASE_URL="$PG_URL" "$BIN" check-config --config "$TMP/$name.yaml" >&2 || die "generated config $name is invalid"
 }
-write_config cached "{max_entries: 100000, max_ttl: 5m}"
-write_config uncached "{max_ttl: 0s}"
+QUIET_LOGS="{log_level: warn}"
+write_config cached "{max_entries: 100000, max_ttl: 5m}" "$QUIET_LOGS"
+write_config uncached "{max_ttl: 0s}" "$QUIET_LOGS"
+write_config telemetry-on "{max_entries: 100000, max_ttl: 5m}" \
+  "{log_format: json, log_level: info, metrics: true, otlp_endpoint: 'http://127.0.0.1:$OTLP_PORT'}"
+write_config telemetry-sampled "{max_entries: 100000, max_ttl: 5m}" \
+  "{log_format: json, log_level: info, metrics: true, trace_sample_ratio: 0.1, otlp_endpoint: 'http://127.0.0.1:$OTLP_PORT'}"
+write_config telemetry-off "{max_entries: 100000, max_ttl: 5m}" "{log_level: 'off', metrics: false}"
 
 sign() { # sign KEY ALG KID ISS
-  "$BIN" token sign --key "$1" --alg "$2" --kid "$3" --iss "$4" --sub bench --aud "$QS_AUD" --ttl 1h
+  "$BIN" token sign --key "$1" --alg "$2" --kid "$3" --iss "$4" --sub bench --aud "$QS_AUD" --scope orders:read --ttl 1h
 }
 TOKEN_ES256="$(sign "$QS_KEY" ES256 "$QS_KID" "$QS_ISSUER")"
 TOKEN_RS256="$(sign "$TMP/rs256.key.pem" RS256 "$RS_KID" "$RS_ISSUER")"
@@ -177,7 +233,7 @@ bearer() { jq -cn --arg t "$1" '{credential: {bearer_token: $t}}'; }
 declare -A SERVER_PID
 start_server() {
   local name="$1" pid
-  "${SERVER_PREFIX[@]}" "$BIN" serve --config "$TMP/$name.yaml" >"$TMP/$name.log" 2>&1 &
+  BENCH_DATABASE_URL="$PG_URL" "${SERVER_PREFIX[@]}" "$BIN" serve --config "$TMP/$name.yaml" >"$TMP/$name.log" 2>&1 &
   pid=$!
   PIDS+=("$pid")
   SERVER_PID[$name]=$pid
@@ -194,6 +250,9 @@ start_server() {
 }
 start_server cached
 start_server uncached
+start_server telemetry-on
+start_server telemetry-sampled
+start_server telemetry-off
 
 # Every credential must really authenticate, or the benchmark measures denials.
 preflight() { # preflight SERVER DATA_JSON
@@ -203,9 +262,33 @@ preflight() { # preflight SERVER DATA_JSON
   [[ "$(jq -r '.authenticated' <<<"$resp")" == true ]] \
     || die "token not accepted by $1: $(jq -c '.denial' <<<"$resp")"
 }
+api_key() { jq -cn --arg k "$1" '{credential: {api_key: $k}}'; }
+basic() { jq -cn --arg u bench --arg p "$BASIC_PASSWORD" '{credential: {basic: {username: $u, password: $p}}}'; }
+check() { # check METHOD PATH TOKEN
+  jq -cn --arg m "$1" --arg p "$2" --arg a "Bearer $3" \
+    '{attributes: {request: {http: {method: $m, path: $p, host: "bench.example", headers: {authorization: $a}}}}}'
+}
+authorize() { # authorize METHOD PATH TOKEN
+  jq -cn --arg m "$1" --arg p "$2" --arg t "$3" \
+    '{credential: {bearer_token: $t}, resource: {http_method: $m, path: $p}}'
+}
 preflight cached "$(bearer "$TOKEN_ES256")"
 preflight uncached "$(bearer "$TOKEN_ES256")"
 preflight uncached "$(bearer "$TOKEN_RS256")"
+preflight cached "$(api_key "$API_KEY_FILE")"
+preflight cached "$(api_key "$API_KEY_PG")"
+preflight cached "$(basic)"
+preflight telemetry-on "$(bearer "$TOKEN_ES256")"
+preflight telemetry-off "$(bearer "$TOKEN_ES256")"
+# Check and Authorize must decide as the scenario names say.
+expect_decision() { # expect_decision SERVER METHOD DATA JQ_EXPR
+  local resp
+  resp="$("$GRPCURL" -plaintext -d "$3" "127.0.0.1:${GRPC_PORT[$1]}" "$2")" || die "grpcurl $2 failed on $1"
+  jq -e "$4" <<<"$resp" >/dev/null || die "$2 on $1 did not decide as expected: $(jq -c . <<<"$resp")"
+}
+expect_decision cached envoy.service.auth.v3.Authorization/Check "$(check GET /orders/1 "$TOKEN_ES256")" '.okResponse'
+expect_decision cached envoy.service.auth.v3.Authorization/Check "$(check GET /admin/1 "$TOKEN_ES256")" '.deniedResponse.status.code == 403'
+expect_decision cached portcullis.v1.Auth/Authorize "$(authorize GET /reports/7 "$TOKEN_ES256")" '.allowed and .rule == "reports-cel"'
 
 # ---------------------------------------------------------------- measurement helpers
 proc_ticks() { # utime+stime of PID, in clock ticks (fields 14, 15; comm may contain spaces)
@@ -224,7 +307,7 @@ run_ghz() {
   (
     trap 'kill "$p" 2>/dev/null' TERM INT
     "${CLIENT_PREFIX[@]}" "$GHZ" --insecure --call "$method" -d "$data" \
-      -c "$CONCURRENCY" --connections "$CONNECTIONS" \
+      -c "${RUN_CONCURRENCY:-$CONCURRENCY}" --connections "$CONNECTIONS" \
       --format json --output "$out" "$@" "127.0.0.1:${GRPC_PORT[$CURRENT_SERVER]}" &
     p=$!
     rc=0
@@ -269,7 +352,7 @@ wait_quiet() {
 # Results, one row per scenario (associative arrays keyed by scenario name).
 NAMES=()
 declare -A R_SERVER R_METHOD R_RPS R_P50 R_P99 R_ERRS R_TEARDOWN R_CPU_US R_SRV_PCT R_GHZ_PCT \
-  R_FOREIGN_PCT R_BOUND R_HALF_RPS R_HALF_P99 R_HALF_CPU_US
+  R_FOREIGN_PCT R_BOUND R_HALF_RPS R_HALF_P99 R_HALF_CPU_US R_HALF_SERVER_P99
 
 CURRENT_SERVER=""
 on_server() { CURRENT_SERVER="$1"; }
@@ -316,6 +399,22 @@ measure() {
   return 0
 }
 
+# Server-side decision latency from the server's own histogram: cumulative bucket counts
+# (portcullis_request_duration_seconds, all surfaces) as "le count" lines.
+histogram() {
+  curl -sf "http://127.0.0.1:${ADMIN_PORT[$CURRENT_SERVER]}/metrics" \
+    | awk -F'[{}" ]+' '/^portcullis_request_duration_seconds_bucket/ {
+        for (i = 2; i < NF; i++) if ($i == "le=") le = $(i + 1); n[le] += $NF }
+      END { for (le in n) print le, n[le] }' | sort -g
+}
+# server_p99 BEFORE AFTER: the upper bound (ms) of the bucket holding the 99th percentile of
+# the requests decided between two histogram snapshots.
+server_p99() {
+  join <(echo "$1") <(echo "$2") | awk '{ le[NR] = $1; d[NR] = $3 - $2 } END {
+    total = d[NR]; if (total <= 0) { print "–"; exit }
+    for (i = 1; i <= NR; i++) if (d[i] >= 0.99 * total) { printf "%.3f", le[i] * 1000; exit } }'
+}
+
 # scenario NAME METHOD DATA_JSON [half]
 scenario() {
   local name="$1" method="$2" data="$3" half="${4:-}" rate
@@ -338,7 +437,11 @@ scenario() {
   if [[ "$half" == half ]]; then
     rate=$((M_RPS / 2))
     log "scenario $name: at half peak, --rps $rate"
-    measure "$OUT/$name.half.json" "$method" "$data" -z "$DURATION" --rps "$rate"
+    local before
+    before="$(histogram)"
+    # Fewer ghz workers at a fixed rate: same offered load, less client-side burstiness.
+    RUN_CONCURRENCY="$HALF_CONCURRENCY" measure "$OUT/$name.half.json" "$method" "$data" -z "$DURATION" --rps "$rate"
+    R_HALF_SERVER_P99[$name]="$(server_p99 "$before" "$(histogram)")"
     R_HALF_RPS[$name]="$M_RPS"
     R_HALF_P99[$name]="$M_P99"
     R_HALF_CPU_US[$name]="$M_CPU_US"
@@ -353,6 +456,8 @@ scenario() {
 START=$SECONDS
 HEALTH=grpc.health.v1.Health/Check
 AUTHN=portcullis.v1.Auth/Authenticate
+AUTHZ=portcullis.v1.Auth/Authorize
+CHECK=envoy.service.auth.v3.Authorization/Check
 
 on_server uncached
 scenario floor           "$HEALTH" '{}'
@@ -360,11 +465,18 @@ scenario uncached-es256  "$AUTHN"  "$(bearer "$TOKEN_ES256")" half
 scenario uncached-rs256  "$AUTHN"  "$(bearer "$TOKEN_RS256")" half
 on_server cached
 scenario cached-es256    "$AUTHN"  "$(bearer "$TOKEN_ES256")"
-# Later, one line each, e.g.:
-#   scenario apikey-file   "$AUTHN" "$(jq -cn --arg k "$API_KEY" '{credential:{api_key:$k}}')"
-#   scenario basic-argon2  "$AUTHN" '{"credential":{"basic":{"username":"u","password":"p"}}}'
-#   scenario extauthz      envoy.service.auth.v3.Authorization/Check "$CHECK_JSON"
-#   scenario authorize     portcullis.v1.Auth/Authorize "$AUTHZ_JSON"
+scenario apikey-file     "$AUTHN"  "$(api_key "$API_KEY_FILE")"
+scenario apikey-postgres "$AUTHN"  "$(api_key "$API_KEY_PG")"
+scenario basic-cached    "$AUTHN"  "$(basic)"
+scenario check-allow     "$CHECK"  "$(check GET /orders/1 "$TOKEN_ES256")"
+scenario check-deny      "$CHECK"  "$(check GET /admin/1 "$TOKEN_ES256")"
+scenario authorize-cel   "$AUTHZ"  "$(authorize GET /reports/7 "$TOKEN_ES256")"
+on_server telemetry-off
+scenario telemetry-off   "$AUTHN"  "$(bearer "$TOKEN_ES256")"
+on_server telemetry-on
+scenario telemetry-on    "$AUTHN"  "$(bearer "$TOKEN_ES256")"
+on_server telemetry-sampled
+scenario telemetry-sampled "$AUTHN" "$(bearer "$TOKEN_ES256")"
 
 # ---------------------------------------------------------------- report
 FLOOR_RPS="${R_RPS[floor]}"
@@ -382,17 +494,18 @@ sig_for() { # sig_for NAME -> criterion µs for the scenario's algorithm, or emp
   echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' (+ uncommitted changes in src/ or Cargo.toml)')"
   echo "- machine: $NPROC CPUs, $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r)"
   echo "- ghz $(go version -m "$GHZ" 2>/dev/null | awk '$1 == "mod" { print $3; exit }'): -c $CONCURRENCY, --connections $CONNECTIONS, warm-up $WARMUP then -z $DURATION, reflection, plaintext loopback"
-  echo "- $PIN_DESC; server log level warn"
+  echo "- $PIN_DESC; server log level warn (telemetry-on: JSON logs at info, metrics, every trace exported over OTLP to a local sink; telemetry-sampled: the same with trace_sample_ratio 0.1; telemetry-off: logs off, per-request metrics off)"
   echo "- cached: \`cache: {max_entries: 100000, max_ttl: 5m}\`; uncached: \`cache: {max_ttl: 0s}\`"
   echo
-  echo "| scenario | method | rps | bound | vs floor | p50 ms | p99 ms | server CPU µs/req | ≈ rps/server core | server CPU % | ghz CPU % | foreign CPU % | p99 ms @ half peak (achieved rps) | server CPU µs/req @ half | expected µs/req = floor + sig | errors |"
-  echo "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| scenario | method | rps | bound | vs floor | p50 ms | p99 ms | server CPU µs/req | ≈ rps/server core | server CPU % | ghz CPU % | foreign CPU % | p99 ms @ half peak (achieved rps) | server-side p99 ms @ half (≤ bucket) | server CPU µs/req @ half | expected µs/req = floor + sig | errors |"
+  echo "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   for name in "${NAMES[@]}"; do
     ratio="$(calc "\"%.2f\", ${R_RPS[$name]} / $FLOOR_RPS")"
-    half="–"; halfcpu="–"; expected="–"
+    half="–"; halfcpu="–"; expected="–"; halfserver="–"
     if [[ -n "${R_HALF_P99[$name]:-}" ]]; then
       half="$(printf '%.2f (%s)' "${R_HALF_P99[$name]}" "${R_HALF_RPS[$name]}")"
       halfcpu="${R_HALF_CPU_US[$name]}"
+      halfserver="${R_HALF_SERVER_P99[$name]}"
     fi
     if [[ "$name" == uncached-* ]]; then
       sig="$(sig_for "$name")"
@@ -402,11 +515,11 @@ sig_for() { # sig_for NAME -> criterion µs for the scenario's algorithm, or emp
         expected="$FLOOR_CPU + \$SIG_US_$(tr a-z A-Z <<<"${name##*-}")"
       fi
     fi
-    printf '| %s | %s | %s | %s | %s | %.2f | %.2f | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
+    printf '| %s | %s | %s | %s | %s | %.2f | %.2f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
       "$name (${R_SERVER[$name]})" "${R_METHOD[$name]##*/}" "${R_RPS[$name]}" "${R_BOUND[$name]}" "$ratio" \
       "${R_P50[$name]}" "${R_P99[$name]}" "${R_CPU_US[$name]}" \
       "$(calc "\"%.0f\", 1e6 / ${R_CPU_US[$name]}")" "${R_SRV_PCT[$name]}" \
-      "${R_GHZ_PCT[$name]}" "${R_FOREIGN_PCT[$name]}$( ((R_FOREIGN_PCT[$name] > QUIET_MAX)) && echo ' ⚠')" "$half" "$halfcpu" "$expected" "${R_ERRS[$name]}"
+      "${R_GHZ_PCT[$name]}" "${R_FOREIGN_PCT[$name]}$( ((R_FOREIGN_PCT[$name] > QUIET_MAX)) && echo ' ⚠')" "$half" "$halfserver" "$halfcpu" "$expected" "${R_ERRS[$name]}"
   done
   echo
   echo "rps counts OK responses over ghz's measured time. CPU % columns are percent of one CPU"

@@ -320,6 +320,9 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
     /// Per-request metrics (requests, latency, cache lookups) on `/metrics`.
     pub metrics: bool,
+    /// Share of traces started here that are exported (0.0..=1.0); a caller's sampled
+    /// `traceparent` is always followed.
+    pub trace_sample_ratio: f64,
 }
 
 impl Default for TelemetryConfig {
@@ -329,6 +332,7 @@ impl Default for TelemetryConfig {
             log_level: "info".to_owned(),
             otlp_endpoint: None,
             metrics: true,
+            trace_sample_ratio: 1.0,
         }
     }
 }

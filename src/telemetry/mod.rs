@@ -9,7 +9,11 @@ use std::collections::HashMap;
 
 use opentelemetry::{KeyValue, propagation::TextMapPropagator, trace::TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use opentelemetry_sdk::{
+    Resource,
+    propagation::TraceContextPropagator,
+    trace::{Sampler, SdkTracerProvider},
+};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
@@ -69,7 +73,12 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
                 .with_service_name("portcullis")
                 .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
                 .build();
+            // Follow the caller's sampling decision; sample root spans at the configured ratio.
+            let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                config.trace_sample_ratio,
+            )));
             let provider = SdkTracerProvider::builder()
+                .with_sampler(sampler)
                 .with_batch_exporter(exporter)
                 .with_resource(resource)
                 .build();
