@@ -15,7 +15,12 @@ use opentelemetry_sdk::{
     trace::{Sampler, SdkTracerProvider},
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter, Layer,
+    filter::{FilterExt, filter_fn},
+    layer::SubscriberExt,
+    util::SubscriberInitExt,
+};
 
 use crate::config::{LogFormat, TelemetryConfig};
 
@@ -49,9 +54,11 @@ pub struct TelemetryError(String);
 /// Installs the global subscriber (logs, and traces when an OTLP endpoint is configured).
 /// A second call in one process keeps the first subscriber.
 pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log_level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = || {
+        EnvFilter::try_from_default_env()
+            .or_else(|_| EnvFilter::try_new(&config.log_level))
+            .unwrap_or_else(|_| EnvFilter::new("info"))
+    };
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = match config.log_format {
         LogFormat::Json => fmt
@@ -62,6 +69,9 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
             .boxed(),
         LogFormat::Text => fmt.boxed(),
     };
+    // Log lines carry their own fields, so the log layer skips spans: formatting every
+    // request span's fields for it would cost more than the rest of a cached request.
+    let fmt = fmt.with_filter(filter().and(filter_fn(|metadata| metadata.is_event())));
     let (otel, provider) = match &config.otlp_endpoint {
         Some(endpoint) => {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -87,11 +97,8 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
         }
         None => (None, None),
     };
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(otel)
-        .try_init();
+    let otel = otel.map(|layer| layer.with_filter(filter()));
+    let _ = tracing_subscriber::registry().with(fmt).with(otel).try_init();
     Ok(TelemetryGuard { provider })
 }
 
