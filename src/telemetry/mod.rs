@@ -17,7 +17,8 @@ use opentelemetry_sdk::{
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
     EnvFilter, Layer,
-    filter::{FilterExt, filter_fn},
+    field::RecordFields,
+    fmt::{FormatFields, format::Writer},
     layer::SubscriberExt,
     util::SubscriberInitExt,
 };
@@ -54,24 +55,22 @@ pub struct TelemetryError(String);
 /// Installs the global subscriber (logs, and traces when an OTLP endpoint is configured).
 /// A second call in one process keeps the first subscriber.
 pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
-    let filter = || {
-        EnvFilter::try_from_default_env()
-            .or_else(|_| EnvFilter::try_new(&config.log_level))
-            .unwrap_or_else(|_| EnvFilter::new("info"))
-    };
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = match config.log_format {
+        // JSON lines carry their own fields, so span fields are not formatted for them:
+        // doing it for every request span would cost more than the rest of a cached request.
         LogFormat::Json => fmt
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
+            .fmt_fields(NoSpanFields)
             .boxed(),
         LogFormat::Text => fmt.boxed(),
     };
-    // Log lines carry their own fields, so the log layer skips spans: formatting every
-    // request span's fields for it would cost more than the rest of a cached request.
-    let fmt = fmt.with_filter(filter().and(filter_fn(|metadata| metadata.is_event())));
     let (otel, provider) = match &config.otlp_endpoint {
         Some(endpoint) => {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -97,9 +96,21 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
         }
         None => (None, None),
     };
-    let otel = otel.map(|layer| layer.with_filter(filter()));
-    let _ = tracing_subscriber::registry().with(fmt).with(otel).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init();
     Ok(TelemetryGuard { provider })
+}
+
+/// Formats no span fields (see `init`); the JSON event formatter writes event fields itself.
+struct NoSpanFields;
+
+impl<'writer> FormatFields<'writer> for NoSpanFields {
+    fn format_fields<R: RecordFields>(&self, _writer: Writer<'writer>, _fields: R) -> std::fmt::Result {
+        Ok(())
+    }
 }
 
 /// Makes the W3C trace context in `carrier` (gRPC metadata or HTTP headers, lower-case
