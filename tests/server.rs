@@ -375,3 +375,33 @@ async fn kubernetes_secret_symlink_swap_is_seen() {
     }
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_cached_token_stops_verifying_at_its_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::new(ES256, "k");
+    let path = dir.path().join("jwks.json");
+    write(&path, &jwks(&[&key]).to_string());
+    let running = start(&format!(
+        "issuers:\n  - name: a\n    issuer: https://a.test\n    jwks_file: {}\n    leeway: 0s\n",
+        path.display()
+    ))
+    .await;
+    let mut client = client(&running).await;
+    let mut short = claims("https://a.test", AUD);
+    short["exp"] = json!(now() + 2);
+    let token = key.sign(&short);
+    assert_eq!(reason(&authenticate(&mut client, &token).await), None);
+    assert_eq!(
+        reason(&authenticate(&mut client, &token).await),
+        None,
+        "served from the cache"
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        reason(&authenticate(&mut client, &token).await),
+        Some(Reason::Expired),
+        "the cache never serves a token past its exp"
+    );
+    running.shutdown().await.unwrap();
+}

@@ -238,7 +238,10 @@ fn validate(config: &Config, positions: &[usize], errors: &mut Vec<ConfigError>)
     validate_rules(config, errors);
     validate_headers(config, errors);
     if !(0.0..=1.0).contains(&config.telemetry.trace_sample_ratio) {
-        errors.push(error("telemetry.trace_sample_ratio", "must be between 0.0 and 1.0"));
+        errors.push(error(
+            "telemetry.trace_sample_ratio",
+            "must be between 0.0 and 1.0",
+        ));
     }
     if let Some(endpoint) = &config.telemetry.otlp_endpoint
         && !is_http_url(endpoint)

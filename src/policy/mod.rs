@@ -544,6 +544,36 @@ rules:
     }
 
     #[test]
+    fn shadow_rules_are_counted_but_never_enforced() {
+        let p = policy(
+            r#"
+rules:
+  - name: strict-new-rule
+    match: { http: { paths: ["/orders/*"] } }
+    require: { scopes_all: [orders:admin] }
+    mode: shadow
+  - name: orders-read
+    match: { http: { paths: ["/orders/*"] } }
+    require: { scopes_all: [orders:read] }
+"#,
+        );
+        let reader = principal(json!({}), &["orders:read"]);
+        let labels = ShadowLabels {
+            rule: "strict-new-rule".into(),
+            decision: Outcome::deny,
+        };
+        let before = METRICS.shadow_decisions.get_or_create(&labels).get();
+        assert_eq!(
+            verdict(&p, Some(&reader), "GET", "/orders/1"),
+            (true, "orders-read".to_owned(), None)
+        );
+        assert_eq!(
+            METRICS.shadow_decisions.get_or_create(&labels).get(),
+            before + 1
+        );
+    }
+
+    #[test]
     fn bad_rules_are_config_errors_naming_the_rule() {
         let config: AuthorizationConfig = serde_yaml::from_str(
             r#"

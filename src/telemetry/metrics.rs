@@ -83,6 +83,7 @@ pub struct Metrics {
     pub jwks_keys: Family<IssuerLabels, Gauge>,
     pub jwks_key_age: Family<IssuerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub config_reloads: Family<ResultLabels, Counter>,
+    pub introspection_duration: Family<IssuerLabels, Histogram>,
     pub shadow_decisions: Family<ShadowLabels, Counter>,
 }
 
@@ -140,6 +141,14 @@ impl Metrics {
             "Configuration reloads by result (success, failure)",
             config_reloads.clone(),
         );
+        let introspection_duration =
+            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register_with_unit(
+            "introspection_duration",
+            "Time of one OAuth2 introspection call (RFC 7662), by issuer",
+            Unit::Seconds,
+            introspection_duration.clone(),
+        );
         let shadow_decisions = Family::default();
         registry.register(
             "shadow_decisions",
@@ -155,6 +164,7 @@ impl Metrics {
             jwks_keys,
             jwks_key_age,
             config_reloads,
+            introspection_duration,
             shadow_decisions,
         }
     }

@@ -108,7 +108,11 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
 struct NoSpanFields;
 
 impl<'writer> FormatFields<'writer> for NoSpanFields {
-    fn format_fields<R: RecordFields>(&self, _writer: Writer<'writer>, _fields: R) -> std::fmt::Result {
+    fn format_fields<R: RecordFields>(
+        &self,
+        _writer: Writer<'writer>,
+        _fields: R,
+    ) -> std::fmt::Result {
         Ok(())
     }
 }

@@ -27,6 +27,7 @@ use crate::{
     config::{ClientAuthMethod, IssuerConfig},
     decision::{CredentialType, Denial, Principal, Reason},
     jwt::{ClaimPolicy, parse_strict_object, token_digest},
+    telemetry::metrics::{IssuerLabels, METRICS},
 };
 
 /// Largest introspection response accepted.
@@ -196,7 +197,17 @@ impl Introspector {
             }
             parse_strict_object(&body).map_err(|err| format!("response is not JSON: {err}"))
         };
-        let claims = match tokio::time::timeout(self.timeout, call).await {
+        let started = std::time::Instant::now();
+        let span = tracing::info_span!("introspection", issuer = %self.issuer_name);
+        let outcome =
+            tracing::Instrument::instrument(tokio::time::timeout(self.timeout, call), span).await;
+        METRICS
+            .introspection_duration
+            .get_or_create(&IssuerLabels {
+                issuer: self.issuer_name.clone(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        let claims = match outcome {
             Ok(Ok(claims)) => claims,
             Ok(Err(problem)) => {
                 warn!(issuer = %self.issuer_name, problem = %problem, "introspection failed");

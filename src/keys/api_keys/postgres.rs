@@ -219,9 +219,17 @@ impl PostgresStore {
         )
         .bind(format::hex(digest))
         .fetch_optional(&self.pool);
-        let row = tokio::time::timeout(self.settings.timeout, query)
-            .await
-            .map_err(|_| PostgresError::Timeout(self.settings.timeout))??;
+        let span = tracing::info_span!(
+            "db_lookup",
+            db.system = "postgresql",
+            db.table = "portcullis_api_keys"
+        );
+        let row = tracing::Instrument::instrument(
+            tokio::time::timeout(self.settings.timeout, query),
+            span,
+        )
+        .await
+        .map_err(|_| PostgresError::Timeout(self.settings.timeout))??;
         let entry = match row {
             None => None,
             Some(row) => {
