@@ -188,12 +188,17 @@ impl Introspector {
             {
                 return Err("response too large".to_owned());
             }
-            let body = response
-                .bytes()
+            let mut response = response;
+            let mut body = Vec::new();
+            while let Some(chunk) = response
+                .chunk()
                 .await
-                .map_err(|err| format!("reading the response failed: {}", err.without_url()))?;
-            if body.len() > MAX_RESPONSE_BYTES {
-                return Err("response too large".to_owned());
+                .map_err(|err| format!("reading the response failed: {}", err.without_url()))?
+            {
+                if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                    return Err("response too large".to_owned());
+                }
+                body.extend_from_slice(&chunk);
             }
             parse_strict_object(&body).map_err(|err| format!("response is not JSON: {err}"))
         };
