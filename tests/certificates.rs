@@ -258,5 +258,43 @@ async fn the_tls_peer_certificate_is_the_credential_on_an_mtls_listener() {
         Some(Reason::MissingCredential),
         "client certificates are optional"
     );
+
+    // The bundled client (used by `helm test`) speaks TLS and mTLS too.
+    std::fs::write(path("workload.pem"), &workload.pem).unwrap();
+    std::fs::write(path("workload.key"), &workload.key_pem).unwrap();
+    let addr = format!("https://localhost:{}", running.grpc_addr.port());
+    // The in-process server shares this test's runtime: wait for the CLI asynchronously.
+    let cli = |extra: &[&str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        command
+            .args(["authenticate", "--addr", &addr, "--ca-file"])
+            .arg(path("ca.pem"))
+            .args(extra);
+        async move { command.output().await.unwrap() }
+    };
+    let anonymous = cli(&["--expect-reason", "MISSING_CREDENTIAL"]).await;
+    assert_eq!(
+        anonymous.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&anonymous.stderr)
+    );
+    let workload_pem = path("workload.pem");
+    let workload_key = path("workload.key");
+    let mutual = cli(&[
+        "--cert-file",
+        workload_pem.to_str().unwrap(),
+        "--key-file",
+        workload_key.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(
+        mutual.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&mutual.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&mutual.stdout).unwrap();
+    assert_eq!(json["principal"]["credential_type"], "CLIENT_CERTIFICATE");
     running.shutdown().await.unwrap();
 }

@@ -35,6 +35,18 @@ pub struct AuthenticateArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 10)]
     timeout_seconds: u64,
+    /// PEM CA certificate(s) to trust for an https:// server (default: the system roots).
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate for mTLS (with --key-file).
+    #[arg(long, value_name = "PEM", requires = "key_file")]
+    cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of --cert-file.
+    #[arg(long, value_name = "PEM", requires = "cert_file")]
+    key_file: Option<std::path::PathBuf>,
+    /// Server name to verify, when it differs from the host in --addr.
+    #[arg(long)]
+    tls_server_name: Option<String>,
 }
 
 pub fn run(args: AuthenticateArgs) -> ExitCode {
@@ -57,8 +69,14 @@ pub fn run(args: AuthenticateArgs) -> ExitCode {
     };
     let timeout = Duration::from_secs(args.timeout_seconds);
     let result = runtime.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(args.addr.clone())
-            .map_err(|err| format!("bad --addr: {err}"))?
+        let mut endpoint = tonic::transport::Endpoint::from_shared(args.addr.clone())
+            .map_err(|err| format!("bad --addr: {err}"))?;
+        if let Some(tls) = tls_config(&args)? {
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|err| format!("bad TLS settings: {err}"))?;
+        }
+        let channel = endpoint
             .connect_timeout(timeout)
             .timeout(timeout)
             .connect()
@@ -86,6 +104,30 @@ pub fn run(args: AuthenticateArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// TLS settings for an https:// server: trusted CAs, optional client identity.
+fn tls_config(
+    args: &AuthenticateArgs,
+) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    if !args.addr.starts_with("https://") {
+        return Ok(None);
+    }
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|err| format!("cannot read {}: {err}", path.display()))
+    };
+    let mut tls = match &args.ca_file {
+        Some(path) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(path)?)),
+        None => ClientTlsConfig::new().with_enabled_roots(),
+    };
+    if let (Some(cert), Some(key)) = (&args.cert_file, &args.key_file) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    if let Some(name) = &args.tls_server_name {
+        tls = tls.domain_name(name.clone());
+    }
+    Ok(Some(tls))
 }
 
 fn build_request(args: &AuthenticateArgs) -> Result<pb::AuthenticateRequest, String> {
