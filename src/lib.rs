@@ -11,6 +11,7 @@ pub mod config;
 pub mod credentials;
 pub mod decision;
 pub mod grpc;
+pub mod http_body;
 pub mod jwt;
 pub mod keys;
 pub mod pb;

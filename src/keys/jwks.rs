@@ -19,6 +19,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::{
     config::JwksConfig,
     decision::{Denial, Reason},
+    http_body::{BodyError, read_limited},
     jwt::{Algorithm, KeySet},
     telemetry::metrics::{FetchLabels, METRICS},
 };
@@ -283,7 +284,7 @@ impl RemoteKeySource {
     /// GET with the configured timeout and a size limit; returns the body and max-age.
     async fn get(&self, url: &str) -> Result<(Vec<u8>, Option<Duration>), FetchError> {
         let request = async {
-            let mut response = self
+            let response = self
                 .client
                 .get(url)
                 .header(reqwest::header::ACCEPT, "application/json")
@@ -293,28 +294,18 @@ impl RemoteKeySource {
             if !response.status().is_success() {
                 return Err(FetchError::Status(response.status().as_u16()));
             }
-            if response
-                .content_length()
-                .is_some_and(|len| len > MAX_DOCUMENT_BYTES as u64)
-            {
-                return Err(FetchError::TooLarge);
-            }
             let max_age = response
                 .headers()
                 .get(reqwest::header::CACHE_CONTROL)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_max_age);
-            let mut body = Vec::new();
-            while let Some(chunk) = response
-                .chunk()
-                .await
-                .map_err(|err| FetchError::Http(err.without_url().to_string()))?
-            {
-                if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-                    return Err(FetchError::TooLarge);
-                }
-                body.extend_from_slice(&chunk);
-            }
+            let body =
+                read_limited(response, MAX_DOCUMENT_BYTES)
+                    .await
+                    .map_err(|err| match err {
+                        BodyError::TooLarge(_) => FetchError::TooLarge,
+                        BodyError::Read(message) => FetchError::Http(message),
+                    })?;
             Ok((body, max_age))
         };
         tokio::time::timeout(self.settings.timeout, request)

@@ -26,6 +26,7 @@ use super::unix_now;
 use crate::{
     config::{ClientAuthMethod, IssuerConfig},
     decision::{CredentialType, Denial, Principal, Reason},
+    http_body::read_limited,
     jwt::{ClaimPolicy, parse_strict_object, token_digest},
     telemetry::metrics::{IssuerLabels, METRICS},
 };
@@ -182,24 +183,9 @@ impl Introspector {
             if !response.status().is_success() {
                 return Err(format!("HTTP status {}", response.status().as_u16()));
             }
-            if response
-                .content_length()
-                .is_some_and(|len| len > MAX_RESPONSE_BYTES as u64)
-            {
-                return Err("response too large".to_owned());
-            }
-            let mut response = response;
-            let mut body = Vec::new();
-            while let Some(chunk) = response
-                .chunk()
+            let body = read_limited(response, MAX_RESPONSE_BYTES)
                 .await
-                .map_err(|err| format!("reading the response failed: {}", err.without_url()))?
-            {
-                if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                    return Err("response too large".to_owned());
-                }
-                body.extend_from_slice(&chunk);
-            }
+                .map_err(|err| err.to_string())?;
             parse_strict_object(&body).map_err(|err| format!("response is not JSON: {err}"))
         };
         let started = std::time::Instant::now();
