@@ -6,6 +6,7 @@
 //! benchmarks can drive them directly.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod credentials;

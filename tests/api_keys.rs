@@ -235,27 +235,19 @@ async fn api_keys_from_the_file_store() {
 #[tokio::test]
 async fn key_file_is_hot_reloaded_through_a_kubernetes_symlink_swap() {
     let dir = tempfile::tempdir().unwrap();
-    let mount = dir.path().join("mount");
-    std::fs::create_dir(&mount).unwrap();
     let first = format::generate("pcl").unwrap();
     let second = format::generate("pcl").unwrap();
-    // Kubernetes layout: mount/..v1/keys.yaml, mount/..data -> ..v1, mount/keys.yaml -> ..data/keys.yaml
-    let publish = |version: &str, text: &str| {
-        let versioned = mount.join(version);
-        std::fs::create_dir(&versioned).unwrap();
-        write(&versioned.join("keys.yaml"), text);
-        let tmp = mount.join("..data_tmp");
-        std::os::unix::fs::symlink(version, &tmp).unwrap();
-        std::fs::rename(&tmp, mount.join("..data")).unwrap();
-    };
-    publish("..v1", &format!("keys:\n{}", entry("k1", &first, "a", "")));
-    std::os::unix::fs::symlink("..data/keys.yaml", mount.join("keys.yaml")).unwrap();
+    let mut volume = KubernetesVolume::new(
+        dir.path().join("mount"),
+        "keys.yaml",
+        &format!("keys:\n{}", entry("k1", &first, "a", "")),
+    );
     let config_path = dir.path().join("config.yaml");
     write(
         &config_path,
         &format!(
             "server: {{grpc_listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0}}\napi_keys: {{file: {}}}\n",
-            mount.join("keys.yaml").display()
+            volume.path().display()
         ),
     );
     let config = portcullis::config::load_file(&config_path).unwrap();
@@ -273,14 +265,11 @@ async fn key_file_is_hot_reloaded_through_a_kubernetes_symlink_swap() {
     );
 
     // The Secret is updated: the first key is revoked, the second added.
-    publish(
-        "..v2",
-        &format!(
-            "keys:\n{}{}",
-            entry("k1", &first, "a", ", disabled: true"),
-            entry("k2", &second, "a", "")
-        ),
-    );
+    volume.publish(&format!(
+        "keys:\n{}{}",
+        entry("k1", &first, "a", ", disabled: true"),
+        entry("k2", &second, "a", "")
+    ));
     let start = std::time::Instant::now();
     while reason(&call(&mut client, request_with_key(&second)).await).is_some() {
         assert!(
@@ -295,7 +284,7 @@ async fn key_file_is_hot_reloaded_through_a_kubernetes_symlink_swap() {
     );
 
     // A broken key file is refused; the keys loaded before keep working.
-    publish("..v3", "keys: [ {id: broken");
+    volume.publish("keys: [ {id: broken");
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
         reason(&call(&mut client, request_with_key(&second)).await),

@@ -11,9 +11,6 @@
 mod support;
 
 use std::{
-    io::{BufRead, BufReader},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -49,68 +46,6 @@ async fn call(
 
 // ---- the real provider ----
 
-struct Provider {
-    child: Child,
-    issuer: String,
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-fn provider_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc")
-}
-
-fn provider_available() -> bool {
-    let ok = provider_dir().join("node_modules/oidc-provider").exists()
-        && Command::new("node")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true: the OpenID provider is required (run scripts/provision/oidc.sh)"
-        );
-        eprintln!(
-            "SKIPPED: node or tests/oidc/node_modules missing; run scripts/provision/oidc.sh"
-        );
-    }
-    ok
-}
-
-fn start_provider(key_file: &Path) -> Provider {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new("node")
-        .arg(provider_dir().join("provider.mjs"))
-        .args(["--port", &port.to_string(), "--key-file"])
-        .arg(key_file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let ready: Value =
-        serde_json::from_str(&line).unwrap_or_else(|_| panic!("ready line, got {line:?}"));
-    Provider {
-        child,
-        issuer: ready["issuer"].as_str().unwrap().to_owned(),
-    }
-}
-
 async fn opaque_token(issuer: &str, resource: Option<&str>) -> String {
     let mut form = vec![
         ("grant_type", "client_credentials"),
@@ -136,11 +71,11 @@ async fn opaque_token(issuer: &str, resource: Option<&str>) -> String {
 
 #[tokio::test]
 async fn opaque_tokens_from_a_real_openid_provider() {
-    if !provider_available() {
+    if !oidc::available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let provider = start_provider(&dir.path().join("key.json"));
+    let provider = oidc::start(oidc::free_port(), &dir.path().join("key.json"), false);
     let secret_file = dir.path().join("post-secret");
     std::fs::write(&secret_file, "throwaway-test-secret-post\n").unwrap();
     for (client_id, secret, method) in [

@@ -8,79 +8,10 @@
 
 mod support;
 
-use std::{
-    io::{BufRead, BufReader},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use portcullis::pb::Reason;
 use support::*;
-
-struct Provider {
-    child: Child,
-    issuer: String,
-    kid: String,
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-fn provider_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc")
-}
-
-/// Whether the provider can run here; under CI=true it must.
-fn available() -> bool {
-    let ok = provider_dir().join("node_modules/oidc-provider").exists()
-        && Command::new("node")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true: the OpenID provider is required (run scripts/provision/oidc.sh)"
-        );
-        eprintln!(
-            "SKIPPED: node or tests/oidc/node_modules missing; run scripts/provision/oidc.sh"
-        );
-    }
-    ok
-}
-
-fn start_provider(port: u16, key_file: &Path, rotate: bool) -> Provider {
-    let mut command = Command::new("node");
-    command
-        .arg(provider_dir().join("provider.mjs"))
-        .args(["--port", &port.to_string(), "--key-file"])
-        .arg(key_file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    if rotate {
-        command.arg("--rotate");
-    }
-    let mut child = command.spawn().expect("node starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let ready: serde_json::Value =
-        serde_json::from_str(&line).unwrap_or_else(|_| panic!("provider ready line, got {line:?}"));
-    assert_eq!(ready["ready"], true);
-    Provider {
-        child,
-        issuer: ready["issuer"].as_str().unwrap().to_owned(),
-        kid: ready["kid"].as_str().unwrap().to_owned(),
-    }
-}
 
 async fn client_credentials_token(issuer: &str, resource: &str, scope: &str) -> String {
     let response: serde_json::Value = reqwest::Client::new()
@@ -107,7 +38,7 @@ async fn client_credentials_token(issuer: &str, resource: &str, scope: &str) -> 
 
 #[tokio::test]
 async fn tokens_from_a_real_openid_provider() {
-    if !available() {
+    if !oidc::available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -117,7 +48,7 @@ async fn tokens_from_a_real_openid_provider() {
         .local_addr()
         .unwrap()
         .port();
-    let provider = start_provider(port, &key_file, false);
+    let provider = oidc::start(port, &key_file, false);
     let yaml = format!(
         "issuers:\n  - name: idp\n    issuer: {}\n    discovery: true\n    audiences: [api://orders]\n    algorithms: [RS256]\n    typ: [at+jwt]\n    required_claims: [exp, sub]\n    jwks: {{refetch_cooldown: 500ms}}\n",
         provider.issuer
@@ -158,7 +89,7 @@ async fn tokens_from_a_real_openid_provider() {
     // Restart with a new signing key on the same issuer URL.
     let old_kid = provider.kid.clone();
     drop(provider);
-    let provider = start_provider(port, &key_file, true);
+    let provider = oidc::start(port, &key_file, true);
     assert_ne!(provider.kid, old_kid);
     tokio::time::sleep(Duration::from_millis(600)).await; // past the refetch cooldown
     let rotated = client_credentials_token(&provider.issuer, "api://orders", "orders:read").await;

@@ -331,27 +331,19 @@ async fn config_and_key_file_changes_are_swapped_in_and_invalid_ones_refused() {
 #[tokio::test]
 async fn kubernetes_secret_symlink_swap_is_seen() {
     let dir = tempfile::tempdir().unwrap();
-    let mount = dir.path().join("mount");
-    std::fs::create_dir(&mount).unwrap();
     let key1 = TestKey::new(ES256, "k1");
     let key2 = TestKey::new(ES256, "k2");
-    // Kubernetes layout: mount/..2026_a/jwks.json, mount/..data -> ..2026_a, mount/jwks.json -> ..data/jwks.json
-    let publish = |version: &str, key: &TestKey| {
-        let versioned = mount.join(version);
-        std::fs::create_dir(&versioned).unwrap();
-        write(&versioned.join("jwks.json"), &jwks(&[key]).to_string());
-        let tmp = mount.join("..data_tmp");
-        std::os::unix::fs::symlink(version, &tmp).unwrap();
-        std::fs::rename(&tmp, mount.join("..data")).unwrap();
-    };
-    publish("..v1", &key1);
-    std::os::unix::fs::symlink("..data/jwks.json", mount.join("jwks.json")).unwrap();
+    let mut volume = KubernetesVolume::new(
+        dir.path().join("mount"),
+        "jwks.json",
+        &jwks(&[&key1]).to_string(),
+    );
     let config_path = dir.path().join("config.yaml");
     write(
         &config_path,
         &format!(
             "server: {{grpc_listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0}}\nissuers:\n  - name: a\n    issuer: https://a.test\n    jwks_file: {}\n",
-            mount.join("jwks.json").display()
+            volume.path().display()
         ),
     );
     let config = portcullis::config::load_file(&config_path).unwrap();
@@ -363,7 +355,7 @@ async fn kubernetes_secret_symlink_swap_is_seen() {
         reason(&authenticate(&mut client, &key1.sign(&claims("https://a.test", AUD))).await),
         None
     );
-    publish("..v2", &key2);
+    volume.publish(&jwks(&[&key2]).to_string());
     let token = key2.sign(&claims("https://a.test", AUD));
     let start = std::time::Instant::now();
     while reason(&authenticate(&mut client, &token).await).is_some() {

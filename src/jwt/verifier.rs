@@ -9,7 +9,7 @@
 use std::{
     collections::HashMap,
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use moka::sync::Cache;
@@ -22,6 +22,7 @@ use super::{
     parse_compact,
 };
 use crate::{
+    cache::{Ttl, TtlFromEntry},
     decision::{CredentialType, Denial, Principal, Reason},
     keys::KeySource,
     telemetry::metrics::METRICS,
@@ -46,16 +47,9 @@ struct CachedToken {
     ttl: Duration,
 }
 
-struct TtlFromEntry;
-
-impl moka::Expiry<[u8; 32], Arc<CachedToken>> for TtlFromEntry {
-    fn expire_after_create(
-        &self,
-        _key: &[u8; 32],
-        value: &Arc<CachedToken>,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        Some(value.ttl)
+impl Ttl for CachedToken {
+    fn ttl(&self) -> Duration {
+        self.ttl
     }
 }
 

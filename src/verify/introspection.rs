@@ -14,7 +14,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use base64::{Engine, engine::general_purpose::STANDARD};
@@ -24,6 +24,7 @@ use tracing::warn;
 
 use super::unix_now;
 use crate::{
+    cache::{Ttl, TtlFromEntry},
     config::{ClientAuthMethod, IssuerConfig},
     decision::{CredentialType, Denial, Principal, Reason},
     http_body::read_limited,
@@ -40,16 +41,9 @@ struct Introspected {
     ttl: Duration,
 }
 
-struct TtlFromEntry;
-
-impl moka::Expiry<[u8; 32], Arc<Introspected>> for TtlFromEntry {
-    fn expire_after_create(
-        &self,
-        _: &[u8; 32],
-        value: &Arc<Introspected>,
-        _: Instant,
-    ) -> Option<Duration> {
-        Some(value.ttl)
+impl Ttl for Introspected {
+    fn ttl(&self) -> Duration {
+        self.ttl
     }
 }
 

@@ -4,6 +4,8 @@
 //! provider and the server binary are exercised in their own tests.
 #![allow(dead_code)] // each test crate uses part of this module
 
+pub mod oidc;
+
 use std::{
     sync::{
         Arc, Mutex,
@@ -353,5 +355,43 @@ pub fn check_request(
             }),
             ..Default::default()
         }),
+    }
+}
+
+/// A Secret/ConfigMap volume as the kubelet lays it out, updated by an atomic symlink swap:
+/// `mount/FILE -> ..data/FILE`, `..data -> ..VERSION`.
+pub struct KubernetesVolume {
+    pub mount: std::path::PathBuf,
+    file: String,
+    versions: usize,
+}
+
+impl KubernetesVolume {
+    pub fn new(mount: std::path::PathBuf, file: &str, contents: &str) -> Self {
+        std::fs::create_dir_all(&mount).unwrap();
+        let mut volume = KubernetesVolume {
+            mount,
+            file: file.to_owned(),
+            versions: 0,
+        };
+        volume.publish(contents);
+        std::os::unix::fs::symlink(format!("..data/{file}"), volume.path()).unwrap();
+        volume
+    }
+
+    /// The path a config names.
+    pub fn path(&self) -> std::path::PathBuf {
+        self.mount.join(&self.file)
+    }
+
+    /// Writes a new version and swaps `..data` to it atomically.
+    pub fn publish(&mut self, contents: &str) {
+        self.versions += 1;
+        let version = format!("..v{}", self.versions);
+        std::fs::create_dir(self.mount.join(&version)).unwrap();
+        std::fs::write(self.mount.join(&version).join(&self.file), contents).unwrap();
+        let tmp = self.mount.join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &tmp).unwrap();
+        std::fs::rename(&tmp, self.mount.join("..data")).unwrap();
     }
 }
