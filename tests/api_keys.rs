@@ -242,18 +242,11 @@ async fn key_file_is_hot_reloaded_through_a_kubernetes_symlink_swap() {
         "keys.yaml",
         &format!("keys:\n{}", entry("k1", &first, "a", "")),
     );
-    let config_path = dir.path().join("config.yaml");
-    write(
-        &config_path,
-        &format!(
-            "server: {{grpc_listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0}}\napi_keys: {{file: {}}}\n",
-            volume.path().display()
-        ),
-    );
-    let config = portcullis::config::load_file(&config_path).unwrap();
-    let running = portcullis::server::start(config, Some(config_path))
-        .await
-        .unwrap();
+    let running = start_watching(
+        &dir.path().join("config.yaml"),
+        &format!("api_keys: {{file: {}}}\n", volume.path().display()),
+    )
+    .await;
     let mut client = client(&running).await;
     assert_eq!(
         reason(&call(&mut client, request_with_key(&first)).await),

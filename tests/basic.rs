@@ -264,19 +264,11 @@ async fn weak_htpasswd_formats_are_refused_at_load_naming_the_line() {
 async fn htpasswd_changes_are_hot_reloaded() {
     let dir = tempfile::tempdir().unwrap();
     let path = htpasswd(dir.path());
-    let config_path = dir.path().join("config.yaml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "server: {{grpc_listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0}}\nbasic: {{htpasswd_file: {}}}\n",
-            path.display()
-        ),
+    let running = start_watching(
+        &dir.path().join("config.yaml"),
+        &format!("basic: {{htpasswd_file: {}}}\n", path.display()),
     )
-    .unwrap();
-    let config = portcullis::config::load_file(&config_path).unwrap();
-    let running = portcullis::server::start(config, Some(config_path))
-        .await
-        .unwrap();
+    .await;
     let mut client = client(&running).await;
     let frank = header(&basic("frank", "new-hire"), None);
     assert_eq!(

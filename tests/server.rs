@@ -338,18 +338,14 @@ async fn kubernetes_secret_symlink_swap_is_seen() {
         "jwks.json",
         &jwks(&[&key1]).to_string(),
     );
-    let config_path = dir.path().join("config.yaml");
-    write(
-        &config_path,
+    let running = start_watching(
+        &dir.path().join("config.yaml"),
         &format!(
-            "server: {{grpc_listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0}}\nissuers:\n  - name: a\n    issuer: https://a.test\n    jwks_file: {}\n",
+            "issuers:\n  - name: a\n    issuer: https://a.test\n    jwks_file: {}\n",
             volume.path().display()
         ),
-    );
-    let config = portcullis::config::load_file(&config_path).unwrap();
-    let running = portcullis::server::start(config, Some(config_path))
-        .await
-        .unwrap();
+    )
+    .await;
     let mut client = client(&running).await;
     assert_eq!(
         reason(&authenticate(&mut client, &key1.sign(&claims("https://a.test", AUD))).await),

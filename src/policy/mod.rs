@@ -38,6 +38,8 @@ pub struct Resource<'a> {
 /// Compiled rules.
 pub struct Policy {
     rules: Vec<Rule>,
+    /// Whether any rule is in shadow mode (decided once, not per request).
+    has_shadow: bool,
     default: Effect,
     cel_env: std::sync::Arc<cel::Env>,
 }
@@ -90,6 +92,7 @@ impl Policy {
             return Err(errors);
         }
         Ok(Self {
+            has_shadow: rules.iter().any(|rule| rule.mode == RuleMode::Shadow),
             rules,
             default: config.default,
             cel_env: std::sync::Arc::new(cel::Env::stdlib()),
@@ -122,7 +125,7 @@ impl Policy {
     /// an anonymous rule applies). Shadow rules are evaluated and logged here too.
     pub fn decide(&self, principal: Option<&Principal>, resource: &Resource<'_>) -> Verdict {
         let verdict = self.evaluate(RuleMode::Enforce, principal, resource);
-        if self.rules.iter().any(|rule| rule.mode == RuleMode::Shadow) {
+        if self.has_shadow {
             let shadow = self.evaluate(RuleMode::Shadow, principal, resource);
             let (decision, rule) = match &shadow {
                 Verdict::Allow { rule } => ("allow", rule),

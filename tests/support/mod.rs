@@ -208,6 +208,20 @@ pub async fn start(yaml: &str) -> Running {
     server::start(config, None).await.expect("server starts")
 }
 
+/// Writes `yaml` (listeners on 127.0.0.1:0) to `path` and starts a server that watches it
+/// and the files it names for hot reload.
+pub async fn start_watching(path: &std::path::Path, yaml: &str) -> Running {
+    std::fs::write(
+        path,
+        format!("server: {{grpc_listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0}}\n{yaml}"),
+    )
+    .unwrap();
+    let config = config::load_file(path).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+    server::start(config, Some(path.to_path_buf()))
+        .await
+        .expect("server starts")
+}
+
 pub async fn client(running: &Running) -> AuthClient<Channel> {
     AuthClient::connect(format!("http://{}", running.grpc_addr))
         .await
