@@ -156,11 +156,12 @@ impl Policy {
         principal: Option<&Principal>,
         resource: &Resource<'_>,
     ) -> Verdict {
-        let rules: Vec<&Rule> = self
-            .matching(resource)
-            .filter(|rule| rule.mode == mode)
-            .collect();
-        for rule in rules.iter().filter(|rule| rule.effect == Effect::Deny) {
+        // Two passes over the matching rules (deny first), without collecting them.
+        let rules = |effect: Effect| {
+            self.matching(resource)
+                .filter(move |rule| rule.mode == mode && rule.effect == effect)
+        };
+        for rule in rules(Effect::Deny) {
             if let Some(principal) = principal
                 && rule.check(principal, resource, &self.cel_env).is_ok()
             {
@@ -174,7 +175,7 @@ impl Policy {
             }
         }
         let mut first_failure = None;
-        for rule in rules.iter().filter(|rule| rule.effect == Effect::Allow) {
+        for rule in rules(Effect::Allow) {
             let outcome = match principal {
                 _ if rule.anonymous => Ok(()),
                 Some(principal) => rule.check(principal, resource, &self.cel_env),
