@@ -1,6 +1,11 @@
 //! Credential extraction (SPEC §2, §4): which credential a request carries and where it came
-//! from — the explicit `Credential` oneof, the `authorization` header, or a configured API key
-//! header. Nothing is verified here; shape problems become denials.
+//! from — the explicit `Credential` oneof, the `authorization` header, a configured API key
+//! header, or an `access_token` query parameter. Nothing is verified here; shape problems
+//! become denials.
+//!
+//! Exactly one credential, from exactly one place (RFC 6750 §3.1): two sources, a repeated
+//! header (surfaces join repeated headers with `,`, as HTTP does) or a repeated query
+//! parameter is AMBIGUOUS_CREDENTIAL, and every source obeys `max_credential_bytes`.
 
 use std::collections::HashMap;
 
@@ -22,10 +27,12 @@ pub enum Extracted<'a> {
     },
 }
 
-/// Finds the request's single credential.
+/// Finds the request's single credential. `query_credentials`: every `access_token` value of
+/// the URL query string.
 pub fn extract<'a>(
     credential: Option<&'a pb::Credential>,
     headers: &'a HashMap<String, String>,
+    query_credentials: &'a [String],
     config: &CredentialsConfig,
 ) -> Result<Extracted<'a>, Denial> {
     let from_message = credential
@@ -41,7 +48,7 @@ pub fn extract<'a>(
             .iter()
             .any(|h| h.eq_ignore_ascii_case(name))
         {
-            Some(non_empty(value).map(Extracted::ApiKey)?)
+            Some(api_key(value)?)
         } else {
             None
         };
@@ -52,15 +59,20 @@ pub fn extract<'a>(
             from_headers = Some(found);
         }
     }
-    let found = match (from_message, from_headers) {
-        (Some(_), Some(_)) => return Err(ambiguous()),
-        (Some(found), None) | (None, Some(found)) => found,
-        (None, None) => {
+    let from_query = match query_credentials {
+        [] => None,
+        [token] => Some(bearer(token)?),
+        _ => return Err(ambiguous()),
+    };
+    let found = match (from_message, from_headers, from_query) {
+        (Some(found), None, None) | (None, Some(found), None) | (None, None, Some(found)) => found,
+        (None, None, None) => {
             return Err(Denial::new(
                 Reason::MissingCredential,
                 "no credential presented",
             ));
         }
+        _ => return Err(ambiguous()),
     };
     check_size(&found, config.max_credential_bytes)?;
     Ok(found)
@@ -82,10 +94,18 @@ fn non_empty(value: &str) -> Result<&str, Denial> {
     }
 }
 
+/// An API key header value; a `,` means the header was repeated.
+fn api_key(value: &str) -> Result<Extracted<'_>, Denial> {
+    if value.contains(',') {
+        return Err(ambiguous());
+    }
+    non_empty(value).map(Extracted::ApiKey)
+}
+
 fn from_oneof(kind: &pb::credential::Kind) -> Result<Extracted<'_>, Denial> {
     match kind {
         pb::credential::Kind::BearerToken(token) => bearer(token.trim()),
-        pb::credential::Kind::ApiKey(key) => non_empty(key).map(Extracted::ApiKey),
+        pb::credential::Kind::ApiKey(key) => api_key(key),
         pb::credential::Kind::Basic(basic) => Ok(Extracted::Basic {
             encoded: None,
             username: &basic.username,
@@ -96,12 +116,19 @@ fn from_oneof(kind: &pb::credential::Kind) -> Result<Extracted<'_>, Denial> {
 }
 
 /// Parses an Authorization header value; the scheme is case-insensitive (RFC 9110 §11.1).
+/// No scheme's credential contains `,`: one means the header was sent more than once.
 pub fn parse_authorization(value: &str) -> Result<Extracted<'_>, Denial> {
     let value = value.trim();
     if value.is_empty() {
         return Err(Denial::new(
             Reason::AmbiguousCredential,
             "Authorization header has no value",
+        ));
+    }
+    if value.contains(',') {
+        return Err(Denial::new(
+            Reason::AmbiguousCredential,
+            "more than one Authorization header value",
         ));
     }
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
@@ -115,7 +142,7 @@ pub fn parse_authorization(value: &str) -> Result<Extracted<'_>, Denial> {
             password: "",
         })
     } else if scheme.eq_ignore_ascii_case("apikey") {
-        non_empty(rest).map(Extracted::ApiKey)
+        api_key(rest)
     } else {
         Err(Denial::new(
             Reason::UnsupportedCredential,
@@ -222,14 +249,60 @@ mod tests {
                 Some(Reason::UnsupportedCredential),
             ),
             (
+                "repeated authorization header, joined",
+                headers(&[("authorization", "Bearer a.b.c, Bearer x.y.z")]),
+                Some(Reason::AmbiguousCredential),
+            ),
+            (
+                "repeated API key header, joined",
+                headers(&[("x-api-key", "pcl_a,pcl_b")]),
+                Some(Reason::AmbiguousCredential),
+            ),
+            (
+                "two authorization entries differing in case",
+                headers(&[("authorization", "Bearer a"), ("Authorization", "Bearer b")]),
+                Some(Reason::AmbiguousCredential),
+            ),
+            (
                 "oversized",
                 headers(&[("authorization", &format!("Bearer {}", "a".repeat(9000)))]),
                 Some(Reason::MalformedCredential),
             ),
         ];
         for (name, h, expected) in cases {
-            assert_eq!(reason(extract(None, &h, &config)), expected, "{name}");
+            assert_eq!(reason(extract(None, &h, &[], &config)), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn query_credentials_are_single_bounded_and_exclusive() {
+        let config = CredentialsConfig::default();
+        let none = HashMap::new();
+        let one = ["abc.def.ghi".to_owned()];
+        assert_eq!(
+            extract(None, &none, &one, &config).unwrap(),
+            Extracted::Bearer("abc.def.ghi")
+        );
+        let two = ["a".to_owned(), "b".to_owned()];
+        assert_eq!(
+            reason(extract(None, &none, &two, &config)),
+            Some(Reason::AmbiguousCredential)
+        );
+        let with_header = headers(&[("authorization", "Bearer x.y.z")]);
+        assert_eq!(
+            reason(extract(None, &with_header, &one, &config)),
+            Some(Reason::AmbiguousCredential)
+        );
+        let huge = ["a".repeat(config.max_credential_bytes + 1)];
+        assert_eq!(
+            reason(extract(None, &none, &huge, &config)),
+            Some(Reason::MalformedCredential)
+        );
+        let empty = [String::new()];
+        assert_eq!(
+            reason(extract(None, &none, &empty, &config)),
+            Some(Reason::MalformedCredential)
+        );
     }
 
     #[test]
@@ -240,11 +313,11 @@ mod tests {
         let h = headers(&[("authorization", "Bearer x.y.z")]);
         let config = CredentialsConfig::default();
         assert_eq!(
-            reason(extract(Some(&credential), &h, &config)),
+            reason(extract(Some(&credential), &h, &[], &config)),
             Some(Reason::AmbiguousCredential)
         );
         assert_eq!(
-            extract(Some(&credential), &HashMap::new(), &config).unwrap(),
+            extract(Some(&credential), &HashMap::new(), &[], &config).unwrap(),
             Extracted::Bearer("a.b.c")
         );
     }

@@ -29,6 +29,8 @@ pub enum Reason {
     PolicyDenied,
     RateLimited,
     UpstreamUnavailable,
+    MalformedRequest,
+    Overloaded,
 }
 
 /// Which RFC 6750 `error=` a challenge carries, if any.
@@ -49,10 +51,10 @@ impl Reason {
     /// The HTTP status an HTTP-facing surface answers with (SPEC §2 table).
     pub fn http_status(self) -> u16 {
         match self {
-            Reason::AmbiguousCredential => 400,
+            Reason::AmbiguousCredential | Reason::MalformedRequest => 400,
             Reason::InsufficientScope | Reason::PolicyDenied => 403,
             Reason::RateLimited => 429,
-            Reason::UpstreamUnavailable => 503,
+            Reason::UpstreamUnavailable | Reason::Overloaded => 503,
             _ => 401,
         }
     }
@@ -62,9 +64,11 @@ impl Reason {
             Reason::MissingCredential | Reason::UnsupportedCredential => ChallengeError::None,
             Reason::AmbiguousCredential => ChallengeError::InvalidRequest,
             Reason::InsufficientScope => ChallengeError::InsufficientScope,
-            Reason::PolicyDenied | Reason::RateLimited | Reason::UpstreamUnavailable => {
-                ChallengeError::None
-            }
+            Reason::PolicyDenied
+            | Reason::RateLimited
+            | Reason::UpstreamUnavailable
+            | Reason::MalformedRequest
+            | Reason::Overloaded => ChallengeError::None,
             _ => ChallengeError::InvalidToken,
         }
     }
@@ -73,7 +77,11 @@ impl Reason {
     fn has_challenge(self) -> bool {
         !matches!(
             self,
-            Reason::PolicyDenied | Reason::RateLimited | Reason::UpstreamUnavailable
+            Reason::PolicyDenied
+                | Reason::RateLimited
+                | Reason::UpstreamUnavailable
+                | Reason::MalformedRequest
+                | Reason::Overloaded
         )
     }
 
@@ -98,6 +106,8 @@ impl Reason {
             Reason::PolicyDenied => pb::Reason::PolicyDenied,
             Reason::RateLimited => pb::Reason::RateLimited,
             Reason::UpstreamUnavailable => pb::Reason::UpstreamUnavailable,
+            Reason::MalformedRequest => pb::Reason::MalformedRequest,
+            Reason::Overloaded => pb::Reason::Overloaded,
         }
     }
 }

@@ -13,9 +13,10 @@ use crate::{
     credentials::{self, Extracted},
     decision::{CredentialType, Decision, Denial, Principal, Reason, Scheme},
     jwt::{self, Algorithm, ClaimPolicy, IssuerVerifier, JwtVerifier, KeySet},
+    keys::api_keys::format as api_key_format,
     keys::{KeySource, RemoteKeySource, jwks::Location},
     pb,
-    policy::{Policy, Resource, Verdict},
+    policy::{Policy, Resource, Verdict, canonical_host, canonical_path},
     telemetry::metrics::{METRICS, Surface},
     upstream::UpstreamHeaders,
     verify::{
@@ -37,9 +38,11 @@ pub struct RequestAttrs<'a> {
     /// Extra audience the token must carry (empty: none).
     pub audience: &'a str,
     pub required_scopes: &'a [String],
-    /// An `access_token` found in the URL query string (ext_authz): refused unless a rule
+    /// Every `access_token` value of the URL query string (ext_authz): refused unless a rule
     /// that matches the request allows query credentials (RFC 6750 §2.3).
-    pub query_credential: Option<&'a str>,
+    pub query_credentials: &'a [String],
+    /// What is accessed, as the request spelled it: [`Pipeline::run`] canonicalizes the path
+    /// and host before any rule sees them.
     pub resource: Resource<'a>,
     /// `client_certificate_pem` from the request (empty: none).
     pub client_certificate_pem: &'a str,
@@ -162,11 +165,38 @@ impl Pipeline {
         self.upstream.names()
     }
 
+    /// Names some upstreams read as one of those (`x_user_id` for `x-user-id`): always
+    /// stripped from incoming requests.
+    pub fn upstream_header_aliases(&self) -> impl Iterator<Item = &str> {
+        self.upstream.aliases()
+    }
+
     /// Decides one request from `surface` and records it once: span fields, metrics, and an
     /// audit log line for a denial. `Authenticate` verifies only; the others apply the policy.
     pub async fn run(&self, surface: Surface, attrs: RequestAttrs<'_>) -> Decision {
         let started = Instant::now();
         let mut seen = None;
+        let target = match surface {
+            Surface::authenticate => Ok(None),
+            Surface::authorize | Surface::ext_authz => {
+                CanonicalTarget::of(&attrs.resource, attrs.headers).map(Some)
+            }
+        };
+        let target = match target {
+            Ok(target) => target,
+            Err(denial) => {
+                let decision = deny(denial, None, String::new());
+                record(surface, &decision, None, started);
+                return decision;
+            }
+        };
+        let attrs = match &target {
+            Some(target) => RequestAttrs {
+                resource: target.resource(&attrs.resource),
+                ..attrs
+            },
+            None => attrs,
+        };
         let decision = match surface {
             Surface::authenticate => match self.authenticate_seen(attrs, &mut seen).await {
                 Ok(principal) => Decision::Allow {
@@ -196,20 +226,15 @@ impl Pipeline {
         seen: &mut Option<Seen<'a>>,
     ) -> Result<Arc<Principal>, Denial> {
         let chain = presented_chain(&attrs)?;
-        let extracted =
-            credentials::extract(attrs.credential, attrs.headers, &self.config.credentials);
-        let credential = match (extracted, attrs.query_credential) {
-            (Ok(found), None) => found,
-            (Ok(_), Some(_)) => {
-                return Err(Denial::new(
-                    Reason::AmbiguousCredential,
-                    "more than one credential presented",
-                ));
-            }
-            (Err(denial), Some(token)) if denial.reason == Reason::MissingCredential => {
-                Extracted::Bearer(token)
-            }
-            (Err(denial), None) if denial.reason == Reason::MissingCredential => {
+        let extracted = credentials::extract(
+            attrs.credential,
+            attrs.headers,
+            attrs.query_credentials,
+            &self.config.credentials,
+        );
+        let credential = match extracted {
+            Ok(found) => found,
+            Err(denial) if denial.reason == Reason::MissingCredential => {
                 let Some(chain) = &chain else {
                     return Err(denial);
                 };
@@ -217,6 +242,7 @@ impl Pipeline {
                     kind: CredentialType::ClientCertificate,
                     digest_of: "",
                 });
+                refuse_audience(attrs.audience, CredentialType::ClientCertificate)?;
                 return match &self.certificates {
                     Some(verifier) => verifier.verify(chain),
                     None => Err(Denial::new(
@@ -225,7 +251,18 @@ impl Pipeline {
                     )),
                 };
             }
-            (Err(denial), _) => return Err(denial),
+            Err(denial) => return Err(denial),
+        };
+        // An API key sent as a bearer token is recognized by its prefix and checksum, and is
+        // never sent to a third-party introspection endpoint.
+        let credential = match credential {
+            Extracted::Bearer(token)
+                if !jwt::looks_like_jwt(token)
+                    && api_key_format::check(token, &self.config.api_keys.prefix).is_ok() =>
+            {
+                Extracted::ApiKey(token)
+            }
+            other => other,
         };
         *seen = Some(Seen::of(credential));
         let principal = match credential {
@@ -254,7 +291,10 @@ impl Pipeline {
                 }
             },
             Extracted::ApiKey(key) => match &self.api_keys {
-                Some(verifier) => verifier.verify(key).await?,
+                Some(verifier) => {
+                    refuse_audience(attrs.audience, CredentialType::ApiKey)?;
+                    verifier.verify(key).await?
+                }
                 None => {
                     return Err(Denial::new(
                         Reason::UnsupportedCredential,
@@ -273,6 +313,7 @@ impl Pipeline {
                         "no Basic credential store is configured",
                     ));
                 };
+                refuse_audience(attrs.audience, CredentialType::Basic)?;
                 let (user, password) = match encoded {
                     Some(encoded) => basic::decode(encoded)?,
                     None => (username.to_owned(), password.to_owned()),
@@ -297,7 +338,7 @@ impl Pipeline {
         attrs: RequestAttrs<'a>,
         seen: &mut Option<Seen<'a>>,
     ) -> Decision {
-        if attrs.query_credential.is_some()
+        if !attrs.query_credentials.is_empty()
             && !self.policy.allows_query_credentials(&attrs.resource)
         {
             return deny(
@@ -309,36 +350,94 @@ impl Pipeline {
                 String::new(),
             );
         }
-        let principal = match self.authenticate_seen(attrs, seen).await {
-            Ok(principal) => principal,
-            Err(denial) => {
-                return match self.policy.anonymous_rule(&attrs.resource) {
-                    Some(rule) if denial.reason != Reason::UpstreamUnavailable => Decision::Allow {
-                        principal: None,
-                        rule: rule.name.clone(),
-                        upstream_headers: Vec::new(),
-                    },
-                    _ => deny(denial, None, String::new()),
-                };
-            }
-        };
-        let missing = principal.missing_scopes(attrs.required_scopes);
-        if !missing.is_empty() {
-            return deny(
-                Denial::insufficient_scope(missing),
-                Some(principal),
-                "required_scopes".to_owned(),
-            );
-        }
-        match self.policy.decide(Some(&principal), &attrs.resource) {
+        let authn = self.authenticate_seen(attrs, seen).await;
+        let verdict = self
+            .policy
+            .decide(authn.as_deref(), &attrs.resource, attrs.required_scopes);
+        let principal = authn.ok();
+        match verdict {
             Verdict::Allow { rule } => Decision::Allow {
-                upstream_headers: self.upstream.render(&principal),
-                principal: Some(principal),
+                upstream_headers: principal
+                    .as_deref()
+                    .map(|p| self.upstream.render(p))
+                    .unwrap_or_default(),
+                principal,
                 rule,
             },
-            Verdict::Deny { denial, rule } => deny(denial, Some(principal), rule),
+            Verdict::Deny { denial, rule } => deny(denial, principal, rule),
         }
     }
+}
+
+/// `Authenticate.audience` applies to tokens only: for credentials that carry no audience it
+/// is refused rather than ignored.
+fn refuse_audience(audience: &str, kind: CredentialType) -> Result<(), Denial> {
+    if audience.is_empty() {
+        return Ok(());
+    }
+    Err(Denial::new(
+        Reason::AudienceMismatch,
+        format!(
+            "{} credentials carry no audience, so the requested audience cannot be checked",
+            kind.as_str()
+        ),
+    ))
+}
+
+/// The canonical path and host of a request, and its gRPC service and method (given, or
+/// derived from `POST /package.Service/Method`).
+struct CanonicalTarget {
+    path: String,
+    host: String,
+    grpc: Option<(usize, usize)>,
+}
+
+impl CanonicalTarget {
+    fn of(resource: &Resource<'_>, headers: &HashMap<String, String>) -> Result<Self, Denial> {
+        let path = canonical_path(resource.path)?;
+        let host = canonical_host(resource.host)?;
+        let grpc = if resource.grpc_service.is_empty() && resource.grpc_method.is_empty() {
+            grpc_target(resource.http_method, &path, headers)
+        } else {
+            None
+        };
+        Ok(Self { path, host, grpc })
+    }
+
+    fn resource<'a>(&'a self, raw: &Resource<'a>) -> Resource<'a> {
+        let (grpc_service, grpc_method) = match self.grpc {
+            Some((end, start)) => (&self.path[1..end], &self.path[start..]),
+            None => (raw.grpc_service, raw.grpc_method),
+        };
+        Resource {
+            grpc_service,
+            grpc_method,
+            path: &self.path,
+            host: &self.host,
+            ..*raw
+        }
+    }
+}
+
+/// gRPC through Envoy: `POST /package.Service/Method` (content-type application/grpc, or a
+/// service name with a package). Returns where the service name ends and the method starts.
+fn grpc_target(
+    method: &str,
+    path: &str,
+    headers: &HashMap<String, String>,
+) -> Option<(usize, usize)> {
+    if !method.eq_ignore_ascii_case("POST") {
+        return None;
+    }
+    let is_grpc = headers
+        .get("content-type")
+        .is_some_and(|ct| ct.starts_with("application/grpc"));
+    let (service, rpc) = path.strip_prefix('/')?.split_once('/')?;
+    (!service.is_empty()
+        && !rpc.is_empty()
+        && !rpc.contains('/')
+        && (is_grpc || service.contains('.')))
+    .then(|| (1 + service.len(), 2 + service.len()))
 }
 
 /// The credential a request presented, for telemetry: its kind, and the text a short digest

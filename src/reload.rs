@@ -2,6 +2,11 @@
 //! directories, so Kubernetes' symlink swaps are seen), and when their contents change loads
 //! and validates the whole new config, builds a new pipeline and swaps it in atomically.
 //! An invalid change is refused and logged; the old pipeline keeps serving.
+//!
+//! No change can be lost: the fingerprint recorded for a generation is taken *before* its
+//! build reads the files, a change seen while a build runs always triggers another build,
+//! and the files are also compared on a timer in case the file system drops an event. So
+//! once writes settle, the serving generation is built from the files on disk.
 
 use std::{
     collections::BTreeSet,
@@ -81,10 +86,19 @@ pub fn reload_now(config_path: &Path, shared: &Shared) -> ReloadOutcome {
     }
 }
 
-/// Starts the watcher task; it ends when `shutdown` turns true.
+/// How often the files are compared even without a file-system event.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
+/// Editors and Kubernetes write in several steps: wait this long after an event.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Starts the watcher task; it ends when `shutdown` turns true. `built_from` is the
+/// fingerprint of the files the running generation was built from, taken before that build
+/// read them (see [`fingerprint_now`]).
 pub fn spawn_watcher(
     config_path: PathBuf,
     shared: Arc<Shared>,
+    built_from: [u8; 32],
+    changed_since_load: bool,
     mut shutdown: watch::Receiver<bool>,
 ) {
     tokio::spawn(async move {
@@ -103,41 +117,90 @@ pub fn spawn_watcher(
         };
         let mut files = watched_files(&config_path, &shared.pipeline.load().config);
         let mut dirs = watch_dirs(&mut watcher, &files, &BTreeSet::new());
-        let mut last = fingerprint(&files);
+        let mut last = built_from;
+        // Set when something changed while a build ran: build again without waiting.
+        let mut dirty = changed_since_load;
+        let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = shutdown.wait_for(|stop| *stop) => return,
-                event = events.recv() => if event.is_none() { return },
+            if !dirty {
+                let event = tokio::select! {
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                    event = events.recv() => if event.is_none() { return } else { true },
+                    _ = resync.tick() => false,
+                };
+                if event {
+                    tokio::time::sleep(DEBOUNCE).await;
+                }
             }
-            // Debounce: editors and Kubernetes write in several steps.
-            tokio::time::sleep(Duration::from_millis(200)).await;
             while events.try_recv().is_ok() {}
-            let now = fingerprint(&files);
-            if now == last {
+            let before = {
+                let files = files.clone();
+                match tokio::task::spawn_blocking(move || fingerprint(&files)).await {
+                    Ok(print) => print,
+                    Err(_) => continue,
+                }
+            };
+            if before == last && !dirty {
                 continue;
             }
-            match reload_now(&config_path, &shared) {
+            dirty = false;
+            let outcome = {
+                let (path, shared) = (config_path.clone(), shared.clone());
+                tokio::task::spawn_blocking(move || reload_now(&path, &shared))
+                    .await
+                    .unwrap_or_else(|err| ReloadOutcome::Refused(format!("reload failed: {err}")))
+            };
+            last = before;
+            // Anything written while the build ran may not be in it.
+            while events.try_recv().is_ok() {
+                dirty = true;
+            }
+            match outcome {
                 ReloadOutcome::Applied => {
+                    let generation = shared.next_generation();
                     METRICS
                         .config_reloads
                         .get_or_create(&ResultLabels { result: "success" })
                         .inc();
-                    info!("configuration reloaded");
-                    files = watched_files(&config_path, &shared.pipeline.load().config);
-                    dirs = watch_dirs(&mut watcher, &files, &dirs);
-                    last = fingerprint(&files);
+                    METRICS.config_last_reload_successful.set(1);
+                    METRICS.config_last_reload_success_time.set(unix_seconds());
+                    info!(generation, "configuration reloaded");
+                    let now_watched = watched_files(&config_path, &shared.pipeline.load().config);
+                    if now_watched != files {
+                        // The new generation reads other files: fingerprint those next time.
+                        files = now_watched;
+                        dirs = watch_dirs(&mut watcher, &files, &dirs);
+                        dirty = true;
+                    }
                 }
                 ReloadOutcome::Refused(errors) => {
                     METRICS
                         .config_reloads
                         .get_or_create(&ResultLabels { result: "failure" })
                         .inc();
+                    METRICS.config_last_reload_successful.set(0);
                     error!(errors = %errors, "configuration change refused; the previous configuration keeps serving");
-                    last = now;
                 }
             }
         }
     });
+}
+
+/// The fingerprint of the files `config_path` makes up right now (the config file itself
+/// when it cannot be parsed), taken before the first build reads them.
+pub fn fingerprint_now(config_path: &Path) -> [u8; 32] {
+    let files = match config::load_file(config_path) {
+        Ok(config) => watched_files(config_path, &config),
+        Err(_) => BTreeSet::from([config_path.to_path_buf()]),
+    };
+    fingerprint(&files)
+}
+
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Watches the parent directory of every file (non-recursively); returns the set watched.

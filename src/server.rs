@@ -64,11 +64,30 @@ pub struct Shared {
     pub pipeline: Arc<ArcSwap<Pipeline>>,
     pub client: reqwest::Client,
     ready: watch::Sender<bool>,
+    /// The serving configuration generation: 1 at start, +1 per applied reload.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
     pub fn is_ready(&self) -> bool {
         *self.ready.borrow()
+    }
+
+    /// The serving configuration generation.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Counts one applied reload; returns the new generation.
+    pub(crate) fn next_generation(&self) -> u64 {
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
+        crate::telemetry::metrics::METRICS
+            .config_generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        generation
     }
 }
 
@@ -115,12 +134,24 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     let grpc_listen = config.server.grpc_listen;
     let admin_listen = config.server.admin_listen;
     let tls = config.server.tls.as_ref().map(server_tls).transpose()?;
+    // Fingerprint the files before the first build reads them, so that a change written
+    // meanwhile is seen by the watcher (and a config changed since it was loaded, too).
+    let watch = config_path.map(|path| {
+        let built_from = reload::fingerprint_now(&path);
+        let changed = crate::config::load_file(&path).map_or(true, |on_disk| on_disk != config);
+        (path, built_from, changed)
+    });
     let pipeline = Pipeline::build(config, &client, None, BuildMode::Serve)?;
     let shared = Arc::new(Shared {
         pipeline: Arc::new(ArcSwap::from_pointee(pipeline)),
         client,
         ready: watch::channel(false).0,
+        generation: std::sync::atomic::AtomicU64::new(1),
     });
+    crate::telemetry::metrics::METRICS.config_generation.set(1);
+    crate::telemetry::metrics::METRICS
+        .config_last_reload_successful
+        .set(1);
 
     let grpc_listener =
         TcpListener::bind(grpc_listen)
@@ -162,8 +193,14 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     ));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    if let Some(path) = config_path {
-        reload::spawn_watcher(path, shared.clone(), shutdown_rx.clone());
+    if let Some((path, built_from, changed)) = watch {
+        reload::spawn_watcher(
+            path,
+            shared.clone(),
+            built_from,
+            changed,
+            shutdown_rx.clone(),
+        );
     }
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()

@@ -1,7 +1,12 @@
 //! Response shaping for allowed requests: upstream identity headers built from the principal
-//! (`response.claims_to_headers`), encoded so that no value can carry CR, LF, NUL or any other
-//! control character into a header, and the full list of header names Portcullis may set
-//! (which ext_authz strips from incoming requests so callers cannot spoof identity).
+//! (`response.claims_to_headers`), and the full list of header names Portcullis may set
+//! (which ext_authz strips from incoming requests so callers cannot spoof identity), with the
+//! names some upstreams read as the same header (`x_user_id` for `x-user-id`, CGI-style).
+//!
+//! Values are percent-encoded so that an upstream's HTTP parser can neither trim nor split
+//! them: control bytes, non-ASCII, `%` and `,` always, a space at either end of a value, and
+//! inside list items (scopes, JSON strings) also spaces, `"` and `\`. Percent-decoding a
+//! value (or each JSON string of an array or object value) gives back the original.
 
 use serde_json::Value;
 
@@ -22,6 +27,8 @@ enum Source {
 #[derive(Debug, Clone, Default)]
 pub struct UpstreamHeaders {
     mappings: Vec<(Source, String)>,
+    /// `_` / `-` spellings of the mapped names that are not mapped themselves.
+    aliases: Vec<String>,
 }
 
 impl UpstreamHeaders {
@@ -41,13 +48,25 @@ impl UpstreamHeaders {
                 };
                 (source, header.clone())
             })
+            .collect::<Vec<_>>();
+        let mut aliases: Vec<String> = mappings
+            .iter()
+            .flat_map(|(_, header)| [header.replace('-', "_"), header.replace('_', "-")])
+            .filter(|alias| !mappings.iter().any(|(_, header)| header == alias))
             .collect();
-        Self { mappings }
+        aliases.sort();
+        aliases.dedup();
+        Self { mappings, aliases }
     }
 
     /// Every header name this mapping can set.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.mappings.iter().map(|(_, header)| header.as_str())
+    }
+
+    /// Other spellings of those names that some upstreams treat as the same header.
+    pub fn aliases(&self) -> impl Iterator<Item = &str> {
+        self.aliases.iter().map(String::as_str)
     }
 
     /// The headers to set for `principal`; a claim that is absent sets nothing.
@@ -59,7 +78,14 @@ impl UpstreamHeaders {
                 Source::Issuer => Some(encode_text(&principal.issuer)),
                 Source::CredentialType => Some(principal.credential_type.as_str().to_owned()),
                 Source::KeyId => Some(encode_text(&principal.key_id)),
-                Source::Scopes => Some(encode_text(&principal.scopes.join(" "))),
+                Source::Scopes => Some(
+                    principal
+                        .scopes
+                        .iter()
+                        .map(|scope| encode_item(scope))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ),
                 Source::Claim(path) => lookup(&principal.claims, path).and_then(encode_value),
             };
             if let Some(value) = value.filter(|v| !v.is_empty()) {
@@ -76,24 +102,54 @@ fn lookup<'a>(claims: &'a serde_json::Map<String, Value>, path: &[String]) -> Op
         .try_fold(claims.get(first)?, |value, segment| value.get(segment))
 }
 
-/// Scalars as text; arrays and objects as compact JSON; null as nothing.
+/// Scalars as text; arrays and objects as compact JSON whose strings are encoded list items;
+/// null as nothing.
 fn encode_value(value: &Value) -> Option<String> {
     match value {
         Value::Null => None,
         Value::String(text) => Some(encode_text(text)),
         Value::Bool(_) | Value::Number(_) => Some(value.to_string()),
-        Value::Array(_) | Value::Object(_) => serde_json::to_string(value)
-            .ok()
-            .map(|json| encode_text(&json)),
+        Value::Array(_) | Value::Object(_) => serde_json::to_string(&encode_strings(value)).ok(),
     }
 }
 
-/// Printable ASCII passes through; every other byte (controls, DEL, non-ASCII UTF-8) is
+/// The same JSON value with every string (object keys included) encoded as a list item, so
+/// that the serialized form has `,` and `"` only as JSON syntax.
+fn encode_strings(value: &Value) -> Value {
+    match value {
+        Value::String(text) => Value::String(encode_item(text)),
+        Value::Array(items) => Value::Array(items.iter().map(encode_strings).collect()),
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(key, value)| (encode_item(key), encode_strings(value)))
+                .collect(),
+        ),
+        scalar => scalar.clone(),
+    }
+}
+
+/// A single header value: printable ASCII passes through except `%` and `,`; a space at either
+/// end is encoded (parsers trim it); every other byte (controls, DEL, non-ASCII UTF-8) is
 /// percent-encoded, so CR, LF and NUL can never reach a header.
 pub fn encode_text(text: &str) -> String {
+    let last = text.len().saturating_sub(1);
+    encode_with(text, |i, byte| {
+        byte == b' ' && (i == 0 || i == last) || matches!(byte, b'%' | b',')
+    })
+}
+
+/// An item of a list value (a scope, a JSON string): also spaces, `"` and `\` are encoded.
+fn encode_item(text: &str) -> String {
+    encode_with(text, |_, byte| {
+        matches!(byte, b'%' | b',' | b' ' | b'"' | b'\\')
+    })
+}
+
+fn encode_with(text: &str, also_encode: impl Fn(usize, u8) -> bool) -> String {
     let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if (0x20..0x7f).contains(&byte) && byte != b'%' {
+    for (i, byte) in text.bytes().enumerate() {
+        if (0x20..0x7f).contains(&byte) && !also_encode(i, byte) {
             out.push(byte as char);
         } else {
             out.push_str(&format!("%{byte:02X}"));
@@ -155,7 +211,7 @@ mod tests {
         assert_eq!(get("x-email"), Some("a@example.com"));
         assert_eq!(get("x-evil"), Some("x%0D%0AX-Injected: 1%00"));
         assert_eq!(get("x-name"), Some("Jos%C3%A9"));
-        assert_eq!(get("x-roles"), Some(r#"["a","b\nc"]"#));
+        assert_eq!(get("x-roles"), Some(r#"["a","b%0Ac"]"#));
         assert_eq!(get("x-org"), Some("7"));
         assert_eq!(get("x-n"), Some("3"));
         assert_eq!(get("x-none"), None);
@@ -165,5 +221,53 @@ mod tests {
         for (_, value) in &headers {
             assert!(!value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0));
         }
+    }
+
+    #[test]
+    fn values_cannot_be_trimmed_or_split_by_the_upstream() {
+        let Value::Object(claims) = json!({
+            "groups": ["a,b", "c"],
+            "nested": {"k,1": "v \"x\""},
+            "title": "x, y",
+        }) else {
+            unreachable!()
+        };
+        let principal = Principal::new(
+            " admin ".into(),
+            "corp".into(),
+            CredentialType::Jwt,
+            claims,
+            vec!["read write".into(), "admin".into()],
+            None,
+            "k".into(),
+        );
+        let mapping: Vec<(String, String)> = [
+            ("principal.subject", "x-user-id"),
+            ("principal.scopes", "x-scopes"),
+            ("groups", "x-groups"),
+            ("nested", "x-nested"),
+            ("title", "x_title"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        let upstream = UpstreamHeaders::new(mapping.iter().map(|(a, b)| (a, b)));
+        let headers = upstream.render(&principal);
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(h, _)| h == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("x-user-id"), Some("%20admin%20"));
+        assert_eq!(get("x-scopes"), Some("read%20write admin"));
+        assert_eq!(get("x-groups"), Some(r#"["a%2Cb","c"]"#));
+        assert_eq!(get("x-nested"), Some(r#"{"k%2C1":"v%20%22x%22"}"#));
+        assert_eq!(get("x_title"), Some("x%2C y"));
+        let aliases: Vec<&str> = upstream.aliases().collect();
+        assert_eq!(
+            aliases,
+            ["x-title", "x_groups", "x_nested", "x_scopes", "x_user_id"]
+        );
     }
 }

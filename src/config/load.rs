@@ -350,7 +350,7 @@ fn validate_rules(config: &Config, errors: &mut Vec<ConfigError>) {
                 ));
             }
         }
-        if rule.anonymous && rule.effect == Effect::Deny {
+        if rule.anonymous.is_anonymous() && rule.effect == Effect::Deny {
             errors.push(error(
                 format!("{path}.anonymous"),
                 format!(

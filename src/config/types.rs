@@ -224,13 +224,54 @@ pub struct RuleConfig {
     pub effect: Effect,
     #[serde(default)]
     pub mode: RuleMode,
-    /// Public route: allowed without a credential (a valid one is still reported).
+    /// Public route: `true` admits requests that present no credential; `allow_failed` also
+    /// admits requests whose credential fails verification. A verified credential is still
+    /// reported, and deny rules and `required_scopes` still apply.
     #[serde(default)]
-    pub anonymous: bool,
+    pub anonymous: Anonymous,
     /// Accept an `access_token` query parameter on matching requests (RFC 6750 §2.3; off:
     /// query strings end up in logs).
     #[serde(default)]
     pub allow_query_credentials: bool,
+}
+
+/// Who an `anonymous` rule admits without a verified credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Anonymous {
+    /// `false`: nobody; the rule needs a verified credential.
+    #[default]
+    No,
+    /// `true`: requests that present no credential at all.
+    AllowMissing,
+    /// `allow_failed`: also requests whose credential fails verification (never an
+    /// ambiguous credential, and never while a key source or store is unreachable).
+    AllowFailed,
+}
+
+impl Anonymous {
+    pub fn is_anonymous(self) -> bool {
+        self != Anonymous::No
+    }
+}
+
+impl<'de> Deserialize<'de> for Anonymous {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Flag(bool),
+            Word(String),
+        }
+        match Raw::deserialize(deserializer) {
+            Ok(Raw::Flag(false)) => Ok(Anonymous::No),
+            Ok(Raw::Flag(true)) => Ok(Anonymous::AllowMissing),
+            Ok(Raw::Word(word)) if word == "allow_missing" => Ok(Anonymous::AllowMissing),
+            Ok(Raw::Word(word)) if word == "allow_failed" => Ok(Anonymous::AllowFailed),
+            _ => Err(serde::de::Error::custom(
+                "expected true, false, allow_missing or allow_failed",
+            )),
+        }
+    }
 }
 
 fn default_rule_effect() -> Effect {

@@ -11,7 +11,7 @@ use crate::{
     decision::Decision,
     pb::{self, AuthenticateRequest, AuthenticateResponse, AuthorizeRequest, AuthorizeResponse},
     pipeline::{Pipeline, RequestAttrs},
-    policy::{Resource, normalize_path},
+    policy::Resource,
     telemetry::{self, metrics::Surface},
 };
 
@@ -54,7 +54,7 @@ impl pb::auth_server::Auth for AuthService {
             headers: &request.headers,
             audience: &request.audience,
             required_scopes: &[],
-            query_credential: None,
+            query_credentials: &[],
             resource: Resource::default(),
             client_certificate_pem: &request.client_certificate_pem,
             peer_certificates: peer.as_deref().map_or(&[], Vec::as_slice),
@@ -89,19 +89,18 @@ impl pb::auth_server::Auth for AuthService {
         check_headers(request.headers.len())?;
         let pipeline = self.pipeline.load_full();
         let resource = request.resource.as_ref();
-        let path = normalize_path(resource.map_or("", |r| r.path.as_str()));
         let attrs = RequestAttrs {
             credential: request.credential.as_ref(),
             headers: &request.headers,
             audience: &request.audience,
             required_scopes: &request.required_scopes,
-            query_credential: None,
+            query_credentials: &[],
             resource: Resource {
                 grpc_service: resource.map_or("", |r| r.grpc_service.as_str()),
                 grpc_method: resource.map_or("", |r| r.grpc_method.as_str()),
                 http_method: resource.map_or("", |r| r.http_method.as_str()),
                 host: resource.map_or("", |r| r.host.as_str()),
-                path: &path,
+                path: resource.map_or("", |r| r.path.as_str()),
                 context_extensions: resource.map(|r| &r.attributes),
             },
             client_certificate_pem: &request.client_certificate_pem,

@@ -24,7 +24,7 @@ use tracing::Instrument;
 use crate::{
     decision::{Decision, Denial, Reason},
     pipeline::{Pipeline, RequestAttrs},
-    policy::{Resource, normalize_path},
+    policy::Resource,
     telemetry::{self, metrics::Surface},
 };
 
@@ -76,19 +76,7 @@ pub async fn check(pipeline: &Pipeline, request: &CheckRequest) -> CheckResponse
     let headers_ref = match http {
         Some(http) if !http.headers.is_empty() => &http.headers,
         Some(http) => {
-            headers = http
-                .header_map
-                .iter()
-                .flat_map(|map| &map.headers)
-                .map(|h| {
-                    let value = if h.value.is_empty() {
-                        String::from_utf8_lossy(&h.raw_value).into_owned()
-                    } else {
-                        h.value.clone()
-                    };
-                    (h.key.to_ascii_lowercase(), value)
-                })
-                .collect();
+            headers = join_header_map(http.header_map.iter().flat_map(|map| &map.headers));
             &headers
         }
         None => {
@@ -98,22 +86,22 @@ pub async fn check(pipeline: &Pipeline, request: &CheckRequest) -> CheckResponse
     };
     if headers_ref.len() > MAX_HEADERS {
         return denied(
-            &Denial::new(Reason::MalformedCredential, "too many request headers"),
+            &Denial::new(Reason::MalformedRequest, "too many request headers"),
             "",
             pipeline.realm(),
         );
     }
     let method = http.map_or("", |h| h.method.as_str());
     let raw_path = http.map_or("", |h| h.path.as_str());
-    let path = normalize_path(raw_path);
-    let (grpc_service, grpc_method) = grpc_target(method, &path, headers_ref);
-    let query = raw_path
-        .split_once('?')
-        .map(|(_, q)| q.split('#').next().unwrap_or(q))
-        .unwrap_or("");
-    let query_token = form_urlencoded::parse(query.as_bytes())
-        .find(|(name, _)| name == "access_token")
-        .map(|(_, value)| value.into_owned());
+    let query = raw_path.split_once('?').map_or("", |(_, q)| q);
+    let query_tokens: Vec<String> = if query.is_empty() {
+        Vec::new()
+    } else {
+        form_urlencoded::parse(query.as_bytes())
+            .filter(|(name, _)| name == "access_token")
+            .map(|(_, value)| value.into_owned())
+            .collect()
+    };
     // The peer certificate as Envoy sends it: URL-encoded PEM (`+` is not a space here).
     let certificate = attributes
         .and_then(|a| a.source.as_ref())
@@ -126,13 +114,13 @@ pub async fn check(pipeline: &Pipeline, request: &CheckRequest) -> CheckResponse
         required_scopes: &[],
         client_certificate_pem: &certificate,
         peer_certificates: &[],
-        query_credential: query_token.as_deref(),
+        query_credentials: &query_tokens,
         resource: Resource {
-            grpc_service,
-            grpc_method,
+            grpc_service: "",
+            grpc_method: "",
             http_method: method,
             host: http.map_or("", |h| h.host.as_str()),
-            path: &path,
+            path: raw_path,
             context_extensions: attributes.map(|a| &a.context_extensions),
         },
     };
@@ -151,6 +139,7 @@ pub async fn check(pipeline: &Pipeline, request: &CheckRequest) -> CheckResponse
             let headers_to_remove = pipeline
                 .upstream_header_names()
                 .filter(|name| !upstream_headers.iter().any(|(set, _)| set == name))
+                .chain(pipeline.upstream_header_aliases())
                 .map(str::to_owned)
                 .collect();
             let mut metadata = vec![
@@ -178,25 +167,29 @@ pub async fn check(pipeline: &Pipeline, request: &CheckRequest) -> CheckResponse
     }
 }
 
-/// gRPC through Envoy: `POST /package.Service/Method` (content-type application/grpc, or a
-/// path of that shape).
-fn grpc_target<'a>(
-    method: &str,
-    path: &'a str,
-    headers: &HashMap<String, String>,
-) -> (&'a str, &'a str) {
-    if !method.eq_ignore_ascii_case("POST") {
-        return ("", "");
-    }
-    let is_grpc = headers
-        .get("content-type")
-        .is_some_and(|ct| ct.starts_with("application/grpc"));
-    match path.strip_prefix('/').and_then(|p| p.split_once('/')) {
-        Some((service, rpc)) if !rpc.contains('/') && (is_grpc || service.contains('.')) => {
-            (service, rpc)
+/// Envoy's `header_map` as one map of lower-case names; a repeated header's values are
+/// joined with `,` as HTTP does, so a repeated credential header stays visible (and is
+/// AMBIGUOUS_CREDENTIAL) instead of the last copy silently winning.
+fn join_header_map<'a>(entries: impl Iterator<Item = &'a HeaderValue>) -> HashMap<String, String> {
+    let mut joined: HashMap<String, String> = HashMap::new();
+    for entry in entries {
+        let value = if entry.value.is_empty() {
+            String::from_utf8_lossy(&entry.raw_value)
+        } else {
+            std::borrow::Cow::Borrowed(entry.value.as_str())
+        };
+        match joined.entry(entry.key.to_ascii_lowercase()) {
+            std::collections::hash_map::Entry::Occupied(mut existing) => {
+                let existing = existing.get_mut();
+                existing.push(',');
+                existing.push_str(&value);
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(value.into_owned());
+            }
         }
-        _ => ("", ""),
     }
+    joined
 }
 
 fn denied(denial: &Denial, rule: &str, realm: &str) -> CheckResponse {
@@ -273,16 +266,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grpc_requests_are_recognized_by_path_and_content_type() {
-        let grpc = HashMap::from([("content-type".to_owned(), "application/grpc".to_owned())]);
-        let none = HashMap::new();
-        assert_eq!(
-            grpc_target("POST", "/acme.orders.v1.Orders/Get", &none),
-            ("acme.orders.v1.Orders", "Get")
-        );
-        assert_eq!(grpc_target("POST", "/Orders/Get", &grpc), ("Orders", "Get"));
-        assert_eq!(grpc_target("POST", "/orders/get", &none), ("", ""));
-        assert_eq!(grpc_target("GET", "/acme.Orders/Get", &grpc), ("", ""));
-        assert_eq!(grpc_target("POST", "/a.B/c/d", &grpc), ("", ""));
+    fn repeated_headers_are_joined_not_overwritten() {
+        let entry = |key: &str, value: &str| HeaderValue {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            ..Default::default()
+        };
+        let entries = [
+            entry("Authorization", "Bearer forged"),
+            entry("authorization", "Bearer real"),
+            entry("accept", "*/*"),
+        ];
+        let joined = join_header_map(entries.iter());
+        assert_eq!(joined["authorization"], "Bearer forged,Bearer real");
+        assert_eq!(joined["accept"], "*/*");
     }
 }

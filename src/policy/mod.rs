@@ -5,20 +5,22 @@
 //! otherwise the first satisfied `allow` rule allows; otherwise the first matching allow
 //! rule's failure is the answer (e.g. INSUFFICIENT_SCOPE naming the missing scopes); when no
 //! rule matches, `authorization.default` decides. Shadow rules are evaluated the same way and
-//! logged, never enforced. Anonymous rules allow without a credential (public routes).
+//! logged, never enforced. Anonymous rules admit requests without a verified credential
+//! (public routes); see [`Policy::decide`] for the precedence.
 
+mod canonical;
 mod matcher;
 
 use std::collections::HashMap;
 
 use serde_json::Value;
-use tracing::info;
+use tracing::{info, warn};
 
-pub use matcher::normalize_path;
+pub use canonical::{canonical_host, canonical_path};
 use matcher::{Globs, Matcher};
 
 use crate::{
-    config::{AuthorizationConfig, ConfigError, Effect, RuleConfig, RuleMode},
+    config::{Anonymous, AuthorizationConfig, ConfigError, Effect, RuleConfig, RuleMode},
     decision::{CredentialType, Denial, Principal, Reason},
     telemetry::metrics::{METRICS, Outcome, ShadowLabels},
 };
@@ -29,8 +31,9 @@ pub struct Resource<'a> {
     pub grpc_service: &'a str,
     pub grpc_method: &'a str,
     pub http_method: &'a str,
+    /// Canonical host without port (see [`canonical_host`]).
     pub host: &'a str,
-    /// Normalized path without query string (see [`normalize_path`]).
+    /// Canonical path without query string (see [`canonical_path`]).
     pub path: &'a str,
     pub context_extensions: Option<&'a HashMap<String, String>>,
 }
@@ -51,7 +54,7 @@ pub struct Rule {
     require: Requirements,
     pub effect: Effect,
     pub mode: RuleMode,
-    pub anonymous: bool,
+    pub anonymous: Anonymous,
     pub allow_query_credentials: bool,
 }
 
@@ -64,7 +67,15 @@ struct Requirements {
     cel: Option<cel::Program>,
 }
 
-/// The policy's answer for an authenticated (or anonymous) request.
+/// Why a rule's requirements do not hold for a principal.
+enum Unmet {
+    /// A requirement is false: the rule does not apply (deny) or is not satisfied (allow).
+    False(Denial),
+    /// A condition could not be evaluated (a CEL error): fails closed for either effect.
+    Error(Denial),
+}
+
+/// The policy's answer for one request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     Allow { rule: String },
@@ -73,6 +84,17 @@ pub enum Verdict {
 
 /// The rule name reported when `authorization.default` decides.
 pub const DEFAULT_RULE: &str = "default";
+/// The rule name reported when `Authorize.required_scopes` decides.
+pub const REQUIRED_SCOPES_RULE: &str = "required_scopes";
+
+/// Authentication failures an `anonymous: allow_failed` rule may still admit: never an
+/// ambiguous credential (a smuggling attempt) and never an outage (fail closed).
+fn admits_failure(reason: Reason) -> bool {
+    !matches!(
+        reason,
+        Reason::AmbiguousCredential | Reason::UpstreamUnavailable | Reason::Overloaded
+    )
+}
 
 impl Policy {
     /// Compiles every rule, reporting each bad pattern or CEL expression with its rule.
@@ -115,23 +137,29 @@ impl Policy {
             .any(|rule| rule.mode == RuleMode::Enforce && rule.allow_query_credentials)
     }
 
-    /// Whether an enforced anonymous rule matches `resource`.
-    pub fn anonymous_rule<'p>(&'p self, resource: &'p Resource<'p>) -> Option<&'p Rule> {
-        self.matching(resource)
-            .find(|rule| rule.mode == RuleMode::Enforce && rule.anonymous)
-    }
-
-    /// Decides for a verified principal (or an anonymous caller when `principal` is None and
-    /// an anonymous rule applies). Shadow rules are evaluated and logged here too.
-    pub fn decide(&self, principal: Option<&Principal>, resource: &Resource<'_>) -> Verdict {
-        let verdict = self.evaluate(RuleMode::Enforce, principal, resource);
+    /// Decides one request from its authentication outcome: a verified principal, or the
+    /// denial authentication ended with (MISSING_CREDENTIAL when nothing was presented).
+    /// Shadow rules are evaluated and counted here too, never enforced.
+    ///
+    /// Precedence (SPEC §9): a request without a verified principal is denied with its own
+    /// reason unless an anonymous rule admits it; deny rules then apply to every request
+    /// (without a principal their conditions cannot be shown false, so they deny); then
+    /// `required_scopes`; then the first satisfied allow rule; then `authorization.default`
+    /// (which never allows a request without a principal).
+    pub fn decide(
+        &self,
+        authn: Result<&Principal, &Denial>,
+        resource: &Resource<'_>,
+        required_scopes: &[String],
+    ) -> Verdict {
+        let verdict = self.evaluate(RuleMode::Enforce, authn, resource, required_scopes);
         if self.has_shadow {
-            let shadow = self.evaluate(RuleMode::Shadow, principal, resource);
+            let shadow = self.evaluate(RuleMode::Shadow, authn, resource, required_scopes);
             let (decision, rule) = match &shadow {
                 Verdict::Allow { rule } => ("allow", rule),
                 Verdict::Deny { rule, .. } => ("deny", rule),
             };
-            if rule != DEFAULT_RULE {
+            if rule != DEFAULT_RULE && rule != REQUIRED_SCOPES_RULE && !rule.is_empty() {
                 let outcome = if decision == "allow" {
                     Outcome::allow
                 } else {
@@ -153,36 +181,95 @@ impl Policy {
     fn evaluate(
         &self,
         mode: RuleMode,
-        principal: Option<&Principal>,
+        authn: Result<&Principal, &Denial>,
         resource: &Resource<'_>,
+        required_scopes: &[String],
     ) -> Verdict {
-        // Two passes over the matching rules (deny first), without collecting them.
         let rules = |effect: Effect| {
             self.matching(resource)
                 .filter(move |rule| rule.mode == mode && rule.effect == effect)
         };
-        for rule in rules(Effect::Deny) {
-            if let Some(principal) = principal
-                && rule.check(principal, resource, &self.cel_env).is_ok()
-            {
+        // 1. Without a verified principal, only an anonymous rule can let the request on.
+        let mut anonymous_rule = None;
+        if let Err(failure) = authn {
+            let missing = failure.reason == Reason::MissingCredential;
+            anonymous_rule = rules(Effect::Allow).find(|rule| match rule.anonymous {
+                Anonymous::No => false,
+                Anonymous::AllowMissing => missing,
+                Anonymous::AllowFailed => missing || admits_failure(failure.reason),
+            });
+            if anonymous_rule.is_none() {
                 return Verdict::Deny {
-                    denial: Denial::new(
-                        Reason::PolicyDenied,
-                        format!("denied by rule {}", rule.name),
-                    ),
-                    rule: rule.name.clone(),
+                    denial: failure.clone(),
+                    rule: String::new(),
                 };
             }
         }
+        // 2. Deny rules, for every request.
+        for rule in rules(Effect::Deny) {
+            let applies = match authn {
+                Ok(principal) => match rule.check(principal, resource, &self.cel_env) {
+                    Ok(()) => Ok(()),
+                    Err(Unmet::False(_)) => continue,
+                    Err(Unmet::Error(denial)) => Err(denial.message),
+                },
+                Err(_) => Err(format!(
+                    "denied by rule {}: its conditions cannot be checked without a verified credential",
+                    rule.name
+                )),
+            };
+            let message = match applies {
+                Ok(()) => format!("denied by rule {}", rule.name),
+                Err(message) => message,
+            };
+            return Verdict::Deny {
+                denial: Denial::new(Reason::PolicyDenied, message),
+                rule: rule.name.clone(),
+            };
+        }
+        // 3. Scopes the caller of Authorize requires: no principal, no scopes.
+        if !required_scopes.is_empty() {
+            let denial = match authn {
+                Ok(principal) => {
+                    let missing = principal.missing_scopes(required_scopes);
+                    (!missing.is_empty()).then(|| Denial::insufficient_scope(missing))
+                }
+                Err(failure) => Some(Denial::new(
+                    failure.reason,
+                    format!(
+                        "{}; required scopes need a verified credential",
+                        failure.message
+                    ),
+                )),
+            };
+            if let Some(denial) = denial {
+                return Verdict::Deny {
+                    denial,
+                    rule: REQUIRED_SCOPES_RULE.to_owned(),
+                };
+            }
+        }
+        let principal = match (authn, anonymous_rule) {
+            (Ok(principal), _) => principal,
+            (Err(_), Some(rule)) => {
+                return Verdict::Allow {
+                    rule: rule.name.clone(),
+                };
+            }
+            (Err(failure), None) => {
+                return Verdict::Deny {
+                    denial: failure.clone(),
+                    rule: String::new(),
+                };
+            }
+        };
+        // 4. The first satisfied allow rule.
         let mut first_failure = None;
         for rule in rules(Effect::Allow) {
-            let outcome = match principal {
-                _ if rule.anonymous => Ok(()),
-                Some(principal) => rule.check(principal, resource, &self.cel_env),
-                None => Err(Denial::new(
-                    Reason::MissingCredential,
-                    "no credential presented",
-                )),
+            let outcome = if rule.anonymous.is_anonymous() {
+                Ok(())
+            } else {
+                rule.check(principal, resource, &self.cel_env)
             };
             match outcome {
                 Ok(()) => {
@@ -190,7 +277,7 @@ impl Policy {
                         rule: rule.name.clone(),
                     };
                 }
-                Err(denial) => {
+                Err(Unmet::False(denial) | Unmet::Error(denial)) => {
                     first_failure.get_or_insert((denial, rule.name.clone()));
                 }
             }
@@ -198,11 +285,12 @@ impl Policy {
         if let Some((denial, rule)) = first_failure {
             return Verdict::Deny { denial, rule };
         }
+        // 5. No rule applies.
         match self.default {
-            Effect::Allow if principal.is_some() => Verdict::Allow {
+            Effect::Allow => Verdict::Allow {
                 rule: DEFAULT_RULE.to_owned(),
             },
-            _ => Verdict::Deny {
+            Effect::Deny => Verdict::Deny {
                 denial: Denial::new(Reason::PolicyDenied, "no rule allows this request"),
                 rule: DEFAULT_RULE.to_owned(),
             },
@@ -217,9 +305,9 @@ impl Rule {
         principal: &Principal,
         resource: &Resource<'_>,
         env: &std::sync::Arc<cel::Env>,
-    ) -> Result<(), Denial> {
+    ) -> Result<(), Unmet> {
         let req = &self.require;
-        let denied = |message: String| Denial::new(Reason::PolicyDenied, message);
+        let denied = |message: String| Unmet::False(Denial::new(Reason::PolicyDenied, message));
         if !req.credential_types.is_empty()
             && !req.credential_types.contains(&principal.credential_type)
         {
@@ -237,12 +325,14 @@ impl Rule {
         }
         let missing = principal.missing_scopes(&req.scopes_all);
         if !missing.is_empty() {
-            return Err(Denial::insufficient_scope(missing));
+            return Err(Unmet::False(Denial::insufficient_scope(missing)));
         }
         if !req.scopes_any.is_empty()
             && !req.scopes_any.iter().any(|s| principal.scopes.contains(s))
         {
-            return Err(Denial::insufficient_scope(req.scopes_any.clone()));
+            return Err(Unmet::False(Denial::insufficient_scope(
+                req.scopes_any.clone(),
+            )));
         }
         for (path, expected) in &req.claims {
             if !claim_matches(&principal.claims, path, expected) {
@@ -260,9 +350,13 @@ impl Rule {
                     return Err(denied(format!("rule {}: expression is false", self.name)));
                 }
                 Err(message) => {
-                    return Err(denied(format!(
-                        "rule {}: expression failed: {message}",
-                        self.name
+                    warn!(rule = %self.name, error = %message, "rule condition could not be evaluated; failing closed");
+                    return Err(Unmet::Error(Denial::new(
+                        Reason::PolicyDenied,
+                        format!(
+                            "rule {}: its condition could not be evaluated ({message}); failing closed",
+                            self.name
+                        ),
                     )));
                 }
             }
@@ -434,7 +528,8 @@ mod tests {
             host: "api.example.com",
             ..Default::default()
         };
-        match p.decide(who, &resource) {
+        let missing = Denial::new(Reason::MissingCredential, "no credential presented");
+        match p.decide(who.ok_or(&missing), &resource, &[]) {
             Verdict::Allow { rule } => (true, rule, None),
             Verdict::Deny { denial, rule } => (false, rule, Some(denial.reason)),
         }
@@ -535,7 +630,7 @@ rules:
                 None,
                 "GET",
                 "/orders/1",
-                (false, "orders-read", Some(Reason::MissingCredential)),
+                (false, "", Some(Reason::MissingCredential)),
             ),
         ];
         for (name, who, method, path, (allowed, rule, reason)) in cases {

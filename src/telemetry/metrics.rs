@@ -83,6 +83,11 @@ pub struct Metrics {
     pub jwks_keys: Family<IssuerLabels, Gauge>,
     pub jwks_key_age: Family<IssuerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub config_reloads: Family<ResultLabels, Counter>,
+    pub config_generation: Gauge,
+    pub config_last_reload_successful: Gauge,
+    pub config_last_reload_success_time: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub requests_in_flight: Gauge,
+    pub requests_shed: Counter,
     pub introspection_duration: Family<IssuerLabels, Histogram>,
     pub shadow_decisions: Family<ShadowLabels, Counter>,
 }
@@ -141,6 +146,37 @@ impl Metrics {
             "Configuration reloads by result (success, failure)",
             config_reloads.clone(),
         );
+        let config_generation = Gauge::default();
+        registry.register(
+            "config_generation",
+            "Configuration generations applied since start (1 is the one started with)",
+            config_generation.clone(),
+        );
+        let config_last_reload_successful = Gauge::default();
+        registry.register(
+            "config_last_reload_successful",
+            "Whether the last configuration reload was applied (1) or refused (0)",
+            config_last_reload_successful.clone(),
+        );
+        let config_last_reload_success_time = Gauge::default();
+        registry.register_with_unit(
+            "config_last_reload_success_timestamp",
+            "Unix time of the last configuration generation applied",
+            Unit::Seconds,
+            config_last_reload_success_time.clone(),
+        );
+        let requests_in_flight = Gauge::default();
+        registry.register(
+            "requests_in_flight",
+            "gRPC requests being served now",
+            requests_in_flight.clone(),
+        );
+        let requests_shed = Counter::default();
+        registry.register(
+            "requests_shed",
+            "gRPC requests answered at once with RESOURCE_EXHAUSTED / OVERLOADED (load shedding)",
+            requests_shed.clone(),
+        );
         let introspection_duration =
             Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         registry.register_with_unit(
@@ -164,6 +200,11 @@ impl Metrics {
             jwks_keys,
             jwks_key_age,
             config_reloads,
+            config_generation,
+            config_last_reload_successful,
+            config_last_reload_success_time,
+            requests_in_flight,
+            requests_shed,
             introspection_duration,
             shadow_decisions,
         }
