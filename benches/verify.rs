@@ -31,7 +31,7 @@ fn verifier(key: &TestKey, max_ttl: Duration) -> JwtVerifier {
         policy: ClaimPolicy::from_config(&config),
         keys: KeySource::Static(Arc::new(keys)),
     };
-    JwtVerifier::new(vec![issuer], 10_000, max_ttl)
+    JwtVerifier::new(vec![issuer], 10_000, 64 * 1024 * 1024, max_ttl)
 }
 
 fn bench_verify(c: &mut Criterion) {

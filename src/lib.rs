@@ -8,6 +8,7 @@
 
 pub mod cache;
 pub mod cli;
+pub mod client_address;
 pub mod config;
 pub mod credentials;
 pub mod decision;
@@ -15,6 +16,8 @@ pub mod grpc;
 pub mod http_body;
 pub mod jwt;
 pub mod keys;
+pub mod listener;
+pub mod load_shed;
 pub mod pb;
 pub mod pipeline;
 pub mod policy;

@@ -4,11 +4,12 @@
 //! A `Pipeline` is built from one validated config and is immutable; a config reload builds a
 //! new one (reusing remote key sources whose settings did not change) and swaps it in.
 
-use std::{borrow::Cow, collections::HashMap, sync::Arc, time::Instant};
+use std::{borrow::Cow, collections::HashMap, net::IpAddr, sync::Arc, time::Instant};
 
 use rustls_pki_types::CertificateDer;
 
 use crate::{
+    client_address::TrustedProxies,
     config::{Config, ConfigError, ConfigErrors, IssuerConfig, PublicKeyFile},
     credentials::{self, Extracted},
     decision::{CredentialType, Decision, Denial, Principal, Reason, Scheme},
@@ -48,6 +49,8 @@ pub struct RequestAttrs<'a> {
     pub client_certificate_pem: &'a str,
     /// The chain the TLS peer presented, leaf first (empty: none or no mTLS).
     pub peer_certificates: &'a [CertificateDer<'static>],
+    /// The caller's address: the gRPC peer, or Envoy's `source.address` (for throttling).
+    pub peer_address: Option<IpAddr>,
 }
 
 /// Verification and decision for one config generation.
@@ -61,6 +64,7 @@ pub struct Pipeline {
     /// The introspection that receives opaque bearer tokens.
     opaque: Option<Introspector>,
     certificates: Option<CertificateVerifier>,
+    trusted_proxies: TrustedProxies,
 }
 
 /// Whether building may fetch from the network and start background tasks.
@@ -108,9 +112,16 @@ impl Pipeline {
         let Ok(policy) = policy else {
             return Err(ConfigErrors(errors));
         };
-        let jwt = JwtVerifier::new(issuers, config.cache.max_entries, config.cache.max_ttl);
+        let jwt = JwtVerifier::new(
+            issuers,
+            config.cache.max_entries,
+            config.cache.max_bytes,
+            config.cache.max_ttl,
+        );
         let upstream = UpstreamHeaders::new(&config.response.claims_to_headers);
+        let trusted_proxies = TrustedProxies::new(&config.credentials.trusted_proxies);
         Ok(Self {
+            trusted_proxies,
             config: Arc::new(config),
             jwt,
             policy,
@@ -318,8 +329,10 @@ impl Pipeline {
                     Some(encoded) => basic::decode(encoded)?,
                     None => (username.to_owned(), password.to_owned()),
                 };
-                let client = basic::client_address(attrs.headers);
-                verifier.verify(&user, &password, client.as_deref()).await?
+                let client = self
+                    .trusted_proxies
+                    .client(attrs.peer_address, attrs.headers);
+                verifier.verify(&user, &password, client).await?
             }
         };
         if matches!(

@@ -7,13 +7,14 @@ use arc_swap::ArcSwap;
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::{error, info};
 
 use crate::{
-    config::{Config, ConfigErrors},
+    config::{Config, ConfigErrors, LimitsConfig},
     grpc::{auth_service::AuthService, ext_authz::ExtAuthzService},
+    listener,
+    load_shed::LoadShedLayer,
     pb,
     pipeline::{BuildMode, Pipeline},
     reload,
@@ -115,11 +116,13 @@ impl Running {
     }
 }
 
-/// The shared outbound HTTP client (JWKS, discovery): rustls on aws-lc-rs, no proxies from
-/// the environment for loopback, bounded connect time.
+/// The shared outbound HTTP client (JWKS, discovery, introspection): rustls on aws-lc-rs,
+/// bounded connect time, and no redirects followed: a redirect could carry the client
+/// secret and the user's token to another host, or make another host's keys trusted.
 pub fn http_client() -> Result<reqwest::Client, ServeError> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|err| ServeError::HttpClient(err.to_string()))
@@ -132,6 +135,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     let grace = config.server.shutdown_grace;
     crate::telemetry::metrics::set_request_metrics(config.telemetry.metrics);
     let grpc_listen = config.server.grpc_listen;
+    let limits = config.server.limits.clone();
     let admin_listen = config.server.admin_listen;
     let tls = config.server.tls.as_ref().map(server_tls).transpose()?;
     // Fingerprint the files before the first build reads them, so that a change written
@@ -216,20 +220,29 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
         .build_v1alpha()
         .map_err(|err| ServeError::HttpClient(err.to_string()))?;
 
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_max_header_list_size(limits.max_header_list_bytes)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .timeout(limits.request_timeout);
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
+    let max_request = limits.max_request_bytes;
     let router = builder
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(pb::auth_server::AuthServer::new(AuthService::new(
-            shared.pipeline.clone(),
-        )))
-        .add_service(AuthorizationServer::new(ExtAuthzService::new(
-            shared.pipeline.clone(),
-        )));
+        .layer(LoadShedLayer::new(limits.max_in_flight))
+        .add_service(health_service.max_decoding_message_size(MAX_HEALTH_REQUEST_BYTES))
+        .add_service(reflection_v1.max_decoding_message_size(max_request))
+        .add_service(reflection_v1alpha.max_decoding_message_size(max_request))
+        .add_service(
+            pb::auth_server::AuthServer::new(AuthService::new(shared.pipeline.clone()))
+                .max_decoding_message_size(max_request),
+        )
+        .add_service(
+            AuthorizationServer::new(ExtAuthzService::new(shared.pipeline.clone()))
+                .max_decoding_message_size(max_request),
+        );
 
     let admin = admin_router(shared.clone());
     let task = tokio::spawn(run(
@@ -240,6 +253,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
         health_reporter,
         shutdown_rx,
         grace,
+        limits,
     ));
     info!(%grpc_addr, %admin_addr, "portcullis listening");
     Ok(Running {
@@ -254,14 +268,24 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
 /// The gRPC service name the health service reports for.
 pub const AUTH_SERVICE_NAME: &str = "portcullis.v1.Auth";
 
+/// Largest health-check request (they name one service).
+const MAX_HEALTH_REQUEST_BYTES: usize = 4 * 1024;
+
+/// Longest life of one admin HTTP connection (scrapers reconnect).
+const ADMIN_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+#[allow(clippy::too_many_arguments)]
 async fn run(
-    router: tonic::transport::server::Router,
+    router: tonic::transport::server::Router<
+        tower_layer::Stack<LoadShedLayer, tower_layer::Identity>,
+    >,
     grpc_listener: TcpListener,
     admin: Router,
     admin_listener: TcpListener,
     health: tonic_health::server::HealthReporter,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
+    limits: LimitsConfig,
 ) -> Result<(), ServeError> {
     let mut stopping = shutdown.clone();
     let stop_signal = async move {
@@ -274,17 +298,14 @@ async fn run(
             .await;
         info!("shutting down: no new connections, draining in-flight requests");
     };
-    let mut admin_stop = shutdown.clone();
-    let admin_task = tokio::spawn(async move {
-        let _ = axum::serve(admin_listener, admin)
-            .with_graceful_shutdown(async move {
-                let _ = admin_stop.wait_for(|stop| *stop).await;
-            })
-            .await;
-    });
+    let admin_task = tokio::spawn(serve_admin(
+        admin_listener,
+        admin,
+        limits.admin_header_timeout,
+        limits.admin_max_connections,
+    ));
     let grpc = router.serve_with_incoming_shutdown(
-        // TCP_NODELAY: without it, Nagle and delayed ACKs stall small gRPC frames ~40 ms.
-        TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+        listener::incoming(grpc_listener, limits.max_connections, limits.idle_timeout),
         stop_signal,
     );
     tokio::pin!(grpc);
@@ -300,6 +321,39 @@ async fn run(
     };
     admin_task.abort();
     result.map_err(ServeError::from)
+}
+
+/// The admin HTTP listener: at most `max_connections` at once, each bounded in the time its
+/// request headers may take and in its whole life, so a slow client cannot hold it.
+async fn serve_admin(
+    listener: TcpListener,
+    router: Router,
+    header_timeout: Duration,
+    max_connections: usize,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                tracing::warn!(error = %err, "admin listener cannot accept; pausing");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(ADMIN_CONNECTION_LIFETIME, connection).await;
+            drop(permit);
+        });
+    }
 }
 
 /// Sets SERVING once every remote key source has loaded once and every key store listens for

@@ -76,7 +76,7 @@ async fn basic_credentials_against_an_htpasswd_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = htpasswd(dir.path());
     let running = start(&format!(
-        "basic: {{realm: staff, htpasswd_file: {}, max_failures: 3, failure_window: 60s}}\nauthorization: {{rules: [{{name: any-authenticated}}]}}\n",
+        "basic: {{realm: staff, htpasswd_file: {}, max_failures: 3, max_client_failures: 4, failure_window: 60s}}\ncredentials: {{trusted_proxies: [127.0.0.1, 10.0.0.0/8]}}\nauthorization: {{rules: [{{name: any-authenticated}}]}}\n",
         path.display()
     ))
     .await;
@@ -190,20 +190,37 @@ async fn basic_credentials_against_an_htpasswd_file() {
         assert_eq!(response.allowed, allowed, "{scopes:?}");
     }
 
-    // Per user: three failures, then even the right password is RATE_LIMITED.
+    // Per (user, client) pair: three failures from one client, then even the right password
+    // from that client is RATE_LIMITED; the real user elsewhere is not locked out.
     for _ in 0..3 {
-        let response = call(&mut client, header(&basic("bob", "wrong"), None)).await;
+        let response = call(
+            &mut client,
+            header(&basic("bob", "wrong"), Some("192.0.2.1")),
+        )
+        .await;
         assert_eq!(reason(&response), Some(Reason::InvalidSignature));
     }
-    let response = call(&mut client, header(&basic("bob", "open:sesame:"), None)).await;
+    let response = call(
+        &mut client,
+        header(&basic("bob", "open:sesame:"), Some("192.0.2.1")),
+    )
+    .await;
     assert_eq!(reason(&response), Some(Reason::RateLimited));
     assert_eq!(
         response.denial.unwrap().www_authenticate,
         "",
         "429 carries no challenge"
     );
+    for other in [Some("192.0.2.2"), None] {
+        let response = call(&mut client, header(&basic("bob", "open:sesame:"), other)).await;
+        assert_eq!(
+            reason(&response),
+            None,
+            "bob from {other:?} is not locked out"
+        );
+    }
     // Per client address: failures for different users from one address add up.
-    for user in ["x1", "x2", "x3"] {
+    for user in ["x1", "x2", "x3", "x4"] {
         let response = call(
             &mut client,
             header(&basic(user, "wrong"), Some("192.0.2.7")),
@@ -232,6 +249,61 @@ async fn basic_credentials_against_an_htpasswd_file() {
         None,
         "another client is not affected"
     );
+    running.shutdown().await.unwrap();
+}
+
+/// Without trusted proxies, `x-forwarded-for` is the client's own writing: rotating or
+/// omitting it does not escape the throttle (the caller's address counts).
+#[tokio::test]
+async fn forwarded_addresses_from_an_untrusted_caller_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = htpasswd(dir.path());
+    let running = start(&format!(
+        "basic: {{htpasswd_file: {}, max_failures: 3, failure_window: 60s}}\n",
+        path.display()
+    ))
+    .await;
+    let mut client = client(&running).await;
+    for (i, forwarded) in [Some("198.51.100.1"), None, Some("198.51.100.2")]
+        .into_iter()
+        .enumerate()
+    {
+        let response = call(&mut client, header(&basic("alice", "wrong"), forwarded)).await;
+        assert_eq!(
+            reason(&response),
+            Some(Reason::InvalidSignature),
+            "attempt {i}"
+        );
+    }
+    for forwarded in [Some("198.51.100.3"), None, Some("203.0.113.50")] {
+        let response = call(&mut client, header(&basic("alice", "guess"), forwarded)).await;
+        assert_eq!(
+            reason(&response),
+            Some(Reason::RateLimited),
+            "spoofed {forwarded:?} does not reset the count"
+        );
+    }
+    running.shutdown().await.unwrap();
+}
+
+/// bcrypt reads 72 bytes: a password that only shares its first 72 bytes is refused.
+#[tokio::test]
+async fn bcrypt_passwords_longer_than_72_bytes_are_refused_not_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "p".repeat(72);
+    let hash = bcrypt::hash(&long, 4).unwrap();
+    let path = dir.path().join("htpasswd");
+    std::fs::write(&path, format!("long:{hash}\n")).unwrap();
+    let running = start(&format!("basic: {{htpasswd_file: {}}}\n", path.display())).await;
+    let mut client = client(&running).await;
+    let exact = call(&mut client, header(&basic("long", &long), None)).await;
+    assert_eq!(reason(&exact), None, "72 bytes is the whole password");
+    let longer = call(
+        &mut client,
+        header(&basic("long", &format!("{long}EXTRA")), None),
+    )
+    .await;
+    assert_eq!(reason(&longer), Some(Reason::InvalidSignature));
     running.shutdown().await.unwrap();
 }
 

@@ -477,8 +477,10 @@ async fn hostile_tokens_get_their_reason_codes() {
     let dir = tempfile::tempdir().unwrap();
     let jwks_path = dir.path().join("jwks.json");
     std::fs::write(&jwks_path, jwks(&[&f.rsa, &f.ec]).to_string()).unwrap();
+    // Messages up to 1 MiB, so that oversized tokens reach the credential size check.
     let yaml = format!(
         r#"
+server: {{limits: {{max_request_bytes: 1048576}}}}
 issuers:
   - name: test
     issuer: {ISS}

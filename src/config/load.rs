@@ -213,6 +213,52 @@ fn validate(config: &Config, positions: &[usize], errors: &mut Vec<ConfigError>)
             }
         }
     }
+    let limits = &config.server.limits;
+    for (name, value) in [
+        ("max_connections", limits.max_connections),
+        (
+            "max_concurrent_streams",
+            limits.max_concurrent_streams as usize,
+        ),
+        ("max_in_flight", limits.max_in_flight),
+        ("admin_max_connections", limits.admin_max_connections),
+    ] {
+        if value == 0 {
+            errors.push(error(
+                format!("server.limits.{name}"),
+                "must be greater than zero",
+            ));
+        }
+    }
+    if !(1024..=64 * 1024 * 1024).contains(&limits.max_request_bytes) {
+        errors.push(error(
+            "server.limits.max_request_bytes",
+            "must be between 1024 and 67108864",
+        ));
+    }
+    if !(1024..=1024 * 1024).contains(&limits.max_header_list_bytes) {
+        errors.push(error(
+            "server.limits.max_header_list_bytes",
+            "must be between 1024 and 1048576",
+        ));
+    }
+    for (name, value) in [
+        ("request_timeout", limits.request_timeout),
+        ("keepalive_interval", limits.keepalive_interval),
+        ("keepalive_timeout", limits.keepalive_timeout),
+        ("idle_timeout", limits.idle_timeout),
+        ("admin_header_timeout", limits.admin_header_timeout),
+    ] {
+        if value.is_zero() {
+            errors.push(error(
+                format!("server.limits.{name}"),
+                "must be greater than zero",
+            ));
+        }
+    }
+    if config.cache.max_bytes < 64 * 1024 {
+        errors.push(error("cache.max_bytes", "must be at least 65536"));
+    }
     if config.cache.max_entries == 0 {
         errors.push(error("cache.max_entries", "must be greater than zero"));
     }
@@ -232,6 +278,14 @@ fn validate(config: &Config, positions: &[usize], errors: &mut Vec<ConfigError>)
             errors.push(error(
                 format!("credentials.api_key_headers[{i}]"),
                 "must be a lower-case header name",
+            ));
+        }
+    }
+    for (i, proxy) in config.credentials.trusted_proxies.iter().enumerate() {
+        if crate::client_address::parse_network(proxy).is_none() {
+            errors.push(error(
+                format!("credentials.trusted_proxies[{i}]"),
+                "must be an IP address or CIDR, e.g. 10.0.0.0/8 or 2001:db8::/32",
             ));
         }
     }
@@ -281,6 +335,12 @@ fn validate_verifiers(config: &Config, positions: &[usize], errors: &mut Vec<Con
         }
     }
     let basic = &config.basic;
+    if basic.max_client_failures == 0 {
+        errors.push(error(
+            "basic.max_client_failures",
+            "must be greater than zero",
+        ));
+    }
     if basic.max_failures == 0 {
         errors.push(error("basic.max_failures", "must be greater than zero"));
     }
@@ -432,6 +492,21 @@ fn validate_issuer(issuer: &IssuerConfig, path: &str, errors: &mut Vec<ConfigErr
         && !is_http_url(uri)
     {
         errors.push(error(format!("{path}.jwks_uri"), "must be an http(s) URL"));
+    }
+    for (i, origin) in issuer.jwks.allowed_origins.iter().enumerate() {
+        let parsed = reqwest::Url::parse(origin).ok().filter(|url| {
+            matches!(url.scheme(), "http" | "https")
+                && url.host().is_some()
+                && url.path() == "/"
+                && url.query().is_none()
+                && url.username().is_empty()
+        });
+        if parsed.is_none() {
+            errors.push(error(
+                format!("{path}.jwks.allowed_origins[{i}]"),
+                "must be an origin such as https://keys.example.com",
+            ));
+        }
     }
     let mut has_hmac = false;
     let mut has_asymmetric = false;

@@ -63,7 +63,61 @@ impl fmt::Debug for SecretRef {
 
 impl<'de> Deserialize<'de> for SecretRef {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(|raw| SecretRef::parse(&raw))
+        deserializer.deserialize_any(SecretVisitor)
+    }
+}
+
+/// Accepts a string only, and never echoes a value of another type: serde's own "invalid
+/// type" error would quote it (an all-digit secret is a YAML number).
+struct SecretVisitor;
+
+const NOT_A_STRING: &str =
+    "a secret must be a string (quote it, or use env:NAME or file:/path); the value is not shown";
+
+macro_rules! refuse_non_strings {
+    ($($method:ident: $type:ty),* $(,)?) => {
+        $(fn $method<E: serde::de::Error>(self, _: $type) -> Result<SecretRef, E> {
+            Err(E::custom(NOT_A_STRING))
+        })*
+    };
+}
+
+impl<'de> serde::de::Visitor<'de> for SecretVisitor {
+    type Value = SecretRef;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a secret string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, raw: &str) -> Result<SecretRef, E> {
+        Ok(SecretRef::parse(raw))
+    }
+
+    refuse_non_strings!(
+        visit_bool: bool,
+        visit_i64: i64,
+        visit_i128: i128,
+        visit_u64: u64,
+        visit_u128: u128,
+        visit_f64: f64,
+        visit_char: char,
+        visit_bytes: &[u8],
+    );
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<SecretRef, E> {
+        Err(E::custom(NOT_A_STRING))
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<SecretRef, E> {
+        Err(E::custom(NOT_A_STRING))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<SecretRef, A::Error> {
+        Err(serde::de::Error::custom(NOT_A_STRING))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<SecretRef, A::Error> {
+        Err(serde::de::Error::custom(NOT_A_STRING))
     }
 }
 
@@ -75,6 +129,38 @@ mod tests {
     fn debug_never_prints_an_inline_secret() {
         let secret = SecretRef::parse("hunter2-hunter2");
         assert_eq!(format!("{secret:?}"), "<inline secret>");
+    }
+
+    #[test]
+    fn a_secret_of_another_type_is_refused_without_echoing_it() {
+        for yaml in [
+            "123456789012",
+            "-98765432109",
+            "1234.5678",
+            "true",
+            "[314159265]",
+            "{a: 271828}",
+            "~",
+        ] {
+            let err = serde_yaml::from_str::<SecretRef>(yaml)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("must be a string"), "{yaml}: {err}");
+            for digits in [
+                "123456789012",
+                "98765432109",
+                "1234",
+                "5678",
+                "314159265",
+                "271828",
+            ] {
+                assert!(!err.contains(digits), "{yaml}: {err}");
+            }
+        }
+        assert_eq!(
+            serde_yaml::from_str::<SecretRef>("\"123456\"").unwrap(),
+            SecretRef::Inline("123456".to_owned())
+        );
     }
 
     #[test]

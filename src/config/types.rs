@@ -32,6 +32,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// TLS on the gRPC listener (restart to change).
     pub tls: Option<TlsConfig>,
+    /// Resource limits of the listeners (restart to change).
+    pub limits: LimitsConfig,
 }
 
 impl Default for ServerConfig {
@@ -41,6 +43,60 @@ impl Default for ServerConfig {
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
             shutdown_grace: Duration::from_secs(10),
             tls: None,
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// `server.limits`: what one client, or all of them together, may hold.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct LimitsConfig {
+    /// Open gRPC connections at most; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// HTTP/2 streams at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// Largest request message, in bytes.
+    pub max_request_bytes: usize,
+    /// Largest HTTP/2 header list (gRPC metadata) of one request, in bytes.
+    pub max_header_list_bytes: u32,
+    /// Requests being served at once over all connections; beyond it a request is answered
+    /// at once with RESOURCE_EXHAUSTED (Check: a 503 deny with reason OVERLOADED).
+    pub max_in_flight: usize,
+    /// Longest time one request may take, reading its message included.
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// Interval of HTTP/2 keepalive pings.
+    #[serde(deserialize_with = "duration")]
+    pub keepalive_interval: Duration,
+    /// A connection whose ping is not answered within this time is closed.
+    #[serde(deserialize_with = "duration")]
+    pub keepalive_timeout: Duration,
+    /// A connection from which nothing arrives for this long is closed (a client that never
+    /// completes its handshake included).
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// Admin HTTP listener: time to receive a request's headers.
+    #[serde(deserialize_with = "duration")]
+    pub admin_header_timeout: Duration,
+    /// Admin HTTP listener: open connections at most.
+    pub admin_max_connections: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            max_concurrent_streams: 128,
+            max_request_bytes: 128 * 1024,
+            max_header_list_bytes: 16 * 1024,
+            max_in_flight: 1024,
+            request_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            admin_header_timeout: Duration::from_secs(5),
+            admin_max_connections: 64,
         }
     }
 }
@@ -131,6 +187,9 @@ pub struct JwksConfig {
     /// Timeout of one fetch (connect, headers and body).
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
+    /// Origins (`https://host[:port]`) a `jwks_uri` found by discovery may be on besides the
+    /// issuer's own; any other origin is refused.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for JwksConfig {
@@ -141,6 +200,7 @@ impl Default for JwksConfig {
             refetch_cooldown: Duration::from_secs(30),
             max_stale: Duration::from_secs(24 * 3600),
             timeout: Duration::from_secs(5),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -155,6 +215,10 @@ pub struct CredentialsConfig {
     /// The issuer (by name) whose introspection receives opaque bearer tokens; needed only
     /// when more than one issuer has `introspection`.
     pub opaque_token_issuer: Option<String>,
+    /// CIDRs of the proxies whose `x-forwarded-for` is believed. The client address is the
+    /// caller's (Envoy's `source.address` for ext_authz); when that is a trusted proxy, the
+    /// right-most `x-forwarded-for` entry that is not a trusted proxy (nginx `real_ip`).
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for CredentialsConfig {
@@ -163,6 +227,7 @@ impl Default for CredentialsConfig {
             api_key_headers: vec!["x-api-key".to_owned()],
             max_credential_bytes: 8 * 1024,
             opaque_token_issuer: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -172,6 +237,8 @@ impl Default for CredentialsConfig {
 pub struct CacheConfig {
     /// Verified credentials kept at most.
     pub max_entries: u64,
+    /// Estimated memory the verified-credential caches may hold, in bytes (each cache).
+    pub max_bytes: u64,
     /// Longest time a verified credential is kept (never past its own expiry).
     #[serde(deserialize_with = "duration")]
     pub max_ttl: Duration,
@@ -181,6 +248,7 @@ impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             max_entries: 100_000,
+            max_bytes: 64 * 1024 * 1024,
             max_ttl: Duration::from_secs(300),
         }
     }

@@ -87,8 +87,10 @@ pub struct BasicConfig {
     /// How long a successful check is remembered (keyed digest of user and password).
     #[serde(deserialize_with = "duration")]
     pub cache_ttl: Duration,
-    /// Failures allowed per user and per client address within `failure_window`.
+    /// Failures allowed per (user, client address) pair within `failure_window`.
     pub max_failures: u32,
+    /// Failures allowed per client address, whatever the user, within `failure_window`.
+    pub max_client_failures: u32,
     #[serde(deserialize_with = "duration")]
     pub failure_window: Duration,
 }
@@ -100,6 +102,7 @@ impl Default for BasicConfig {
             htpasswd_file: None,
             cache_ttl: Duration::from_secs(60),
             max_failures: 5,
+            max_client_failures: 20,
             failure_window: Duration::from_secs(60),
         }
     }
@@ -125,6 +128,13 @@ pub struct IntrospectionConfig {
     /// Longest time an introspection result is reused (never past the token's `exp`).
     #[serde(default = "default_introspection_ttl", deserialize_with = "duration")]
     pub cache_ttl: Duration,
+    /// How long a definite refusal (inactive, another issuer or token type, expired) is
+    /// reused; never longer than `cache_ttl`. An unavailable endpoint is never cached.
+    #[serde(
+        default = "default_introspection_negative_ttl",
+        deserialize_with = "duration"
+    )]
+    pub negative_cache_ttl: Duration,
     /// Bound on one introspection call; past it the request is UPSTREAM_UNAVAILABLE.
     #[serde(
         default = "default_introspection_timeout",
@@ -135,6 +145,9 @@ pub struct IntrospectionConfig {
 
 fn default_introspection_ttl() -> Duration {
     Duration::from_secs(60)
+}
+fn default_introspection_negative_ttl() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_introspection_timeout() -> Duration {
     Duration::from_secs(2)

@@ -46,6 +46,7 @@ impl pb::auth_server::Auth for AuthService {
         let span = telemetry::request_span("authenticate");
         telemetry::set_parent_from_metadata(&span, request.metadata());
         let peer = request.peer_certs();
+        let peer_address = request.remote_addr().map(|a| a.ip());
         let request = request.get_ref();
         check_headers(request.headers.len())?;
         let pipeline = self.pipeline.load_full();
@@ -58,6 +59,7 @@ impl pb::auth_server::Auth for AuthService {
             resource: Resource::default(),
             client_certificate_pem: &request.client_certificate_pem,
             peer_certificates: peer.as_deref().map_or(&[], Vec::as_slice),
+            peer_address,
         };
         let decision = pipeline
             .run(Surface::authenticate, attrs)
@@ -85,6 +87,7 @@ impl pb::auth_server::Auth for AuthService {
         let span = telemetry::request_span("authorize");
         telemetry::set_parent_from_metadata(&span, request.metadata());
         let peer = request.peer_certs();
+        let peer_address = request.remote_addr().map(|a| a.ip());
         let request = request.get_ref();
         check_headers(request.headers.len())?;
         let pipeline = self.pipeline.load_full();
@@ -105,6 +108,7 @@ impl pb::auth_server::Auth for AuthService {
             },
             client_certificate_pem: &request.client_certificate_pem,
             peer_certificates: peer.as_deref().map_or(&[], Vec::as_slice),
+            peer_address,
         };
         let response = match pipeline
             .run(Surface::authorize, attrs)

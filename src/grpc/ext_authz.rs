@@ -115,6 +115,7 @@ pub async fn check(pipeline: &Pipeline, request: &CheckRequest) -> CheckResponse
         client_certificate_pem: &certificate,
         peer_certificates: &[],
         query_credentials: &query_tokens,
+        peer_address: source_address(attributes),
         resource: Resource {
             grpc_service: "",
             grpc_method: "",
@@ -167,6 +168,24 @@ pub async fn check(pipeline: &Pipeline, request: &CheckRequest) -> CheckResponse
     }
 }
 
+/// The downstream address Envoy reports (`attributes.source.address`), if it is an IP.
+fn source_address(
+    attributes: Option<&envoy_types::pb::envoy::service::auth::v3::AttributeContext>,
+) -> Option<std::net::IpAddr> {
+    use envoy_types::pb::envoy::config::core::v3::address::Address;
+    match attributes?
+        .source
+        .as_ref()?
+        .address
+        .as_ref()?
+        .address
+        .as_ref()?
+    {
+        Address::SocketAddress(socket) => socket.address.parse().ok(),
+        _ => None,
+    }
+}
+
 /// Envoy's `header_map` as one map of lower-case names; a repeated header's values are
 /// joined with `,` as HTTP does, so a repeated credential header stays visible (and is
 /// AMBIGUOUS_CREDENTIAL) instead of the last copy silently winning.
@@ -190,6 +209,15 @@ fn join_header_map<'a>(entries: impl Iterator<Item = &'a HeaderValue>) -> HashMa
         }
     }
     joined
+}
+
+/// The answer to a Check that load shedding turns away: a 503 deny with reason OVERLOADED.
+pub fn overloaded() -> CheckResponse {
+    denied(
+        &Denial::new(Reason::Overloaded, "too many requests in flight"),
+        "",
+        "",
+    )
 }
 
 fn denied(denial: &Denial, rule: &str, realm: &str) -> CheckResponse {

@@ -22,7 +22,7 @@ use super::{
     parse_compact,
 };
 use crate::{
-    cache::{Ttl, TtlFromEntry},
+    cache::{Ttl, TtlFromEntry, Weight, estimated_bytes, weigher},
     decision::{CredentialType, Denial, Principal, Reason},
     keys::KeySource,
     telemetry::metrics::METRICS,
@@ -45,11 +45,18 @@ struct CachedToken {
     checked: CheckedClaims,
     principal: Arc<Principal>,
     ttl: Duration,
+    bytes: u32,
 }
 
 impl Ttl for CachedToken {
     fn ttl(&self) -> Duration {
         self.ttl
+    }
+}
+
+impl Weight for CachedToken {
+    fn bytes(&self) -> u32 {
+        self.bytes
     }
 }
 
@@ -61,13 +68,20 @@ pub struct JwtVerifier {
 }
 
 impl JwtVerifier {
-    pub fn new(issuers: Vec<IssuerVerifier>, max_entries: u64, max_ttl: Duration) -> Self {
+    /// `max_entries` and `max_bytes` bound the verified-token cache (see `cache::weigher`).
+    pub fn new(
+        issuers: Vec<IssuerVerifier>,
+        max_entries: u64,
+        max_bytes: u64,
+        max_ttl: Duration,
+    ) -> Self {
         let by_iss = issuers
             .into_iter()
             .map(|issuer| (issuer.iss.clone(), Arc::new(issuer)))
             .collect();
         let cache = Cache::builder()
-            .max_capacity(max_entries)
+            .max_capacity(max_bytes)
+            .weigher(weigher(max_entries, max_bytes))
             .expire_after(TtlFromEntry)
             .build();
         Self {
@@ -112,6 +126,7 @@ impl JwtVerifier {
             self.cache.invalidate(&digest);
         }
 
+        let bytes = estimated_bytes(token.len());
         let token = parse_compact(token)?;
         let iss = match token.claims.get("iss") {
             Some(Value::String(iss)) => iss.as_str(),
@@ -171,6 +186,7 @@ impl JwtVerifier {
                     checked,
                     principal: principal.clone(),
                     ttl,
+                    bytes,
                 }),
             );
         }

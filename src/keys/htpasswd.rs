@@ -41,10 +41,15 @@ impl std::fmt::Debug for StoredHash {
     }
 }
 
+/// The most of a password bcrypt reads.
+pub const BCRYPT_MAX_PASSWORD_BYTES: usize = 72;
+
 impl StoredHash {
     /// Checks a password (slow by design: run it off the async threads).
     pub fn verify(&self, password: &str) -> bool {
         match self {
+            // bcrypt ignores bytes past 72: a longer password is refused, never truncated.
+            StoredHash::Bcrypt(_) if password.len() > BCRYPT_MAX_PASSWORD_BYTES => false,
             StoredHash::Bcrypt(hash) => bcrypt::verify(password, hash).unwrap_or(false),
             StoredHash::Argon2id(hash) => PasswordHash::new(hash)
                 .map(|parsed| {

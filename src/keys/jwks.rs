@@ -278,7 +278,24 @@ impl RemoteKeySource {
             .and_then(|v| v.as_str())
             .filter(|uri| uri.starts_with("https://") || uri.starts_with("http://"))
             .ok_or_else(|| FetchError::Discovery("no http(s) jwks_uri".to_owned()))?;
+        if !self.origin_allowed(issuer, jwks_uri) {
+            return Err(FetchError::Discovery(
+                "its jwks_uri is on another origin than the issuer; list that origin in jwks.allowed_origins to trust it".to_owned(),
+            ));
+        }
         Ok(jwks_uri.to_owned())
+    }
+
+    /// A discovered `jwks_uri` must share the issuer's origin (scheme, host and port) or be
+    /// on an origin listed in `jwks.allowed_origins`.
+    fn origin_allowed(&self, issuer: &str, jwks_uri: &str) -> bool {
+        let origin = |url: &str| reqwest::Url::parse(url).ok().map(|u| u.origin());
+        let Some(target) = origin(jwks_uri).filter(|o| o.is_tuple()) else {
+            return false;
+        };
+        std::iter::once(issuer)
+            .chain(self.settings.allowed_origins.iter().map(String::as_str))
+            .any(|allowed| origin(allowed).as_ref() == Some(&target))
     }
 
     /// GET with the configured timeout and a size limit; returns the body and max-age.

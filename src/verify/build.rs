@@ -107,7 +107,13 @@ pub fn build_verifiers(
         if issuer.introspection.is_none() || opaque_issuer.is_some_and(|name| name != issuer.name) {
             continue;
         }
-        match Introspector::new(issuer, client.clone(), max_entries, max_ttl) {
+        match Introspector::new(
+            issuer,
+            client.clone(),
+            max_entries,
+            config.cache.max_bytes,
+            max_ttl,
+        ) {
             Ok(introspector) => built.opaque = introspector,
             Err(err) => push(errors, &format!("issuers[{i}]"), err),
         }

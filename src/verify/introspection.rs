@@ -7,7 +7,14 @@
 //! the requested audience are re-checked on every hit. Concurrent requests for one uncached
 //! token share one call (moka `try_get_with`). An endpoint that is down, slower than `timeout`
 //! or answers anything but a JSON object with a boolean `active` is UPSTREAM_UNAVAILABLE:
-//! never a fallback to "allow".
+//! never a fallback to "allow". No redirect is followed (the shared client's policy), so the
+//! client secret and the token go to the configured endpoint only.
+//!
+//! An answer for another kind of token (`token_type` or `token_use` naming a refresh or ID
+//! token, RFC 7662 §2.2) is refused. Definite refusals (inactive, wrong issuer or type,
+//! expired) are cached too, for `negative_cache_ttl` (never longer than the positive TTL),
+//! so a flood of one bad token does not become a flood of calls; an unavailable endpoint is
+//! never cached.
 
 use std::{
     sync::{
@@ -24,7 +31,7 @@ use tracing::warn;
 
 use super::unix_now;
 use crate::{
-    cache::{Ttl, TtlFromEntry},
+    cache::{Ttl, TtlFromEntry, Weight, estimated_bytes, weigher},
     config::{ClientAuthMethod, IssuerConfig},
     decision::{CredentialType, Denial, Principal, Reason},
     http_body::read_limited,
@@ -35,16 +42,49 @@ use crate::{
 /// Largest introspection response accepted.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
-struct Introspected {
-    principal: Arc<Principal>,
-    checked: crate::jwt::CheckedClaims,
-    ttl: Duration,
+/// One cached answer of the endpoint.
+enum Introspected {
+    Active {
+        principal: Arc<Principal>,
+        checked: crate::jwt::CheckedClaims,
+        ttl: Duration,
+        bytes: u32,
+    },
+    Refused {
+        denial: Denial,
+        ttl: Duration,
+    },
+}
+
+impl Weight for Introspected {
+    fn bytes(&self) -> u32 {
+        match self {
+            Introspected::Active { bytes, .. } => *bytes,
+            Introspected::Refused { .. } => estimated_bytes(0),
+        }
+    }
 }
 
 impl Ttl for Introspected {
     fn ttl(&self) -> Duration {
-        self.ttl
+        match self {
+            Introspected::Active { ttl, .. } | Introspected::Refused { ttl, .. } => *ttl,
+        }
     }
+}
+
+/// `token_type` values (RFC 6749 §7.1 types, RFC 8693 identifiers) and `token_use` values
+/// that mean an access token; any other value names another kind of token.
+fn is_access_token_type(value: &str) -> bool {
+    [
+        "bearer",
+        "dpop",
+        "access_token",
+        "urn:ietf:params:oauth:token-type:access_token",
+        "n_a",
+    ]
+    .iter()
+    .any(|accepted| value.eq_ignore_ascii_case(accepted))
 }
 
 /// One issuer's introspection endpoint and its result cache.
@@ -57,6 +97,7 @@ pub struct Introspector {
     method: ClientAuthMethod,
     timeout: Duration,
     cache_ttl: Duration,
+    negative_cache_ttl: Duration,
     policy: ClaimPolicy,
     client: reqwest::Client,
     cache: Cache<[u8; 32], Arc<Introspected>>,
@@ -93,6 +134,7 @@ impl Introspector {
         issuer: &IssuerConfig,
         client: reqwest::Client,
         max_entries: u64,
+        max_bytes: u64,
         max_ttl: Duration,
     ) -> Result<Option<Self>, String> {
         let Some(config) = &issuer.introspection else {
@@ -118,10 +160,12 @@ impl Introspector {
             method: config.auth_method,
             timeout: config.timeout,
             cache_ttl: config.cache_ttl.min(max_ttl),
+            negative_cache_ttl: config.negative_cache_ttl.min(config.cache_ttl).min(max_ttl),
             policy,
             client,
             cache: Cache::builder()
-                .max_capacity(max_entries)
+                .max_capacity(max_bytes)
+                .weigher(weigher(max_entries, max_bytes))
                 .expire_after(TtlFromEntry)
                 .build(),
             calls: AtomicU64::new(0),
@@ -139,13 +183,29 @@ impl Introspector {
             .try_get_with(digest, self.introspect(token))
             .await
             .map_err(|denial| (*denial).clone())?;
-        self.policy
-            .recheck(&entry.checked, unix_now(), requested_audience)?;
-        Ok(entry.principal.clone())
+        match &*entry {
+            Introspected::Active {
+                principal, checked, ..
+            } => {
+                self.policy
+                    .recheck(checked, unix_now(), requested_audience)?;
+                Ok(principal.clone())
+            }
+            Introspected::Refused { denial, .. } => Err(denial.clone()),
+        }
+    }
+
+    /// A definite refusal, remembered for `negative_cache_ttl`.
+    fn refused(&self, denial: Denial) -> Result<Arc<Introspected>, Denial> {
+        Ok(Arc::new(Introspected::Refused {
+            denial,
+            ttl: self.negative_cache_ttl,
+        }))
     }
 
     /// One call to the endpoint. The per-request audience is checked by the caller, since
-    /// concurrent requests with different audiences share this call.
+    /// concurrent requests with different audiences share this call. `Err` (not cached) only
+    /// when the endpoint is unavailable.
     async fn introspect(&self, token: &str) -> Result<Arc<Introspected>, Denial> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mut form = vec![("token", token), ("token_type_hint", "access_token")];
@@ -180,7 +240,9 @@ impl Introspector {
             let body = read_limited(response, MAX_RESPONSE_BYTES)
                 .await
                 .map_err(|err| err.to_string())?;
-            parse_strict_object(&body).map_err(|err| format!("response is not JSON: {err}"))
+            parse_strict_object(&body)
+                .map(|claims| (claims, body.len()))
+                .map_err(|err| format!("response is not JSON: {err}"))
         };
         let started = std::time::Instant::now();
         let span = tracing::info_span!("introspection", issuer = %self.issuer_name);
@@ -192,8 +254,8 @@ impl Introspector {
                 issuer: self.issuer_name.clone(),
             })
             .observe(started.elapsed().as_secs_f64());
-        let claims = match outcome {
-            Ok(Ok(claims)) => claims,
+        let (claims, body_len) = match outcome {
+            Ok(Ok(found)) => found,
             Ok(Err(problem)) => {
                 warn!(issuer = %self.issuer_name, problem = %problem, "introspection failed");
                 return Err(unavailable());
@@ -206,7 +268,7 @@ impl Introspector {
         match claims.get("active") {
             Some(Value::Bool(true)) => {}
             Some(Value::Bool(false)) => {
-                return Err(Denial::new(Reason::Inactive, "the token is not active"));
+                return self.refused(Denial::new(Reason::Inactive, "the token is not active"));
             }
             _ => {
                 warn!(issuer = %self.issuer_name, "introspection response has no boolean active");
@@ -216,13 +278,28 @@ impl Introspector {
         if let Some(iss) = claims.get("iss")
             && iss.as_str() != Some(self.iss.as_str())
         {
-            return Err(Denial::new(
+            return self.refused(Denial::new(
                 Reason::UntrustedIssuer,
                 "introspection names another issuer",
             ));
         }
+        for field in ["token_type", "token_use"] {
+            match claims.get(field) {
+                None => {}
+                Some(Value::String(kind)) if is_access_token_type(kind) => {}
+                Some(_) => {
+                    return self.refused(Denial::new(
+                        Reason::InvalidClaims,
+                        format!("introspection says {field} is not an access token"),
+                    ));
+                }
+            }
+        }
         let now = unix_now();
-        let checked = self.policy.check(None, &claims, now, "")?;
+        let checked = match self.policy.check(None, &claims, now, "") {
+            Ok(checked) => checked,
+            Err(denial) => return self.refused(denial),
+        };
         let subject = [&checked.subject]
             .into_iter()
             .filter(|s| !s.is_empty())
@@ -239,13 +316,18 @@ impl Introspector {
                     Reason::InvalidClaims,
                     "introspection names no sub, client_id or username",
                 )
-            })?;
+            });
+        let subject = match subject {
+            Ok(subject) => subject,
+            Err(denial) => return self.refused(denial),
+        };
         let ttl = match checked.expires_at {
             Some(exp) => {
                 Duration::from_secs(u64::try_from(exp - now).unwrap_or(0)).min(self.cache_ttl)
             }
             None => self.cache_ttl,
         };
+        let bytes = estimated_bytes(body_len + token.len());
         let principal = Arc::new(Principal::new(
             subject,
             self.issuer_name.clone(),
@@ -255,10 +337,11 @@ impl Introspector {
             checked.expires_at,
             String::new(),
         ));
-        Ok(Arc::new(Introspected {
+        Ok(Arc::new(Introspected::Active {
             principal,
             checked,
             ttl,
+            bytes,
         }))
     }
 }
