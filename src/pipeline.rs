@@ -264,12 +264,13 @@ impl Pipeline {
             }
             Err(denial) => return Err(denial),
         };
-        // An API key sent as a bearer token is recognized by its prefix and checksum, and is
-        // never sent to a third-party introspection endpoint.
+        // An API key sent as a bearer token is recognized by its prefix (a damaged one too:
+        // its checksum then refuses it) and never sent to a third-party introspection endpoint.
         let credential = match credential {
             Extracted::Bearer(token)
-                if !jwt::looks_like_jwt(token)
-                    && api_key_format::check(token, &self.config.api_keys.prefix).is_ok() =>
+                if self.api_keys.is_some()
+                    && !jwt::looks_like_jwt(token)
+                    && api_key_format::has_prefix(token, &self.config.api_keys.prefix) =>
             {
                 Extracted::ApiKey(token)
             }

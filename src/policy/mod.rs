@@ -689,4 +689,381 @@ rules:
         assert!(errors[0].message.contains("broken-cel"));
         assert!(errors[1].message.contains("broken-glob"));
     }
+
+    fn authorize(
+        p: &Policy,
+        authn: Result<&Principal, &Denial>,
+        path: &str,
+        required: &[&str],
+    ) -> (bool, String, Option<Reason>) {
+        let resource = Resource {
+            http_method: "GET",
+            path,
+            host: "api.example.com",
+            ..Default::default()
+        };
+        let required: Vec<String> = required.iter().map(|s| s.to_string()).collect();
+        match p.decide(authn, &resource, &required) {
+            Verdict::Allow { rule } => (true, rule, None),
+            Verdict::Deny { denial, rule } => (false, rule, Some(denial.reason)),
+        }
+    }
+
+    #[test]
+    fn dropping_or_breaking_the_credential_never_gains_access() {
+        let p = policy(
+            r#"
+rules:
+  - name: internal-off
+    match: { http: { paths: ["/public/internal/**"] } }
+    effect: deny
+  - name: no-banned
+    match: { http: { paths: ["/public/members/**"] } }
+    require: { claims: { banned: true } }
+    effect: deny
+  - name: public
+    match: { http: { paths: ["/public/**"] } }
+    anonymous: true
+  - name: tolerant
+    match: { http: { paths: ["/tolerant/**"] } }
+    anonymous: allow_failed
+  - name: cel-deny
+    match: { http: { paths: ["/cel/**"] } }
+    require: { cel: "claims.level > 3" }
+    effect: deny
+  - name: cel-allow
+    match: { http: { paths: ["/cel/**"] } }
+"#,
+        );
+        let ok = principal(json!({"level": 1}), &["read"]);
+        let banned = principal(json!({"banned": true}), &["read"]);
+        let no_level = principal(json!({}), &["read"]);
+        let typed_wrong = principal(json!({"level": "high"}), &["read"]);
+        let missing = Denial::new(Reason::MissingCredential, "no credential presented");
+        let expired = Denial::new(Reason::Expired, "token expired");
+        let ambiguous = Denial::new(Reason::AmbiguousCredential, "two credentials");
+        let outage = Denial::new(Reason::UpstreamUnavailable, "IdP down");
+        let cases: Vec<(
+            &str,
+            Result<&Principal, &Denial>,
+            &str,
+            &[&str],
+            (bool, &str, Option<Reason>),
+        )> = vec![
+            (
+                "deny rule without requirements, valid token",
+                Ok(&ok),
+                "/public/internal/x",
+                &[],
+                (false, "internal-off", Some(Reason::PolicyDenied)),
+            ),
+            (
+                "deny rule without requirements, no credential",
+                Err(&missing),
+                "/public/internal/x",
+                &[],
+                (false, "internal-off", Some(Reason::PolicyDenied)),
+            ),
+            (
+                "public route, no credential",
+                Err(&missing),
+                "/public/x",
+                &[],
+                (true, "public", None),
+            ),
+            (
+                "public route, valid token",
+                Ok(&ok),
+                "/public/x",
+                &[],
+                (true, "public", None),
+            ),
+            (
+                "public route, banned token",
+                Ok(&banned),
+                "/public/members/x",
+                &[],
+                (false, "no-banned", Some(Reason::PolicyDenied)),
+            ),
+            (
+                "public route, valid unbanned token",
+                Ok(&ok),
+                "/public/members/x",
+                &[],
+                (true, "public", None),
+            ),
+            (
+                "public route, token dropped: the deny rule cannot be shown false",
+                Err(&missing),
+                "/public/members/x",
+                &[],
+                (false, "no-banned", Some(Reason::PolicyDenied)),
+            ),
+            (
+                "anonymous: true does not admit a failed credential",
+                Err(&expired),
+                "/public/x",
+                &[],
+                (false, "", Some(Reason::Expired)),
+            ),
+            (
+                "allow_failed admits a failed credential",
+                Err(&expired),
+                "/tolerant/x",
+                &[],
+                (true, "tolerant", None),
+            ),
+            (
+                "allow_failed admits a missing credential",
+                Err(&missing),
+                "/tolerant/x",
+                &[],
+                (true, "tolerant", None),
+            ),
+            (
+                "allow_failed never admits an ambiguous credential",
+                Err(&ambiguous),
+                "/tolerant/x",
+                &[],
+                (false, "", Some(Reason::AmbiguousCredential)),
+            ),
+            (
+                "allow_failed never admits during an outage",
+                Err(&outage),
+                "/tolerant/x",
+                &[],
+                (false, "", Some(Reason::UpstreamUnavailable)),
+            ),
+            (
+                "required_scopes with no credential",
+                Err(&missing),
+                "/public/x",
+                &["admin"],
+                (false, REQUIRED_SCOPES_RULE, Some(Reason::MissingCredential)),
+            ),
+            (
+                "required_scopes with a token lacking them",
+                Ok(&ok),
+                "/public/x",
+                &["admin"],
+                (false, REQUIRED_SCOPES_RULE, Some(Reason::InsufficientScope)),
+            ),
+            (
+                "required_scopes held",
+                Ok(&ok),
+                "/public/x",
+                &["read"],
+                (true, "public", None),
+            ),
+            (
+                "deny rule CEL false",
+                Ok(&ok),
+                "/cel/x",
+                &[],
+                (true, "cel-allow", None),
+            ),
+            (
+                "deny rule CEL on a missing claim fails closed",
+                Ok(&no_level),
+                "/cel/x",
+                &[],
+                (false, "cel-deny", Some(Reason::PolicyDenied)),
+            ),
+            (
+                "deny rule CEL type mismatch fails closed",
+                Ok(&typed_wrong),
+                "/cel/x",
+                &[],
+                (false, "cel-deny", Some(Reason::PolicyDenied)),
+            ),
+            (
+                "default deny without a credential keeps its reason",
+                Err(&expired),
+                "/elsewhere",
+                &[],
+                (false, "", Some(Reason::Expired)),
+            ),
+        ];
+        for (name, authn, path, required, (allowed, rule, reason)) in cases {
+            assert_eq!(
+                authorize(&p, authn, path, required),
+                (allowed, rule.to_owned(), reason),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn default_allow_never_admits_a_request_without_a_principal() {
+        let p = policy("default: allow\n");
+        let missing = Denial::new(Reason::MissingCredential, "none");
+        let reader = principal(json!({}), &[]);
+        assert_eq!(authorize(&p, Ok(&reader), "/x", &[]).0, true);
+        assert_eq!(
+            authorize(&p, Err(&missing), "/x", &[]),
+            (false, String::new(), Some(Reason::MissingCredential))
+        );
+    }
+
+    mod properties {
+        use super::*;
+        use crate::config::{HttpMatchConfig, MatchConfig, RequireConfig};
+        use proptest::prelude::*;
+
+        const PATHS: [&str; 4] = ["/a/**", "/a/b/*", "/c/**", "/**"];
+        const REQUEST_PATHS: [&str; 4] = ["/a/x", "/a/b/c", "/c/d", "/e"];
+        const CEL: [&str; 4] = [
+            "claims.level > 3",
+            "true",
+            "false",
+            "claims.role == 'admin'",
+        ];
+
+        fn rule_strategy(effect: Effect) -> impl Strategy<Value = RuleConfig> {
+            (
+                proptest::option::of(0..PATHS.len()),
+                0..3u8,
+                proptest::option::of(0..2usize),
+                proptest::option::of(0..2usize),
+                proptest::option::of(0..CEL.len()),
+                "[a-z]{6}",
+            )
+                .prop_map(move |(path, anonymous, scope, role, cel, name)| {
+                    RuleConfig {
+                        name,
+                        matches: MatchConfig {
+                            http: HttpMatchConfig {
+                                paths: path.map(|i| PATHS[i].to_owned()).into_iter().collect(),
+                                ..Default::default()
+                            },
+                            ..Default::default()
+                        },
+                        require: RequireConfig {
+                            scopes_all: scope
+                                .map(|i| ["s1", "s2"][i].to_owned())
+                                .into_iter()
+                                .collect(),
+                            claims: role
+                                .map(|i| ("role".to_owned(), json!(["admin", "user"][i])))
+                                .into_iter()
+                                .collect(),
+                            cel: cel.map(|i| CEL[i].to_owned()),
+                            ..Default::default()
+                        },
+                        effect,
+                        mode: RuleMode::Enforce,
+                        anonymous: match (effect, anonymous) {
+                            (Effect::Deny, _) | (_, 0) => Anonymous::No,
+                            (_, 1) => Anonymous::AllowMissing,
+                            _ => Anonymous::AllowFailed,
+                        },
+                        allow_query_credentials: false,
+                    }
+                })
+        }
+
+        fn rules_strategy() -> impl Strategy<Value = Vec<RuleConfig>> {
+            proptest::collection::vec(
+                prop_oneof![rule_strategy(Effect::Allow), rule_strategy(Effect::Deny)],
+                0..6,
+            )
+        }
+
+        fn principal_strategy() -> impl Strategy<Value = Principal> {
+            (
+                proptest::option::of(prop_oneof![
+                    Just(json!(1)),
+                    Just(json!(9)),
+                    Just(json!("x"))
+                ]),
+                proptest::option::of(prop_oneof![Just(json!("admin")), Just(json!("user"))]),
+                proptest::collection::vec(prop_oneof![Just("s1"), Just("s2")], 0..3),
+            )
+                .prop_map(|(level, role, scopes)| {
+                    let mut claims = serde_json::Map::new();
+                    if let Some(level) = level {
+                        claims.insert("level".into(), level);
+                    }
+                    if let Some(role) = role {
+                        claims.insert("role".into(), role);
+                    }
+                    principal(Value::Object(claims), &scopes)
+                })
+        }
+
+        const FAILURES: [Reason; 5] = [
+            Reason::MissingCredential,
+            Reason::Expired,
+            Reason::InvalidSignature,
+            Reason::AmbiguousCredential,
+            Reason::UpstreamUnavailable,
+        ];
+
+        fn build(rules: Vec<RuleConfig>, default: Effect) -> Policy {
+            Policy::build(&AuthorizationConfig { default, rules }).expect("generated rules compile")
+        }
+
+        fn allowed(
+            p: &Policy,
+            authn: Result<&Principal, &Denial>,
+            path: &str,
+            required: &[String],
+        ) -> bool {
+            let resource = Resource {
+                http_method: "GET",
+                path,
+                ..Default::default()
+            };
+            matches!(p.decide(authn, &resource, required), Verdict::Allow { .. })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Removing or corrupting the credential never turns a deny into an allow.
+            #[test]
+            fn losing_the_credential_never_turns_deny_into_allow(
+                rules in rules_strategy(),
+                default_allow in any::<bool>(),
+                who in principal_strategy(),
+                path in 0..REQUEST_PATHS.len(),
+                required in proptest::collection::vec(prop_oneof![Just("s1".to_owned()), Just("s2".to_owned())], 0..2),
+            ) {
+                let default = if default_allow { Effect::Allow } else { Effect::Deny };
+                let p = build(rules, default);
+                let path = REQUEST_PATHS[path];
+                if !allowed(&p, Ok(&who), path, &required) {
+                    for reason in FAILURES {
+                        let failure = Denial::new(reason, "failed");
+                        prop_assert!(
+                            !allowed(&p, Err(&failure), path, &required),
+                            "{reason:?} turned a deny into an allow on {path}"
+                        );
+                    }
+                }
+            }
+
+            /// Adding a deny rule never turns a deny into an allow.
+            #[test]
+            fn adding_a_deny_rule_never_turns_deny_into_allow(
+                rules in rules_strategy(),
+                extra in rule_strategy(Effect::Deny),
+                position in 0..7usize,
+                default_allow in any::<bool>(),
+                who in proptest::option::of(principal_strategy()),
+                failure in 0..FAILURES.len(),
+                path in 0..REQUEST_PATHS.len(),
+            ) {
+                let default = if default_allow { Effect::Allow } else { Effect::Deny };
+                let path = REQUEST_PATHS[path];
+                let failure = Denial::new(FAILURES[failure], "failed");
+                let authn = who.as_ref().ok_or(&failure);
+                let before = allowed(&build(rules.clone(), default), authn, path, &[]);
+                let mut more = rules;
+                more.insert(position.min(more.len()), extra);
+                let after = allowed(&build(more, default), authn, path, &[]);
+                prop_assert!(before || !after, "a deny rule turned a deny into an allow on {path}");
+            }
+        }
+    }
 }

@@ -74,6 +74,12 @@ pub fn generate(prefix: &str) -> Result<String, FormatError> {
     Ok(body + &sum)
 }
 
+/// Whether `key` starts with `<prefix>_` (it claims to be an API key).
+pub fn has_prefix(key: &str, prefix: &str) -> bool {
+    key.strip_prefix(prefix)
+        .is_some_and(|rest| rest.starts_with('_'))
+}
+
 /// Checks shape, prefix and checksum; nothing is looked up.
 pub fn check(key: &str, prefix: &str) -> Result<(), FormatError> {
     let (found_prefix, rest) = key.rsplit_once('_').ok_or(FormatError::Shape)?;
