@@ -55,6 +55,12 @@ async fn check_client(
         .expect("connects")
 }
 
+/// An expected Check answer: HTTP status and reason (`None` for an allow).
+type Expected<'a> = (i32, Option<&'a str>);
+
+/// Request headers of a test case.
+type Headers<'a> = &'a [(&'a str, &'a str)];
+
 /// Status and reason of a Check answer (`None` reason for an allow).
 fn verdict(response: &CheckResponse) -> (i32, Option<String>) {
     match response.http_response.as_ref().expect("an HTTP response") {
@@ -156,7 +162,7 @@ authorization:
     let expired = f.token(json!({"exp": now() - 3600}));
     let no_claim = f.token(json!({}));
     let bearer = |t: &str| format!("Bearer {t}");
-    let cases: Vec<(&str, &str, Option<String>, (i32, Option<&str>))> = vec![
+    let cases: Vec<(&str, &str, Option<String>, Expected)> = vec![
         (
             "deny rule, valid token",
             "/public/internal/x",
@@ -297,7 +303,7 @@ authorization:
     let token = format!("Bearer {}", f.token(json!({})));
     let anonymous: &[(&str, &str)] = &[];
     let signed_in: &[(&str, &str)] = &[("authorization", &token)];
-    let cases: Vec<(&str, &str, &str, &[(&str, &str)], (i32, Option<&str>))> = vec![
+    let cases: Vec<(&str, &str, &str, Headers, Expected)> = vec![
         (
             "encoded slash",
             "GET",
@@ -512,7 +518,7 @@ response:
     let real_header = format!("Bearer {real}");
     let forged_header = format!("Bearer {forged}");
 
-    let cases: Vec<(&str, CheckRequest, (i32, Option<&str>))> = vec![
+    let cases: Vec<(&str, CheckRequest, Expected)> = vec![
         (
             "two authorization entries in header_map",
             header_map_request(

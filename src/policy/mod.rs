@@ -690,6 +690,15 @@ rules:
         assert!(errors[1].message.contains("broken-glob"));
     }
 
+    /// A case: name, authentication outcome, path, required scopes, expected verdict.
+    type Case<'a> = (
+        &'a str,
+        Result<&'a Principal, &'a Denial>,
+        &'a str,
+        &'a [&'a str],
+        (bool, &'a str, Option<Reason>),
+    );
+
     fn authorize(
         p: &Policy,
         authn: Result<&Principal, &Denial>,
@@ -743,13 +752,7 @@ rules:
         let expired = Denial::new(Reason::Expired, "token expired");
         let ambiguous = Denial::new(Reason::AmbiguousCredential, "two credentials");
         let outage = Denial::new(Reason::UpstreamUnavailable, "IdP down");
-        let cases: Vec<(
-            &str,
-            Result<&Principal, &Denial>,
-            &str,
-            &[&str],
-            (bool, &str, Option<Reason>),
-        )> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "deny rule without requirements, valid token",
                 Ok(&ok),
@@ -898,7 +901,7 @@ rules:
         let p = policy("default: allow\n");
         let missing = Denial::new(Reason::MissingCredential, "none");
         let reader = principal(json!({}), &[]);
-        assert_eq!(authorize(&p, Ok(&reader), "/x", &[]).0, true);
+        assert!(authorize(&p, Ok(&reader), "/x", &[]).0);
         assert_eq!(
             authorize(&p, Err(&missing), "/x", &[]),
             (false, String::new(), Some(Reason::MissingCredential))
