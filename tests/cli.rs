@@ -94,6 +94,77 @@ impl Drop for Server {
     }
 }
 
+/// A secret written as a YAML number (all digits) is refused without being echoed, by
+/// `check-config` and in the error line of a refused reload.
+#[test]
+fn a_secret_that_is_not_a_string_is_never_echoed() {
+    const DIGITS: &str = "8675309123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    let with_secret = |secret: &str| {
+        format!(
+            "server: {{grpc_listen: 127.0.0.1:{}, admin_listen: 127.0.0.1:{}}}\nissuers:\n  - name: corp\n    issuer: https://idp.test\n    introspection: {{endpoint: http://127.0.0.1:9/introspect, client_id: portcullis, client_secret: {secret}}}\n",
+            free_port(),
+            free_port()
+        )
+    };
+    std::fs::write(&path, with_secret(DIGITS)).unwrap();
+    for args in [
+        vec!["check-config", "--config"],
+        vec!["check-config", "--offline", "--config"],
+    ] {
+        let out = Command::new(BIN).args(&args).arg(&path).output().unwrap();
+        assert_eq!(out.status.code(), Some(64));
+        let output = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(output.contains("client_secret"), "{output}");
+        assert!(output.contains("must be a string"), "{output}");
+        assert!(
+            !output.contains("8675309"),
+            "the secret was echoed: {output}"
+        );
+    }
+
+    // A running server refuses the same change on reload, without echoing it either.
+    std::fs::write(&path, with_secret("\"a-quoted-secret\"")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&path, with_secret(DIGITS)).unwrap();
+    let stdout = child.stderr.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let started = Instant::now();
+    let refused = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a log line about the refused change");
+        if line.contains("configuration change refused") {
+            break line;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(refused.contains("must be a string"), "{refused}");
+    assert!(
+        !refused.contains("8675309"),
+        "the secret was echoed: {refused}"
+    );
+}
+
 fn serve_quickstart() -> Server {
     let dir = env!("CARGO_MANIFEST_DIR");
     let grpc = free_port();
