@@ -141,7 +141,10 @@ def scenario_files() -> list[Path]:
     return sorted(SCENARIOS_DIR.glob("*-values.yaml"))
 
 
-SCENARIOS = ["default"] + [p.name.removesuffix("-values.yaml") for p in scenario_files()]
+# Every ci/*-values.yaml. The chart's bare defaults are not a scenario: they configure no
+# credential source, and the chart refuses to install them (see test_no_credential_source).
+SCENARIOS = [p.name.removesuffix("-values.yaml") for p in scenario_files()]
+DEFAULT_SCENARIO = "minimal"
 
 
 def scenario_args(scenario: str) -> list[str]:
@@ -161,14 +164,14 @@ def _render(helm: str, scenario: str, extra: tuple[str, ...]) -> tuple[int, str,
     return proc.returncode, proc.stdout, proc.stderr
 
 
-def render(helm: str, scenario: str = "default", *extra: str) -> list[dict]:
+def render(helm: str, scenario: str = DEFAULT_SCENARIO, *extra: str) -> list[dict]:
     """Render the chart and return its documents (empty documents dropped)."""
     code, out, err = _render(helm, scenario, tuple(extra))
     assert code == 0, f"helm template failed for {scenario} {extra}:\n{err}"
     return [d for d in yaml.safe_load_all(out) if d]
 
 
-def render_error(helm: str, scenario: str = "default", *extra: str) -> str:
+def render_error(helm: str, scenario: str = DEFAULT_SCENARIO, *extra: str) -> str:
     """Render the chart expecting failure; return helm's error output."""
     code, out, err = _render(helm, scenario, tuple(extra))
     assert code != 0, f"helm template unexpectedly succeeded for {scenario} {extra}:\n{out[:2000]}"
@@ -256,7 +259,8 @@ def dotted(path: tuple) -> str:
 
 def test_scenarios_exist():
     names = set(SCENARIOS)
-    for expected in ("tls", "postgres", "existing-secrets", "autoscaling-off", "monitoring", "api-keys-basic"):
+    for expected in ("minimal", "tls", "postgres", "existing-secrets", "autoscaling-off", "monitoring",
+                     "api-keys-basic"):
         assert expected in names, f"missing ci/{expected}-values.yaml"
 
 
@@ -372,7 +376,7 @@ def test_ports(helm, scenario):
 
 
 def test_ports_follow_the_listen_addresses(helm):
-    docs = render(helm, "default", "--set", "config.server.grpc_listen=[::]:7000",
+    docs = render(helm, DEFAULT_SCENARIO, "--set", "config.server.grpc_listen=[::]:7000",
                   "--set", "config.server.admin_listen=0.0.0.0:7001")
     ports = {p["name"]: p["containerPort"] for p in server_container(docs)["ports"]}
     assert ports == {"grpc": 7000, "admin": 7001}
@@ -387,24 +391,32 @@ def test_probes(helm, scenario):
     docs = render(helm, scenario)
     container = server_container(docs)
     tls = bool((scenario_values(scenario)["config"].get("server") or {}).get("tls"))
-    for name in ("startupProbe", "livenessProbe", "readinessProbe"):
+    # Startup and liveness never depend on an upstream: /healthz answers as soon as the
+    # process serves, so an unreachable IdP or database cannot get the container restarted.
+    for name in ("startupProbe", "livenessProbe"):
         probe = container[name]
-        if tls:
-            # The kubelet's gRPC probe has no TLS: use the admin HTTP endpoints.
-            assert "grpc" not in probe
-            assert probe["httpGet"]["port"] == "admin"
-            assert probe["httpGet"]["path"] == ("/healthz" if name == "livenessProbe" else "/readyz")
-        else:
-            # Native gRPC probe: grpc.health.v1 is SERVING only once keys are loaded.
-            assert probe["grpc"] == {"port": 50051}
+        assert probe["httpGet"] == {"path": "/healthz", "port": "admin"}, name
+        assert "grpc" not in probe
+    readiness = container["readinessProbe"]
+    if tls:
+        # The kubelet's gRPC probe has no TLS: readiness asks the admin port's /readyz.
+        assert "grpc" not in readiness
+        assert readiness["httpGet"] == {"path": "/readyz", "port": "admin"}
+    else:
+        # Native gRPC probe: grpc.health.v1 is SERVING only once keys are loaded.
+        assert readiness["grpc"] == {"port": 50051}
     assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 30
 
 
 def test_probe_type_can_be_forced(helm):
-    http = server_container(render(helm, "default", "--set", "probes.type=http"))
+    http = server_container(render(helm, DEFAULT_SCENARIO, "--set", "probes.type=http"))
     assert http["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
     grpc = server_container(render(helm, "tls", "--set", "probes.type=grpc"))
     assert grpc["readinessProbe"]["grpc"] == {"port": 50051}
+    # The probe type is readiness' only: startup and liveness stay on /healthz.
+    for container in (http, grpc):
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -456,7 +468,7 @@ def test_hot_reloadable_config_change_does_not_restart_pods(helm):
     annotations = pod_template(base)["metadata"]["annotations"]
     assert "checksum/config" not in annotations
     assert "checksum/server-config" in annotations
-    changed = render(helm, "default", "--set", "config.cache.max_ttl=10m",
+    changed = render(helm, DEFAULT_SCENARIO, "--set", "config.cache.max_ttl=10m",
                      "--set", "config.authorization.default=deny")
     assert rendered_config(changed)["cache"]["max_ttl"] == "10m"
     assert pod_template(changed) == pod_template(base), \
@@ -465,7 +477,7 @@ def test_hot_reloadable_config_change_does_not_restart_pods(helm):
 
 def test_listener_or_tls_change_rolls_pods(helm):
     base = pod_template(render(helm))["metadata"]["annotations"]["checksum/server-config"]
-    moved = render(helm, "default", "--set", "config.server.admin_listen=0.0.0.0:9191")
+    moved = render(helm, DEFAULT_SCENARIO, "--set", "config.server.admin_listen=0.0.0.0:9191")
     assert pod_template(moved)["metadata"]["annotations"]["checksum/server-config"] != base
     tls = pod_template(render(helm, "tls"))["metadata"]["annotations"]["checksum/server-config"]
     assert tls != base
@@ -474,16 +486,16 @@ def test_listener_or_tls_change_rolls_pods(helm):
 def test_env_secret_change_rolls_pods(helm):
     # Environment variables are read at start, so a changed chart-created env Secret
     # must restart the pods.
-    a = render(helm, "default", "--set", "secrets.env.values.IDP_CLIENT_SECRET=one")
-    b = render(helm, "default", "--set", "secrets.env.values.IDP_CLIENT_SECRET=two")
+    a = render(helm, DEFAULT_SCENARIO, "--set", "secrets.env.values.IDP_CLIENT_SECRET=one")
+    b = render(helm, DEFAULT_SCENARIO, "--set", "secrets.env.values.IDP_CLIENT_SECRET=two")
     ca = pod_template(a)["metadata"]["annotations"]["checksum/env-secret"]
     cb = pod_template(b)["metadata"]["annotations"]["checksum/env-secret"]
     assert ca != cb
 
 
 def test_rollout_on_config_change_opt_in(helm):
-    a = render(helm, "default", "--set", "rolloutOnConfigChange=true")
-    b = render(helm, "default", "--set", "rolloutOnConfigChange=true", "--set", "config.cache.max_ttl=10m")
+    a = render(helm, DEFAULT_SCENARIO, "--set", "rolloutOnConfigChange=true")
+    b = render(helm, DEFAULT_SCENARIO, "--set", "rolloutOnConfigChange=true", "--set", "config.cache.max_ttl=10m")
     ca = pod_template(a)["metadata"]["annotations"]["checksum/config"]
     cb = pod_template(b)["metadata"]["annotations"]["checksum/config"]
     assert ca != cb
@@ -597,7 +609,7 @@ def test_tls_secret_mounted(helm):
 
 
 def test_existing_secret_and_files_conflict(helm):
-    err = render_error(helm, "default", "--set", "secrets.jwt.existingSecret=x",
+    err = render_error(helm, DEFAULT_SCENARIO, "--set", "secrets.jwt.existingSecret=x",
                        "--set", "secrets.jwt.files.k=v")
     assert "existingSecret or files" in err
 
@@ -678,7 +690,7 @@ def test_helm_test_pod(helm, scenario):
         "--expect-reason", "MISSING_CREDENTIAL",
     ]
     assert container["image"] == server_container(docs)["image"]
-    if scenario == "default":
+    if scenario == DEFAULT_SCENARIO:
         assert container["command"] == [
             "portcullis", "authenticate", "--addr", f"http://{FULLNAME}:50051",
             "--expect-reason", "MISSING_CREDENTIAL",
@@ -686,7 +698,7 @@ def test_helm_test_pod(helm, scenario):
 
 
 def test_helm_test_can_be_disabled(helm):
-    docs = render(helm, "default", "--set", "tests.enabled=false")
+    docs = render(helm, DEFAULT_SCENARIO, "--set", "tests.enabled=false")
     assert not by_kind(docs, "Pod")
 
 
@@ -706,13 +718,13 @@ def test_schema_rejects_unknown_and_mistyped_values(helm):
         (["--set", "image.pullPolicy=Sometimes"], "pullPolicy"),
         (["--set", "podDisruptionBudget.maxUnavailable=half"], "maxUnavailable"),
     ]:
-        err = render_error(helm, "default", *args)
+        err = render_error(helm, DEFAULT_SCENARIO, *args)
         assert needle in err, f"{args}: error does not name {needle}:\n{err}"
 
 
 def test_schema_accepts_open_config(helm):
     # `config` is open: Portcullis itself validates it strictly (check-config).
-    docs = render(helm, "default", "--set", "config.some_future_section.enabled=true")
+    docs = render(helm, DEFAULT_SCENARIO, "--set", "config.some_future_section.enabled=true")
     assert rendered_config(docs)["some_future_section"] == {"enabled": True}
 
 
@@ -817,9 +829,41 @@ def test_default_config_shape():
     assert set(config) <= SPEC_CONFIG_KEYS, set(config) - SPEC_CONFIG_KEYS
     assert config["server"]["grpc_listen"].endswith(":50051")
     assert config["server"]["admin_listen"].endswith(":9090")
-    (issuer,) = config["issuers"]
-    assert issuer["jwks_uri"].startswith("https://")
+    # No placeholder issuer whose keys could never load (pods that never become ready).
+    assert config["issuers"] == []
     assert config["authorization"]["default"] == "deny"
+
+
+NO_CREDENTIAL_SOURCE = "no credential source is configured"
+
+
+def test_no_credential_source_refuses_to_install(helm):
+    """The bare defaults configure no credential source: rendering (and so installing)
+    fails with a message that says what to set."""
+    err = render_error(helm, "default")
+    assert NO_CREDENTIAL_SOURCE in err, err
+    for needle in ("config.issuers", "config.api_keys", "config.basic.htpasswd_file",
+                   "config.client_certificates.ca_files", "docs/deployment.md"):
+        assert needle in err, f"the message does not mention {needle}:\n{err}"
+    # (`helm install` renders through the same engine; `helm lint` reports a template
+    # `fail` only as [INFO], so the bare chart still lints.)
+    # An explicitly empty issuer list with nothing else is refused the same way.
+    assert NO_CREDENTIAL_SOURCE in render_error(helm, "minimal", "--set", "config.issuers=null")
+
+
+@pytest.mark.parametrize("source", [
+    ["--set", "config.issuers[0].name=a", "--set", "config.issuers[0].issuer=https://a.example",
+     "--set", "config.issuers[0].discovery=true"],
+    ["--set", "config.api_keys.file=/etc/portcullis/secrets/api-keys/api-keys.yaml",
+     "--set", "secrets.apiKeys.existingSecret=keys"],
+    ["--set", "config.api_keys.postgres.url=env:DATABASE_URL"],
+    ["--set", "config.basic.htpasswd_file=/etc/portcullis/secrets/htpasswd/htpasswd",
+     "--set", "secrets.htpasswd.existingSecret=htpasswd"],
+    ["--set", "config.client_certificates.ca_files[0]=/etc/portcullis/secrets/tls/ca.crt",
+     "--set", "secrets.tls.existingSecret=tls"],
+], ids=["issuer", "api-keys-file", "api-keys-postgres", "basic", "client-certificates"])
+def test_any_credential_source_is_enough(helm, source):
+    assert render(helm, "default", *source)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

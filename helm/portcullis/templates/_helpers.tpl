@@ -173,3 +173,39 @@ Name of the Secret behind secrets.env, or "" if none.
 {{- printf "%s-env" (include "portcullis.fullname" .) }}
 {{- end }}
 {{- end }}
+
+{{/*
+"true" when the config names at least one credential source: an issuer, an API key store,
+an htpasswd file, or a CA for client certificates. Without one every request would be
+denied, so the chart refuses to install (see portcullis.validate).
+*/}}
+{{- define "portcullis.hasCredentialSource" -}}
+{{- $c := .Values.config | default dict }}
+{{- $apiKeys := get $c "api_keys" | default dict }}
+{{- $basic := get $c "basic" | default dict }}
+{{- $certs := get $c "client_certificates" | default dict }}
+{{- $server := get $c "server" | default dict }}
+{{- $tls := get $server "tls" | default dict }}
+{{- if or (get $c "issuers") (get $apiKeys "file") (get $apiKeys "postgres") (get $basic "htpasswd_file") (get $certs "ca_files") (get $tls "client_ca_file") }}true{{ end }}
+{{- end }}
+
+{{/*
+Checks across values that the schema cannot express; fails the install with a message
+that says what to set.
+*/}}
+{{- define "portcullis.validate" -}}
+{{- if not (include "portcullis.hasCredentialSource" .) }}
+{{- fail `
+
+portcullis: no credential source is configured, so every request would be denied.
+Set at least one of:
+  config.issuers                        JWT / OAuth2 issuers (discovery, jwks_uri, jwks_file,
+                                        public_key_files, hmac_secret or introspection)
+  config.api_keys.file / .postgres      API key stores
+  config.basic.htpasswd_file            HTTP Basic
+  config.client_certificates.ca_files   client certificates (or config.server.tls.client_ca_file)
+For example:  --set config.issuers[0].name=corp --set config.issuers[0].issuer=https://login.example.com
+              --set config.issuers[0].discovery=true
+See docs/deployment.md ("Installing") in the Portcullis repository.` }}
+{{- end }}
+{{- end }}
