@@ -50,7 +50,11 @@ KUBE_VERSIONS = ["1.27.0", "1.37.0"]
 RENDER_KUBE_VERSION = KUBE_VERSIONS[0]
 
 # Kinds that are not in the Kubernetes schemas: validated against our subset schema.
-CRD_SCHEMAS = {("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring-v1.json"}
+CRD_SCHEMAS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring-v1.json",
+    ("cert-manager.io/v1", "Certificate"): "certificate-cert-manager-v1.json",
+}
 
 CONFIG_DIR = "/etc/portcullis/config"
 CONFIG_PATH = CONFIG_DIR + "/config.yaml"
@@ -259,8 +263,8 @@ def dotted(path: tuple) -> str:
 
 def test_scenarios_exist():
     names = set(SCENARIOS)
-    for expected in ("minimal", "tls", "postgres", "existing-secrets", "autoscaling-off", "monitoring",
-                     "api-keys-basic"):
+    for expected in ("minimal", "tls", "cert-manager", "postgres", "existing-secrets", "autoscaling-off",
+                     "monitoring", "api-keys-basic"):
         assert expected in names, f"missing ci/{expected}-values.yaml"
 
 
@@ -645,8 +649,10 @@ def test_pdb_default(helm):
 
 
 def test_optional_objects_off_by_default(helm):
-    kinds = {d["kind"] for d in render(helm)}
-    assert "ServiceMonitor" not in kinds and "NetworkPolicy" not in kinds
+    docs = render(helm)
+    kinds = {d["kind"] for d in docs}
+    assert not kinds & {"ServiceMonitor", "NetworkPolicy", "PrometheusRule", "Certificate"}, kinds
+    assert {d["metadata"]["name"] for d in by_kind(docs, "ConfigMap")} == {f"{FULLNAME}-config"}
 
 
 def test_servicemonitor(helm):
@@ -655,6 +661,15 @@ def test_servicemonitor(helm):
     (endpoint,) = sm["spec"]["endpoints"]
     assert endpoint["port"] == "admin" and endpoint["path"] == "/metrics"
     assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_servicemonitor_relabelings_are_opt_in(helm):
+    # The scenarios carry no relabeling: Portcullis exports only portcullis_* metrics, so
+    # a drop rule for other families (go_*, process_*) would match nothing.
+    for scenario in SCENARIOS:
+        for sm in by_kind(render(helm, scenario), "ServiceMonitor"):
+            for endpoint in sm["spec"]["endpoints"]:
+                assert "metricRelabelings" not in endpoint and "relabelings" not in endpoint
 
 
 def test_networkpolicy(helm):
@@ -882,3 +897,194 @@ def test_rendered_config_passes_check_config(helm, portcullis_bin, tmp_path, sce
     assert proc.returncode == 0, (
         f"check-config --offline rejected the {scenario} config (exit {proc.returncode}):\n"
         f"{proc.stdout}\n{proc.stderr}\n--- config.yaml ---\n{config}")
+
+
+# --------------------------------------------------------------------------------------
+# cert-manager, PrometheusRule, Grafana dashboard, extraObjects, NetworkPolicy presets
+
+OBSERVABILITY_DOC = REPO / "docs" / "observability.md"
+# Metrics that the other half of issue 15 adds to the server; the chart may alert on them
+# before docs/observability.md lists them.
+METRICS_BEING_ADDED = {"portcullis_config_last_reload_success", "portcullis_config_generation"}
+
+
+def test_certificate(helm):
+    docs = render(helm, "cert-manager")
+    cert = one(docs, "Certificate")
+    spec = cert["spec"]
+    assert spec["secretName"] == "portcullis-tls"
+    assert spec["issuerRef"] == {"name": "internal-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    assert spec["duration"] == "2160h" and spec["renewBefore"] == "360h"
+    assert "server auth" in spec["usages"]
+    # Every name a client in the cluster dials, for both Services, plus the extra name.
+    for svc in (FULLNAME, f"{FULLNAME}-headless"):
+        for name in (svc, f"{svc}.{NAMESPACE}", f"{svc}.{NAMESPACE}.svc", f"{svc}.{NAMESPACE}.svc.cluster.local"):
+            assert name in spec["dnsNames"]
+    assert "portcullis.auth.example.com" in spec["dnsNames"]
+    # The Secret is mounted where config.server.tls expects it.
+    pod = server_pod_spec(docs)
+    mounts = {m["mountPath"]: m for m in server_container(docs)["volumeMounts"]}
+    tls_mount = mounts[f"{SECRETS_ROOT}/tls"]
+    volume = next(v for v in pod["volumes"] if v["name"] == tls_mount["name"])
+    assert volume["secret"]["secretName"] == spec["secretName"]
+    tls = rendered_config(docs)["server"]["tls"]
+    assert tls["cert_file"] == f"{SECRETS_ROOT}/tls/tls.crt" and tls["key_file"] == f"{SECRETS_ROOT}/tls/tls.key"
+    # The default Secret name follows the release.
+    default = one(render(helm, "cert-manager", "--set", "certificate.secretName="), "Certificate")
+    assert default["spec"]["secretName"] == f"{FULLNAME}-tls"
+
+
+def test_certificate_misconfigurations_fail_clearly(helm):
+    err = render_error(helm, "cert-manager", "--set", "certificate.issuerRef.name=")
+    assert "certificate.issuerRef.name" in err
+    err = render_error(helm, "cert-manager", "--set", "config.server.tls=null")
+    assert "config.server.tls does not use it" in err and "/etc/portcullis/secrets/tls/tls.crt" in err
+    err = render_error(helm, "cert-manager", "--set", "secrets.tls.existingSecret=other")
+    assert "leave secrets.tls.existingSecret" in err
+
+
+def documented_metrics() -> set[str]:
+    return set(re.findall(r"`(portcullis_[a-z0-9_]+)`", OBSERVABILITY_DOC.read_text()))
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    return set(re.findall(r"\b(portcullis_[a-z0-9_]+)", expr))
+
+
+def test_prometheus_rule(helm):
+    docs = render(helm, "monitoring")
+    rule = one(docs, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    (group,) = rule["spec"]["groups"]
+    alerts = {r["alert"]: r for r in group["rules"]}
+    assert set(alerts) == {
+        "PortcullisDown", "PortcullisKeyFetchFailing", "PortcullisKeySetStale", "PortcullisConfigReloadRefused",
+        "PortcullisDenyRatioHigh", "PortcullisOverloaded", "PortcullisUpstreamUnavailable", "PortcullisLatencyHigh",
+    }
+    known = documented_metrics() | METRICS_BEING_ADDED
+    histograms = {m + suffix for m in known if m.endswith("_seconds") for suffix in ("_bucket", "_sum", "_count")}
+    selector = f'namespace="{NAMESPACE}", service="{FULLNAME}"'
+    for name, r in alerts.items():
+        expr = r["expr"]
+        # Only metrics that exist, scoped to this release's series.
+        unknown = promql_metric_names(expr) - known - histograms
+        assert not unknown, f"{name} uses metrics not in docs/observability.md: {unknown}"
+        assert expr.count("{") == expr.count(selector), f"{name}: a selector without the release's labels: {expr}"
+        assert expr.count("(") == expr.count(")"), f"{name}: unbalanced parentheses"
+        assert r["labels"]["severity"] in {"critical", "warning", "info"}
+        assert r["labels"]["team"] == "identity"
+        assert r["annotations"]["summary"] and r["annotations"]["description"]
+    assert 'reason="OVERLOADED"' in alerts["PortcullisOverloaded"]["expr"]
+    assert 'reason="UPSTREAM_UNAVAILABLE"' in alerts["PortcullisUpstreamUnavailable"]["expr"]
+    assert "portcullis_config_last_reload_success" in alerts["PortcullisConfigReloadRefused"]["expr"]
+    assert 'result="failure"' in alerts["PortcullisKeyFetchFailing"]["expr"]
+    assert "portcullis_jwks_key_set_age_seconds" in alerts["PortcullisKeySetStale"]["expr"]
+    assert re.search(r"\) > 0\.3\b", alerts["PortcullisDenyRatioHigh"]["expr"])
+    latency = alerts["PortcullisLatencyHigh"]["expr"]
+    assert "histogram_quantile(0.99" in latency and "portcullis_request_duration_seconds_bucket" in latency
+    assert latency.rstrip().endswith("> 0.02")
+    # Prometheus templates survive Helm: {{ $labels.x }} reaches Prometheus verbatim.
+    assert "{{ $labels.issuer }}" in alerts["PortcullisKeyFetchFailing"]["annotations"]["summary"]
+
+
+def test_prometheus_rule_alerts_can_be_tuned_and_disabled(helm):
+    docs = render(helm, "monitoring", "--set", "prometheusRule.alerts.down.enabled=false",
+                  "--set", 'prometheusRule.selector=job="portcullis"',
+                  "--set-json", 'prometheusRule.extraRules=[{"record":"portcullis:deny_ratio","expr":"vector(1)"}]')
+    rules = one(docs, "PrometheusRule")["spec"]["groups"][0]["rules"]
+    names = [r.get("alert") or r.get("record") for r in rules]
+    assert "PortcullisDown" not in names and names[-1] == "portcullis:deny_ratio"
+    assert all('job="portcullis"' in r["expr"] for r in rules if "alert" in r)
+
+
+def test_grafana_dashboard_configmap(helm):
+    docs = render(helm, "monitoring")
+    cm = one(docs, "ConfigMap", f"{FULLNAME}-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Security"}
+    (key,) = cm["data"]
+    dashboard = json.loads(cm["data"][key])
+    example = json.loads((REPO / "examples" / "grafana" / "portcullis-dashboard.json").read_text())
+    assert dashboard == example
+
+
+def test_chart_dashboard_is_the_example_dashboard():
+    # Helm cannot read files outside the chart: the chart carries a copy, kept identical.
+    chart_copy = CHART / "dashboards" / "portcullis-dashboard.json"
+    example = REPO / "examples" / "grafana" / "portcullis-dashboard.json"
+    assert chart_copy.read_bytes() == example.read_bytes(), \
+        f"{chart_copy} differs from {example}: copy the example over the chart's copy"
+    # Every metric the dashboard queries exists.
+    unknown = promql_metric_names(example.read_text()) - documented_metrics() - {
+        m + s for m in documented_metrics() for s in ("_bucket", "_sum", "_count")}
+    assert not unknown, unknown
+
+
+def test_extra_objects_are_templated(helm):
+    docs = render(helm, "monitoring")
+    obj = one(docs, "ConfigMap", f"{FULLNAME}-extra")
+    assert obj["data"] == {"release": RELEASE}
+    from_string = one(docs, "ConfigMap", f"{FULLNAME}-extra-from-string")
+    assert from_string["data"] == {"grpc-port": "50051"}
+    assert from_string["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+
+
+def grpc_ingress_rule(docs: list[dict]) -> dict:
+    np = one(docs, "NetworkPolicy")
+    return next(r for r in np["spec"]["ingress"] if any(p["port"] == 50051 for p in r["ports"]))
+
+
+def test_networkpolicy_data_plane_presets(helm):
+    np_on = ["--set", "networkPolicy.enabled=true"]
+    test_pod = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "portcullis",
+                                                "app.kubernetes.io/instance": RELEASE,
+                                                "app.kubernetes.io/component": "test"}}}
+
+    # Istio sidecars: Check comes from each meshed workload's own namespace.
+    rule = grpc_ingress_rule(render(helm, DEFAULT_SCENARIO, *np_on, "--set", "networkPolicy.dataPlane=istio-sidecar"))
+    assert rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"istio-injection": "enabled"}}},
+        {"namespaceSelector": {"matchExpressions": [{"key": "istio.io/rev", "operator": "Exists"}]}},
+        test_pod,
+    ]
+    rule = grpc_ingress_rule(render(helm, DEFAULT_SCENARIO, *np_on, "--set", "networkPolicy.dataPlane=istio-sidecar",
+                                    "--set", "networkPolicy.allowedNamespaces={orders,billing}"))
+    assert rule["from"][:2] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "orders"}}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "billing"}}},
+    ]
+
+    # Istio ambient: the waypoints call Check; HBONE on 15008; probes via the SNAT address.
+    docs = render(helm, DEFAULT_SCENARIO, *np_on, "--set", "networkPolicy.dataPlane=istio-ambient",
+                  "--set", "networkPolicy.allowedNamespaces={orders}")
+    rule = grpc_ingress_rule(docs)
+    assert {p["port"] for p in rule["ports"]} == {50051, 15008}
+    assert rule["from"][0] == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "orders"}},
+        "podSelector": {"matchLabels": {"gateway.istio.io/managed": "istio.io-mesh-controller"}},
+    }
+    assert {"ipBlock": {"cidr": "169.254.7.127/32"}} in rule["from"]
+
+    # Envoy Gateway: its proxies' namespace.
+    rule = grpc_ingress_rule(render(helm, DEFAULT_SCENARIO, *np_on, "--set", "networkPolicy.dataPlane=envoy-gateway"))
+    assert rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "envoy-gateway-system"}}}, test_pod]
+
+    # No preset and no peers: any source (the previous behaviour).
+    assert "from" not in grpc_ingress_rule(render(helm, DEFAULT_SCENARIO, *np_on))
+    # Selectors and raw peers combine.
+    rule = grpc_ingress_rule(render(helm, DEFAULT_SCENARIO, *np_on, "--set-json",
+                                    'networkPolicy.namespaceSelectors=[{"matchLabels":{"team":"shop"}}]',
+                                    "--set-json", 'networkPolicy.ingress.grpcFrom=[{"ipBlock":{"cidr":"10.0.0.0/8"}}]'))
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"team": "shop"}}},
+                            {"ipBlock": {"cidr": "10.0.0.0/8"}}, test_pod]
+    assert "istio" in render_error(helm, DEFAULT_SCENARIO, *np_on, "--set", "networkPolicy.dataPlane=linkerd")
+
+
+@pytest.mark.parametrize("preset", ["istio-sidecar", "istio-ambient", "envoy-gateway"])
+def test_networkpolicy_presets_validate(helm, kubernetes_validate, preset):
+    docs = render(helm, DEFAULT_SCENARIO, "--set", "networkPolicy.enabled=true",
+                  "--set", f"networkPolicy.dataPlane={preset}",
+                  "--set-json", 'networkPolicy.ingress.adminFrom=[{"namespaceSelector":{}}]')
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(one(docs, "NetworkPolicy"), version, strict=True)

@@ -153,11 +153,41 @@ Call with (dict "root" $ "key" "apiKeys").
 {{- if and $s.existingSecret $s.files }}
 {{- fail (printf "secrets.%s: set existingSecret or files, not both" .key) }}
 {{- end }}
-{{- if $s.existingSecret }}
+{{- if and (eq .key "tls") .root.Values.certificate.enabled }}
+{{- if or $s.existingSecret $s.files }}
+{{- fail "certificate.enabled: the cert-manager Certificate's Secret is mounted at /etc/portcullis/secrets/tls/; leave secrets.tls.existingSecret and secrets.tls.files empty" }}
+{{- end }}
+{{- include "portcullis.certificateSecretName" .root }}
+{{- else if $s.existingSecret }}
 {{- $s.existingSecret }}
 {{- else if $s.files }}
 {{- printf "%s-%s" (include "portcullis.fullname" .root) $dir }}
 {{- end }}
+{{- end }}
+
+{{/*
+The cert-manager Certificate's Secret name.
+*/}}
+{{- define "portcullis.certificateSecretName" -}}
+{{- default (printf "%s-tls" (include "portcullis.fullname" .)) .Values.certificate.secretName }}
+{{- end }}
+
+{{/*
+DNS names of the gRPC listener's certificate (a YAML list): every in-cluster name of the
+Service (and of the headless Service, when enabled), then certificate.dnsNames.
+*/}}
+{{- define "portcullis.certificateDNSNames" -}}
+{{- $ns := include "portcullis.namespace" . }}
+{{- $domain := .Values.certificate.clusterDomain }}
+{{- $services := list (include "portcullis.fullname" .) }}
+{{- if .Values.service.headless.enabled }}
+{{- $services = append $services (printf "%s-headless" (include "portcullis.fullname" .)) }}
+{{- end }}
+{{- $names := list }}
+{{- range $services }}
+{{- $names = concat $names (list . (printf "%s.%s" . $ns) (printf "%s.%s.svc" . $ns) (printf "%s.%s.svc.%s" . $ns $domain)) }}
+{{- end }}
+{{- toYaml (concat $names .Values.certificate.dnsNames | uniq) }}
 {{- end }}
 
 {{/*
@@ -194,6 +224,22 @@ Checks across values that the schema cannot express; fails the install with a me
 that says what to set.
 */}}
 {{- define "portcullis.validate" -}}
+{{- if .Values.certificate.enabled }}
+{{- $server := .Values.config.server | default dict }}
+{{- $tls := get $server "tls" | default dict }}
+{{- $dir := "/etc/portcullis/secrets/tls/" }}
+{{- if not (and (hasPrefix $dir (toString (get $tls "cert_file"))) (hasPrefix $dir (toString (get $tls "key_file")))) }}
+{{- fail `
+
+certificate.enabled: the Certificate's Secret is mounted at /etc/portcullis/secrets/tls/,
+but config.server.tls does not use it. Set:
+  config:
+    server:
+      tls:
+        cert_file: /etc/portcullis/secrets/tls/tls.crt
+        key_file: /etc/portcullis/secrets/tls/tls.key` }}
+{{- end }}
+{{- end }}
 {{- if not (include "portcullis.hasCredentialSource" .) }}
 {{- fail `
 
