@@ -1088,3 +1088,33 @@ def test_networkpolicy_presets_validate(helm, kubernetes_validate, preset):
                   "--set-json", 'networkPolicy.ingress.adminFrom=[{"namespaceSelector":{}}]')
     for version in KUBE_VERSIONS:
         kubernetes_validate.validate(one(docs, "NetworkPolicy"), version, strict=True)
+
+
+# --------------------------------------------------------------------------------------
+# The chart README's values table (helm-docs)
+
+HELM_DOCS_ARGS = ["--chart-search-root", str(CHART), "--sort-values-order", "file", "--log-level", "warning"]
+
+
+@pytest.fixture(scope="session")
+def helm_docs() -> str:
+    candidates = [os.environ.get("HELM_DOCS", ""), str(REPO / ".tools" / "bin" / "helm-docs"),
+                  shutil.which("helm-docs") or ""]
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    unavailable("helm-docs not found; run scripts/provision/helm-docs.sh")
+
+
+def test_readme_values_table_is_up_to_date(helm_docs):
+    proc = subprocess.run([helm_docs, "--dry-run", *HELM_DOCS_ARGS], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    committed = (CHART / "README.md").read_text()
+    assert proc.stdout.strip() == committed.strip(), (
+        "helm/portcullis/README.md is out of date with values.yaml / README.md.gotmpl; regenerate it with "
+        "`.tools/bin/helm-docs --chart-search-root helm/portcullis --sort-values-order file`")
+    # Every value with a `# --` comment has its description in the table.
+    for key in ("probes.type", "certificate.issuerRef.name", "prometheusRule.alerts.latencyHigh.p99Seconds",
+                "networkPolicy.dataPlane", "grafanaDashboard.labels", "extraObjects"):
+        assert re.search(rf"^\| {re.escape(key)} \|.*\| \S.* \|$", committed, re.M), f"{key} missing or undescribed"
