@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: provisions what the tests need (the npm OpenID
-# provider, PostgreSQL, helm, Python test tools), then runs formatting and lint checks, the Rust tests
-# (unit, integration, real OpenID provider) and the Helm chart tests.
+# provider, PostgreSQL, helm, helm-docs, actionlint, Python test tools), then runs formatting
+# and lint checks, the Rust tests (unit, integration, real OpenID provider), the Helm chart,
+# release workflow and docs tests (pytest), and the Go checks of the Envoy and Istio examples.
 # Under CI=true a test that cannot get a component it needs fails instead of skipping.
 set -euo pipefail
 
@@ -14,6 +15,8 @@ step "provisioning test dependencies"
 scripts/provision/oidc.sh
 scripts/provision/python.sh
 scripts/provision/helm.sh >/dev/null
+scripts/provision/helm-docs.sh >/dev/null
+scripts/provision/actionlint.sh >/dev/null
 # Starts (installing Debian packages if needed) a test PostgreSQL on 127.0.0.1:54329 and
 # exports PORTCULLIS_TEST_DATABASE_URL for the API key store tests.
 PG_ENV="$(scripts/provision/postgres.sh)"
@@ -29,5 +32,10 @@ cargo clippy --locked --all-targets -- -D warnings
 step "cargo test"
 cargo test --locked
 
-step "helm chart tests"
-PORTCULLIS_BIN="$REPO/target/debug/portcullis" "$REPO/.tools/venv/bin/python" -m pytest -q tests/helm
+step "helm chart, release workflow and docs tests (pytest)"
+PORTCULLIS_BIN="$REPO/target/debug/portcullis" "$REPO/.tools/venv/bin/python" -m pytest -q \
+  tests/helm tests/release tests/docs
+
+step "Envoy and Istio examples (go test, tests/examples-validation)"
+# GOFLAGS=-mod=mod: go.sum pins every module; downloads stay in the Go module cache.
+GOFLAGS=-mod=mod go -C tests/examples-validation test -count=1 ./...

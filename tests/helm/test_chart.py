@@ -8,11 +8,15 @@ What they hold the chart to:
   Kubernetes the chart supports and a current one; the ServiceMonitor against a strict
   subset of its CRD schema (tests/helm/schemas/);
 * the rendered objects have the properties the chart promises (hardened security
-  context, gRPC probes, ports, the config mounted as a directory, secrets mounted as
+  context, probes that no upstream outage can fail except readiness, ports, the config mounted as a directory, secrets mounted as
   directories and every ``file:``/``env:`` reference in the config backed by a mount or a
   variable, no restart on a hot-reloadable config change, ...);
 * values.schema.json is strict and rejects what it should, and values.yaml is commented;
-* the rendered config.yaml passes ``portcullis check-config --offline``.
+* the rendered config.yaml passes ``portcullis check-config --offline``;
+* the bare defaults (no credential source) are refused with a clear message;
+* the optional Certificate, PrometheusRule (only documented metrics), dashboard,
+  extraObjects and NetworkPolicy presets render as promised;
+* helm/portcullis/README.md is what helm-docs generates from values.yaml.
 
 Run with the test venv: ``.tools/venv/bin/python -m pytest tests/helm``
 (``scripts/provision/python.sh`` and ``scripts/provision/helm.sh`` install the tools).
@@ -50,7 +54,11 @@ KUBE_VERSIONS = ["1.27.0", "1.37.0"]
 RENDER_KUBE_VERSION = KUBE_VERSIONS[0]
 
 # Kinds that are not in the Kubernetes schemas: validated against our subset schema.
-CRD_SCHEMAS = {("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring-v1.json"}
+CRD_SCHEMAS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring-v1.json",
+    ("cert-manager.io/v1", "Certificate"): "certificate-cert-manager-v1.json",
+}
 
 CONFIG_DIR = "/etc/portcullis/config"
 CONFIG_PATH = CONFIG_DIR + "/config.yaml"
@@ -141,7 +149,10 @@ def scenario_files() -> list[Path]:
     return sorted(SCENARIOS_DIR.glob("*-values.yaml"))
 
 
-SCENARIOS = ["default"] + [p.name.removesuffix("-values.yaml") for p in scenario_files()]
+# Every ci/*-values.yaml. The chart's bare defaults are not a scenario: they configure no
+# credential source, and the chart refuses to install them (see test_no_credential_source).
+SCENARIOS = [p.name.removesuffix("-values.yaml") for p in scenario_files()]
+DEFAULT_SCENARIO = "minimal"
 
 
 def scenario_args(scenario: str) -> list[str]:
@@ -161,14 +172,14 @@ def _render(helm: str, scenario: str, extra: tuple[str, ...]) -> tuple[int, str,
     return proc.returncode, proc.stdout, proc.stderr
 
 
-def render(helm: str, scenario: str = "default", *extra: str) -> list[dict]:
+def render(helm: str, scenario: str = DEFAULT_SCENARIO, *extra: str) -> list[dict]:
     """Render the chart and return its documents (empty documents dropped)."""
     code, out, err = _render(helm, scenario, tuple(extra))
     assert code == 0, f"helm template failed for {scenario} {extra}:\n{err}"
     return [d for d in yaml.safe_load_all(out) if d]
 
 
-def render_error(helm: str, scenario: str = "default", *extra: str) -> str:
+def render_error(helm: str, scenario: str = DEFAULT_SCENARIO, *extra: str) -> str:
     """Render the chart expecting failure; return helm's error output."""
     code, out, err = _render(helm, scenario, tuple(extra))
     assert code != 0, f"helm template unexpectedly succeeded for {scenario} {extra}:\n{out[:2000]}"
@@ -256,7 +267,8 @@ def dotted(path: tuple) -> str:
 
 def test_scenarios_exist():
     names = set(SCENARIOS)
-    for expected in ("tls", "postgres", "existing-secrets", "autoscaling-off", "monitoring", "api-keys-basic"):
+    for expected in ("minimal", "tls", "cert-manager", "postgres", "existing-secrets", "autoscaling-off",
+                     "monitoring", "api-keys-basic"):
         assert expected in names, f"missing ci/{expected}-values.yaml"
 
 
@@ -372,7 +384,7 @@ def test_ports(helm, scenario):
 
 
 def test_ports_follow_the_listen_addresses(helm):
-    docs = render(helm, "default", "--set", "config.server.grpc_listen=[::]:7000",
+    docs = render(helm, DEFAULT_SCENARIO, "--set", "config.server.grpc_listen=[::]:7000",
                   "--set", "config.server.admin_listen=0.0.0.0:7001")
     ports = {p["name"]: p["containerPort"] for p in server_container(docs)["ports"]}
     assert ports == {"grpc": 7000, "admin": 7001}
@@ -387,24 +399,32 @@ def test_probes(helm, scenario):
     docs = render(helm, scenario)
     container = server_container(docs)
     tls = bool((scenario_values(scenario)["config"].get("server") or {}).get("tls"))
-    for name in ("startupProbe", "livenessProbe", "readinessProbe"):
+    # Startup and liveness never depend on an upstream: /healthz answers as soon as the
+    # process serves, so an unreachable IdP or database cannot get the container restarted.
+    for name in ("startupProbe", "livenessProbe"):
         probe = container[name]
-        if tls:
-            # The kubelet's gRPC probe has no TLS: use the admin HTTP endpoints.
-            assert "grpc" not in probe
-            assert probe["httpGet"]["port"] == "admin"
-            assert probe["httpGet"]["path"] == ("/healthz" if name == "livenessProbe" else "/readyz")
-        else:
-            # Native gRPC probe: grpc.health.v1 is SERVING only once keys are loaded.
-            assert probe["grpc"] == {"port": 50051}
+        assert probe["httpGet"] == {"path": "/healthz", "port": "admin"}, name
+        assert "grpc" not in probe
+    readiness = container["readinessProbe"]
+    if tls:
+        # The kubelet's gRPC probe has no TLS: readiness asks the admin port's /readyz.
+        assert "grpc" not in readiness
+        assert readiness["httpGet"] == {"path": "/readyz", "port": "admin"}
+    else:
+        # Native gRPC probe: grpc.health.v1 is SERVING only once keys are loaded.
+        assert readiness["grpc"] == {"port": 50051}
     assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 30
 
 
 def test_probe_type_can_be_forced(helm):
-    http = server_container(render(helm, "default", "--set", "probes.type=http"))
+    http = server_container(render(helm, DEFAULT_SCENARIO, "--set", "probes.type=http"))
     assert http["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
     grpc = server_container(render(helm, "tls", "--set", "probes.type=grpc"))
     assert grpc["readinessProbe"]["grpc"] == {"port": 50051}
+    # The probe type is readiness' only: startup and liveness stay on /healthz.
+    for container in (http, grpc):
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -456,7 +476,7 @@ def test_hot_reloadable_config_change_does_not_restart_pods(helm):
     annotations = pod_template(base)["metadata"]["annotations"]
     assert "checksum/config" not in annotations
     assert "checksum/server-config" in annotations
-    changed = render(helm, "default", "--set", "config.cache.max_ttl=10m",
+    changed = render(helm, DEFAULT_SCENARIO, "--set", "config.cache.max_ttl=10m",
                      "--set", "config.authorization.default=deny")
     assert rendered_config(changed)["cache"]["max_ttl"] == "10m"
     assert pod_template(changed) == pod_template(base), \
@@ -465,7 +485,7 @@ def test_hot_reloadable_config_change_does_not_restart_pods(helm):
 
 def test_listener_or_tls_change_rolls_pods(helm):
     base = pod_template(render(helm))["metadata"]["annotations"]["checksum/server-config"]
-    moved = render(helm, "default", "--set", "config.server.admin_listen=0.0.0.0:9191")
+    moved = render(helm, DEFAULT_SCENARIO, "--set", "config.server.admin_listen=0.0.0.0:9191")
     assert pod_template(moved)["metadata"]["annotations"]["checksum/server-config"] != base
     tls = pod_template(render(helm, "tls"))["metadata"]["annotations"]["checksum/server-config"]
     assert tls != base
@@ -474,16 +494,16 @@ def test_listener_or_tls_change_rolls_pods(helm):
 def test_env_secret_change_rolls_pods(helm):
     # Environment variables are read at start, so a changed chart-created env Secret
     # must restart the pods.
-    a = render(helm, "default", "--set", "secrets.env.values.IDP_CLIENT_SECRET=one")
-    b = render(helm, "default", "--set", "secrets.env.values.IDP_CLIENT_SECRET=two")
+    a = render(helm, DEFAULT_SCENARIO, "--set", "secrets.env.values.IDP_CLIENT_SECRET=one")
+    b = render(helm, DEFAULT_SCENARIO, "--set", "secrets.env.values.IDP_CLIENT_SECRET=two")
     ca = pod_template(a)["metadata"]["annotations"]["checksum/env-secret"]
     cb = pod_template(b)["metadata"]["annotations"]["checksum/env-secret"]
     assert ca != cb
 
 
 def test_rollout_on_config_change_opt_in(helm):
-    a = render(helm, "default", "--set", "rolloutOnConfigChange=true")
-    b = render(helm, "default", "--set", "rolloutOnConfigChange=true", "--set", "config.cache.max_ttl=10m")
+    a = render(helm, DEFAULT_SCENARIO, "--set", "rolloutOnConfigChange=true")
+    b = render(helm, DEFAULT_SCENARIO, "--set", "rolloutOnConfigChange=true", "--set", "config.cache.max_ttl=10m")
     ca = pod_template(a)["metadata"]["annotations"]["checksum/config"]
     cb = pod_template(b)["metadata"]["annotations"]["checksum/config"]
     assert ca != cb
@@ -597,7 +617,7 @@ def test_tls_secret_mounted(helm):
 
 
 def test_existing_secret_and_files_conflict(helm):
-    err = render_error(helm, "default", "--set", "secrets.jwt.existingSecret=x",
+    err = render_error(helm, DEFAULT_SCENARIO, "--set", "secrets.jwt.existingSecret=x",
                        "--set", "secrets.jwt.files.k=v")
     assert "existingSecret or files" in err
 
@@ -633,8 +653,10 @@ def test_pdb_default(helm):
 
 
 def test_optional_objects_off_by_default(helm):
-    kinds = {d["kind"] for d in render(helm)}
-    assert "ServiceMonitor" not in kinds and "NetworkPolicy" not in kinds
+    docs = render(helm)
+    kinds = {d["kind"] for d in docs}
+    assert not kinds & {"ServiceMonitor", "NetworkPolicy", "PrometheusRule", "Certificate"}, kinds
+    assert {d["metadata"]["name"] for d in by_kind(docs, "ConfigMap")} == {f"{FULLNAME}-config"}
 
 
 def test_servicemonitor(helm):
@@ -643,6 +665,15 @@ def test_servicemonitor(helm):
     (endpoint,) = sm["spec"]["endpoints"]
     assert endpoint["port"] == "admin" and endpoint["path"] == "/metrics"
     assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_servicemonitor_relabelings_are_opt_in(helm):
+    # The scenarios carry no relabeling: Portcullis exports only portcullis_* metrics, so
+    # a drop rule for other families (go_*, process_*) would match nothing.
+    for scenario in SCENARIOS:
+        for sm in by_kind(render(helm, scenario), "ServiceMonitor"):
+            for endpoint in sm["spec"]["endpoints"]:
+                assert "metricRelabelings" not in endpoint and "relabelings" not in endpoint
 
 
 def test_networkpolicy(helm):
@@ -678,7 +709,7 @@ def test_helm_test_pod(helm, scenario):
         "--expect-reason", "MISSING_CREDENTIAL",
     ]
     assert container["image"] == server_container(docs)["image"]
-    if scenario == "default":
+    if scenario == DEFAULT_SCENARIO:
         assert container["command"] == [
             "portcullis", "authenticate", "--addr", f"http://{FULLNAME}:50051",
             "--expect-reason", "MISSING_CREDENTIAL",
@@ -686,7 +717,7 @@ def test_helm_test_pod(helm, scenario):
 
 
 def test_helm_test_can_be_disabled(helm):
-    docs = render(helm, "default", "--set", "tests.enabled=false")
+    docs = render(helm, DEFAULT_SCENARIO, "--set", "tests.enabled=false")
     assert not by_kind(docs, "Pod")
 
 
@@ -706,13 +737,13 @@ def test_schema_rejects_unknown_and_mistyped_values(helm):
         (["--set", "image.pullPolicy=Sometimes"], "pullPolicy"),
         (["--set", "podDisruptionBudget.maxUnavailable=half"], "maxUnavailable"),
     ]:
-        err = render_error(helm, "default", *args)
+        err = render_error(helm, DEFAULT_SCENARIO, *args)
         assert needle in err, f"{args}: error does not name {needle}:\n{err}"
 
 
 def test_schema_accepts_open_config(helm):
     # `config` is open: Portcullis itself validates it strictly (check-config).
-    docs = render(helm, "default", "--set", "config.some_future_section.enabled=true")
+    docs = render(helm, DEFAULT_SCENARIO, "--set", "config.some_future_section.enabled=true")
     assert rendered_config(docs)["some_future_section"] == {"enabled": True}
 
 
@@ -817,9 +848,41 @@ def test_default_config_shape():
     assert set(config) <= SPEC_CONFIG_KEYS, set(config) - SPEC_CONFIG_KEYS
     assert config["server"]["grpc_listen"].endswith(":50051")
     assert config["server"]["admin_listen"].endswith(":9090")
-    (issuer,) = config["issuers"]
-    assert issuer["jwks_uri"].startswith("https://")
+    # No placeholder issuer whose keys could never load (pods that never become ready).
+    assert config["issuers"] == []
     assert config["authorization"]["default"] == "deny"
+
+
+NO_CREDENTIAL_SOURCE = "no credential source is configured"
+
+
+def test_no_credential_source_refuses_to_install(helm):
+    """The bare defaults configure no credential source: rendering (and so installing)
+    fails with a message that says what to set."""
+    err = render_error(helm, "default")
+    assert NO_CREDENTIAL_SOURCE in err, err
+    for needle in ("config.issuers", "config.api_keys", "config.basic.htpasswd_file",
+                   "config.client_certificates.ca_files", "docs/deployment.md"):
+        assert needle in err, f"the message does not mention {needle}:\n{err}"
+    # (`helm install` renders through the same engine; `helm lint` reports a template
+    # `fail` only as [INFO], so the bare chart still lints.)
+    # An explicitly empty issuer list with nothing else is refused the same way.
+    assert NO_CREDENTIAL_SOURCE in render_error(helm, "minimal", "--set", "config.issuers=null")
+
+
+@pytest.mark.parametrize("source", [
+    ["--set", "config.issuers[0].name=a", "--set", "config.issuers[0].issuer=https://a.example",
+     "--set", "config.issuers[0].discovery=true"],
+    ["--set", "config.api_keys.file=/etc/portcullis/secrets/api-keys/api-keys.yaml",
+     "--set", "secrets.apiKeys.existingSecret=keys"],
+    ["--set", "config.api_keys.postgres.url=env:DATABASE_URL"],
+    ["--set", "config.basic.htpasswd_file=/etc/portcullis/secrets/htpasswd/htpasswd",
+     "--set", "secrets.htpasswd.existingSecret=htpasswd"],
+    ["--set", "config.client_certificates.ca_files[0]=/etc/portcullis/secrets/tls/ca.crt",
+     "--set", "secrets.tls.existingSecret=tls"],
+], ids=["issuer", "api-keys-file", "api-keys-postgres", "basic", "client-certificates"])
+def test_any_credential_source_is_enough(helm, source):
+    assert render(helm, "default", *source)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -838,3 +901,225 @@ def test_rendered_config_passes_check_config(helm, portcullis_bin, tmp_path, sce
     assert proc.returncode == 0, (
         f"check-config --offline rejected the {scenario} config (exit {proc.returncode}):\n"
         f"{proc.stdout}\n{proc.stderr}\n--- config.yaml ---\n{config}")
+
+
+# --------------------------------------------------------------------------------------
+# cert-manager, PrometheusRule, Grafana dashboard, extraObjects, NetworkPolicy presets
+
+OBSERVABILITY_DOC = REPO / "docs" / "observability.md"
+# Metrics that the other half of issue 15 adds to the server (src/telemetry/metrics.rs);
+# the chart may alert on them before docs/observability.md lists them. Drop this set
+# once the docs list them.
+METRICS_BEING_ADDED = {"portcullis_config_last_reload_successful", "portcullis_config_generation"}
+
+
+def test_certificate(helm):
+    docs = render(helm, "cert-manager")
+    cert = one(docs, "Certificate")
+    spec = cert["spec"]
+    assert spec["secretName"] == "portcullis-tls"
+    assert spec["issuerRef"] == {"name": "internal-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    assert spec["duration"] == "2160h" and spec["renewBefore"] == "360h"
+    assert "server auth" in spec["usages"]
+    # Every name a client in the cluster dials, for both Services, plus the extra name.
+    for svc in (FULLNAME, f"{FULLNAME}-headless"):
+        for name in (svc, f"{svc}.{NAMESPACE}", f"{svc}.{NAMESPACE}.svc", f"{svc}.{NAMESPACE}.svc.cluster.local"):
+            assert name in spec["dnsNames"]
+    assert "portcullis.auth.example.com" in spec["dnsNames"]
+    # The Secret is mounted where config.server.tls expects it.
+    pod = server_pod_spec(docs)
+    mounts = {m["mountPath"]: m for m in server_container(docs)["volumeMounts"]}
+    tls_mount = mounts[f"{SECRETS_ROOT}/tls"]
+    volume = next(v for v in pod["volumes"] if v["name"] == tls_mount["name"])
+    assert volume["secret"]["secretName"] == spec["secretName"]
+    tls = rendered_config(docs)["server"]["tls"]
+    assert tls["cert_file"] == f"{SECRETS_ROOT}/tls/tls.crt" and tls["key_file"] == f"{SECRETS_ROOT}/tls/tls.key"
+    # The default Secret name follows the release.
+    default = one(render(helm, "cert-manager", "--set", "certificate.secretName="), "Certificate")
+    assert default["spec"]["secretName"] == f"{FULLNAME}-tls"
+
+
+def test_certificate_misconfigurations_fail_clearly(helm):
+    err = render_error(helm, "cert-manager", "--set", "certificate.issuerRef.name=")
+    assert "certificate.issuerRef.name" in err
+    err = render_error(helm, "cert-manager", "--set", "config.server.tls=null")
+    assert "config.server.tls does not use it" in err and "/etc/portcullis/secrets/tls/tls.crt" in err
+    err = render_error(helm, "cert-manager", "--set", "secrets.tls.existingSecret=other")
+    assert "leave secrets.tls.existingSecret" in err
+
+
+def documented_metrics() -> set[str]:
+    return set(re.findall(r"`(portcullis_[a-z0-9_]+)`", OBSERVABILITY_DOC.read_text()))
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    return set(re.findall(r"\b(portcullis_[a-z0-9_]+)", expr))
+
+
+def test_prometheus_rule(helm):
+    docs = render(helm, "monitoring")
+    rule = one(docs, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    (group,) = rule["spec"]["groups"]
+    alerts = {r["alert"]: r for r in group["rules"]}
+    assert set(alerts) == {
+        "PortcullisDown", "PortcullisKeyFetchFailing", "PortcullisKeySetStale", "PortcullisConfigReloadRefused",
+        "PortcullisDenyRatioHigh", "PortcullisOverloaded", "PortcullisUpstreamUnavailable", "PortcullisLatencyHigh",
+    }
+    known = documented_metrics() | METRICS_BEING_ADDED
+    histograms = {m + suffix for m in known if m.endswith("_seconds") for suffix in ("_bucket", "_sum", "_count")}
+    selector = f'namespace="{NAMESPACE}", service="{FULLNAME}"'
+    for name, r in alerts.items():
+        expr = r["expr"]
+        # Only metrics that exist, scoped to this release's series.
+        unknown = promql_metric_names(expr) - known - histograms
+        assert not unknown, f"{name} uses metrics not in docs/observability.md: {unknown}"
+        assert expr.count("{") == expr.count(selector), f"{name}: a selector without the release's labels: {expr}"
+        assert expr.count("(") == expr.count(")"), f"{name}: unbalanced parentheses"
+        assert r["labels"]["severity"] in {"critical", "warning", "info"}
+        assert r["labels"]["team"] == "identity"
+        assert r["annotations"]["summary"] and r["annotations"]["description"]
+    assert 'reason="OVERLOADED"' in alerts["PortcullisOverloaded"]["expr"]
+    assert 'reason="UPSTREAM_UNAVAILABLE"' in alerts["PortcullisUpstreamUnavailable"]["expr"]
+    assert "portcullis_config_last_reload_successful" in alerts["PortcullisConfigReloadRefused"]["expr"]
+    assert 'result="failure"' in alerts["PortcullisKeyFetchFailing"]["expr"]
+    assert "portcullis_jwks_key_set_age_seconds" in alerts["PortcullisKeySetStale"]["expr"]
+    assert re.search(r"\) > 0\.3\b", alerts["PortcullisDenyRatioHigh"]["expr"])
+    latency = alerts["PortcullisLatencyHigh"]["expr"]
+    assert "histogram_quantile(0.99" in latency and "portcullis_request_duration_seconds_bucket" in latency
+    assert latency.rstrip().endswith("> 0.02")
+    # Prometheus templates survive Helm: {{ $labels.x }} reaches Prometheus verbatim.
+    assert "{{ $labels.issuer }}" in alerts["PortcullisKeyFetchFailing"]["annotations"]["summary"]
+
+
+def test_prometheus_rule_alerts_can_be_tuned_and_disabled(helm):
+    docs = render(helm, "monitoring", "--set", "prometheusRule.alerts.down.enabled=false",
+                  "--set", 'prometheusRule.selector=job="portcullis"',
+                  "--set-json", 'prometheusRule.extraRules=[{"record":"portcullis:deny_ratio","expr":"vector(1)"}]')
+    rules = one(docs, "PrometheusRule")["spec"]["groups"][0]["rules"]
+    names = [r.get("alert") or r.get("record") for r in rules]
+    assert "PortcullisDown" not in names and names[-1] == "portcullis:deny_ratio"
+    assert all('job="portcullis"' in r["expr"] for r in rules if "alert" in r)
+
+
+def test_grafana_dashboard_configmap(helm):
+    docs = render(helm, "monitoring")
+    cm = one(docs, "ConfigMap", f"{FULLNAME}-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Security"}
+    (key,) = cm["data"]
+    dashboard = json.loads(cm["data"][key])
+    example = json.loads((REPO / "examples" / "grafana" / "portcullis-dashboard.json").read_text())
+    assert dashboard == example
+
+
+def test_chart_dashboard_is_the_example_dashboard():
+    # Helm cannot read files outside the chart: the chart carries a copy, kept identical.
+    chart_copy = CHART / "dashboards" / "portcullis-dashboard.json"
+    example = REPO / "examples" / "grafana" / "portcullis-dashboard.json"
+    assert chart_copy.read_bytes() == example.read_bytes(), \
+        f"{chart_copy} differs from {example}: copy the example over the chart's copy"
+    # Every metric the dashboard queries exists.
+    unknown = promql_metric_names(example.read_text()) - documented_metrics() - {
+        m + s for m in documented_metrics() for s in ("_bucket", "_sum", "_count")}
+    assert not unknown, unknown
+
+
+def test_extra_objects_are_templated(helm):
+    docs = render(helm, "monitoring")
+    obj = one(docs, "ConfigMap", f"{FULLNAME}-extra")
+    assert obj["data"] == {"release": RELEASE}
+    from_string = one(docs, "ConfigMap", f"{FULLNAME}-extra-from-string")
+    assert from_string["data"] == {"grpc-port": "50051"}
+    assert from_string["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+
+
+def grpc_ingress_rule(docs: list[dict]) -> dict:
+    np = one(docs, "NetworkPolicy")
+    return next(r for r in np["spec"]["ingress"] if any(p["port"] == 50051 for p in r["ports"]))
+
+
+def test_networkpolicy_data_plane_presets(helm):
+    np_on = ["--set", "networkPolicy.enabled=true"]
+    test_pod = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "portcullis",
+                                                "app.kubernetes.io/instance": RELEASE,
+                                                "app.kubernetes.io/component": "test"}}}
+
+    # Istio sidecars: Check comes from each meshed workload's own namespace.
+    rule = grpc_ingress_rule(render(helm, DEFAULT_SCENARIO, *np_on, "--set", "networkPolicy.dataPlane=istio-sidecar"))
+    assert rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"istio-injection": "enabled"}}},
+        {"namespaceSelector": {"matchExpressions": [{"key": "istio.io/rev", "operator": "Exists"}]}},
+        test_pod,
+    ]
+    rule = grpc_ingress_rule(render(helm, DEFAULT_SCENARIO, *np_on, "--set", "networkPolicy.dataPlane=istio-sidecar",
+                                    "--set", "networkPolicy.allowedNamespaces={orders,billing}"))
+    assert rule["from"][:2] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "orders"}}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "billing"}}},
+    ]
+
+    # Istio ambient: the waypoints call Check; HBONE on 15008; probes via the SNAT address.
+    docs = render(helm, DEFAULT_SCENARIO, *np_on, "--set", "networkPolicy.dataPlane=istio-ambient",
+                  "--set", "networkPolicy.allowedNamespaces={orders}")
+    rule = grpc_ingress_rule(docs)
+    assert {p["port"] for p in rule["ports"]} == {50051, 15008}
+    assert rule["from"][0] == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "orders"}},
+        "podSelector": {"matchLabels": {"gateway.istio.io/managed": "istio.io-mesh-controller"}},
+    }
+    assert {"ipBlock": {"cidr": "169.254.7.127/32"}} in rule["from"]
+
+    # Envoy Gateway: its proxies' namespace.
+    rule = grpc_ingress_rule(render(helm, DEFAULT_SCENARIO, *np_on, "--set", "networkPolicy.dataPlane=envoy-gateway"))
+    assert rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "envoy-gateway-system"}}}, test_pod]
+
+    # No preset and no peers: any source (the previous behaviour).
+    assert "from" not in grpc_ingress_rule(render(helm, DEFAULT_SCENARIO, *np_on))
+    # Selectors and raw peers combine.
+    rule = grpc_ingress_rule(render(helm, DEFAULT_SCENARIO, *np_on, "--set-json",
+                                    'networkPolicy.namespaceSelectors=[{"matchLabels":{"team":"shop"}}]',
+                                    "--set-json", 'networkPolicy.ingress.grpcFrom=[{"ipBlock":{"cidr":"10.0.0.0/8"}}]'))
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"team": "shop"}}},
+                            {"ipBlock": {"cidr": "10.0.0.0/8"}}, test_pod]
+    assert "istio" in render_error(helm, DEFAULT_SCENARIO, *np_on, "--set", "networkPolicy.dataPlane=linkerd")
+
+
+@pytest.mark.parametrize("preset", ["istio-sidecar", "istio-ambient", "envoy-gateway"])
+def test_networkpolicy_presets_validate(helm, kubernetes_validate, preset):
+    docs = render(helm, DEFAULT_SCENARIO, "--set", "networkPolicy.enabled=true",
+                  "--set", f"networkPolicy.dataPlane={preset}",
+                  "--set-json", 'networkPolicy.ingress.adminFrom=[{"namespaceSelector":{}}]')
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(one(docs, "NetworkPolicy"), version, strict=True)
+
+
+# --------------------------------------------------------------------------------------
+# The chart README's values table (helm-docs)
+
+HELM_DOCS_ARGS = ["--chart-search-root", str(CHART), "--sort-values-order", "file", "--log-level", "warning"]
+
+
+@pytest.fixture(scope="session")
+def helm_docs() -> str:
+    candidates = [os.environ.get("HELM_DOCS", ""), str(REPO / ".tools" / "bin" / "helm-docs"),
+                  shutil.which("helm-docs") or ""]
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    unavailable("helm-docs not found; run scripts/provision/helm-docs.sh")
+
+
+def test_readme_values_table_is_up_to_date(helm_docs):
+    proc = subprocess.run([helm_docs, "--dry-run", *HELM_DOCS_ARGS], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    committed = (CHART / "README.md").read_text()
+    assert proc.stdout.strip() == committed.strip(), (
+        "helm/portcullis/README.md is out of date with values.yaml / README.md.gotmpl; regenerate it with "
+        "`.tools/bin/helm-docs --chart-search-root helm/portcullis --sort-values-order file`")
+    # Every value with a `# --` comment has its description in the table.
+    for key in ("probes.type", "certificate.issuerRef.name", "prometheusRule.alerts.latencyHigh.p99Seconds",
+                "networkPolicy.dataPlane", "grafanaDashboard.labels", "extraObjects"):
+        assert re.search(rf"^\| {re.escape(key)} \|.*\| \S.* \|$", committed, re.M), f"{key} missing or undescribed"

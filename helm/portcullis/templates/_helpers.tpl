@@ -153,11 +153,41 @@ Call with (dict "root" $ "key" "apiKeys").
 {{- if and $s.existingSecret $s.files }}
 {{- fail (printf "secrets.%s: set existingSecret or files, not both" .key) }}
 {{- end }}
-{{- if $s.existingSecret }}
+{{- if and (eq .key "tls") .root.Values.certificate.enabled }}
+{{- if or $s.existingSecret $s.files }}
+{{- fail "certificate.enabled: the cert-manager Certificate's Secret is mounted at /etc/portcullis/secrets/tls/; leave secrets.tls.existingSecret and secrets.tls.files empty" }}
+{{- end }}
+{{- include "portcullis.certificateSecretName" .root }}
+{{- else if $s.existingSecret }}
 {{- $s.existingSecret }}
 {{- else if $s.files }}
 {{- printf "%s-%s" (include "portcullis.fullname" .root) $dir }}
 {{- end }}
+{{- end }}
+
+{{/*
+The cert-manager Certificate's Secret name.
+*/}}
+{{- define "portcullis.certificateSecretName" -}}
+{{- default (printf "%s-tls" (include "portcullis.fullname" .)) .Values.certificate.secretName }}
+{{- end }}
+
+{{/*
+DNS names of the gRPC listener's certificate (a YAML list): every in-cluster name of the
+Service (and of the headless Service, when enabled), then certificate.dnsNames.
+*/}}
+{{- define "portcullis.certificateDNSNames" -}}
+{{- $ns := include "portcullis.namespace" . }}
+{{- $domain := .Values.certificate.clusterDomain }}
+{{- $services := list (include "portcullis.fullname" .) }}
+{{- if .Values.service.headless.enabled }}
+{{- $services = append $services (printf "%s-headless" (include "portcullis.fullname" .)) }}
+{{- end }}
+{{- $names := list }}
+{{- range $services }}
+{{- $names = concat $names (list . (printf "%s.%s" . $ns) (printf "%s.%s.svc" . $ns) (printf "%s.%s.svc.%s" . $ns $domain)) }}
+{{- end }}
+{{- toYaml (concat $names .Values.certificate.dnsNames | uniq) }}
 {{- end }}
 
 {{/*
@@ -171,5 +201,57 @@ Name of the Secret behind secrets.env, or "" if none.
 {{- .Values.secrets.env.existingSecret }}
 {{- else if .Values.secrets.env.values }}
 {{- printf "%s-env" (include "portcullis.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+"true" when the config names at least one credential source: an issuer, an API key store,
+an htpasswd file, or a CA for client certificates. Without one every request would be
+denied, so the chart refuses to install (see portcullis.validate).
+*/}}
+{{- define "portcullis.hasCredentialSource" -}}
+{{- $c := .Values.config | default dict }}
+{{- $apiKeys := get $c "api_keys" | default dict }}
+{{- $basic := get $c "basic" | default dict }}
+{{- $certs := get $c "client_certificates" | default dict }}
+{{- $server := get $c "server" | default dict }}
+{{- $tls := get $server "tls" | default dict }}
+{{- if or (get $c "issuers") (get $apiKeys "file") (get $apiKeys "postgres") (get $basic "htpasswd_file") (get $certs "ca_files") (get $tls "client_ca_file") }}true{{ end }}
+{{- end }}
+
+{{/*
+Checks across values that the schema cannot express; fails the install with a message
+that says what to set.
+*/}}
+{{- define "portcullis.validate" -}}
+{{- if .Values.certificate.enabled }}
+{{- $server := .Values.config.server | default dict }}
+{{- $tls := get $server "tls" | default dict }}
+{{- $dir := "/etc/portcullis/secrets/tls/" }}
+{{- if not (and (hasPrefix $dir (toString (get $tls "cert_file"))) (hasPrefix $dir (toString (get $tls "key_file")))) }}
+{{- fail `
+
+certificate.enabled: the Certificate's Secret is mounted at /etc/portcullis/secrets/tls/,
+but config.server.tls does not use it. Set:
+  config:
+    server:
+      tls:
+        cert_file: /etc/portcullis/secrets/tls/tls.crt
+        key_file: /etc/portcullis/secrets/tls/tls.key` }}
+{{- end }}
+{{- end }}
+{{- if not (include "portcullis.hasCredentialSource" .) }}
+{{- fail `
+
+portcullis: no credential source is configured, so every request would be denied.
+Set at least one of:
+  config.issuers                        JWT / OAuth2 issuers (discovery, jwks_uri, jwks_file,
+                                        public_key_files, hmac_secret or introspection)
+  config.api_keys.file / .postgres      API key stores
+  config.basic.htpasswd_file            HTTP Basic
+  config.client_certificates.ca_files   client certificates (or config.server.tls.client_ca_file)
+For example:  --set config.issuers[0].name=corp --set config.issuers[0].issuer=https://login.example.com
+              --set config.issuers[0].discovery=true
+See docs/deployment.md ("Installing") in the Portcullis repository.` }}
 {{- end }}
 {{- end }}
