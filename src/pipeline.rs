@@ -408,6 +408,7 @@ struct CanonicalTarget {
 
 impl CanonicalTarget {
     fn of(resource: &Resource<'_>, headers: &HashMap<String, String>) -> Result<Self, Denial> {
+        refuse_method_override(resource.http_method, headers)?;
         let path = canonical_path(resource.path)?;
         let host = canonical_host(resource.host)?;
         let grpc = if resource.grpc_service.is_empty() && resource.grpc_method.is_empty() {
@@ -431,6 +432,30 @@ impl CanonicalTarget {
             ..*raw
         }
     }
+}
+
+/// Headers some frameworks read as the request's real method: a request whose method they
+/// contradict would be decided as one method and served as another.
+const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+fn refuse_method_override(method: &str, headers: &HashMap<String, String>) -> Result<(), Denial> {
+    let contradicts = headers.iter().any(|(name, value)| {
+        METHOD_OVERRIDE_HEADERS
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h))
+            && !value.trim().eq_ignore_ascii_case(method)
+    });
+    if contradicts {
+        return Err(Denial::new(
+            Reason::MalformedRequest,
+            "a method-override header names another method than the request's",
+        ));
+    }
+    Ok(())
 }
 
 /// gRPC through Envoy: `POST /package.Service/Method` (content-type application/grpc, or a

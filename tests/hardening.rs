@@ -445,6 +445,16 @@ authorization:
             "host {host}"
         );
     }
+    // A method-override header naming another method is refused: the upstream might serve
+    // the request as that method.
+    for (override_header, status) in [("DELETE", 400), ("get", 200)] {
+        let headers = [
+            ("authorization", token.as_str()),
+            ("x-http-method-override", override_header),
+        ];
+        let response = check(&mut envoy, check_request("GET", "/x", &headers)).await;
+        assert_eq!(verdict(&response).0, status, "override {override_header}");
+    }
     // Authorize canonicalizes the same way.
     let mut auth = client(&running).await;
     let response = auth
@@ -920,4 +930,36 @@ issuers:
     assert_eq!(reason(&response), Some(Reason::UpstreamUnavailable));
     assert_eq!(keys_hits.calls.load(Ordering::SeqCst), before);
     running.shutdown().await.unwrap();
+}
+
+/// The verified-token cache is bounded in estimated bytes (`cache.max_bytes`) as well as in
+/// entries: large tokens cannot pin memory by count.
+#[tokio::test]
+async fn the_token_cache_is_bounded_in_bytes_and_in_entries() {
+    let f = Fixture::new();
+    let padding = "p".repeat(5 * 1024);
+    for (cache, tokens, at_most) in [
+        // ~7 KB tokens weigh ~58 KiB each: 256 KiB holds at most 4 of them.
+        ("{max_entries: 100000, max_bytes: 262144}", 40, 5),
+        // Small tokens: the entry bound holds.
+        ("{max_entries: 10, max_bytes: 67108864}", 40, 10),
+    ] {
+        let running = start(&format!("{}cache: {cache}\n", issuer_yaml(&f.jwks_path))).await;
+        let mut auth = client(&running).await;
+        for i in 0..tokens {
+            let patch = if at_most == 10 {
+                json!({"jti": format!("t{i}")})
+            } else {
+                json!({"jti": format!("t{i}"), "pad": padding})
+            };
+            let response = authenticate(&mut auth, &f.token(patch)).await;
+            assert!(response.authenticated, "{:?}", response.denial);
+        }
+        let cached = running.shared.pipeline.load().jwt().cached_tokens();
+        assert!(
+            (1..=at_most).contains(&cached),
+            "{cache}: {cached} tokens cached, at most {at_most}"
+        );
+        running.shutdown().await.unwrap();
+    }
 }
