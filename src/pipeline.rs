@@ -402,6 +402,8 @@ fn refuse_audience(audience: &str, kind: CredentialType) -> Result<(), Denial> {
 /// derived from `POST /package.Service/Method`).
 struct CanonicalTarget {
     path: String,
+    /// `path` with its trailing slash toggled, for deny rules.
+    alternate_path: String,
     host: String,
     grpc: Option<(usize, usize)>,
 }
@@ -416,7 +418,17 @@ impl CanonicalTarget {
         } else {
             None
         };
-        Ok(Self { path, host, grpc })
+        let alternate_path = match path.strip_suffix('/') {
+            Some("") => String::new(),
+            Some(without) => without.to_owned(),
+            None => format!("{path}/"),
+        };
+        Ok(Self {
+            path,
+            alternate_path,
+            host,
+            grpc,
+        })
     }
 
     fn resource<'a>(&'a self, raw: &Resource<'a>) -> Resource<'a> {
@@ -428,6 +440,7 @@ impl CanonicalTarget {
             grpc_service,
             grpc_method,
             path: &self.path,
+            alternate_path: &self.alternate_path,
             host: &self.host,
             ..*raw
         }

@@ -21,6 +21,30 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `check-config --offline` (the check for Helm-rendered config) compiles every glob and CEL
+/// expression, as `serve` does.
+#[test]
+fn offline_check_compiles_globs_and_cel() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.yaml");
+    std::fs::write(
+        &path,
+        "authorization:\n  rules:\n    - name: bad-glob\n      match: {http: {paths: [\"/a/[\"]}}\n    - name: bad-cel\n      require: {cel: \"claims.x ==\"}\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--offline", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad-glob") && stderr.contains("bad-cel"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn check_config_reports_every_error_and_exits_64() {
     let dir = tempfile::tempdir().unwrap();
@@ -250,6 +274,36 @@ fn authenticate_cli_prints_json_and_sets_the_exit_code() {
     let server = serve_quickstart();
     let addr = format!("http://127.0.0.1:{}", server.grpc);
     let token = quickstart_token(&["--claim", "roles=[\"admin\"]"]);
+
+    // HOST:PORT without a scheme is plaintext; unknown schemes and reasons are refused.
+    let bare = format!("127.0.0.1:{}", server.grpc);
+    let out = Command::new(BIN)
+        .args(["authenticate", "--addr", &bare, "--token", &token])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (args, expected) in [
+        (vec!["--addr", "ftp://127.0.0.1:1"], "unsupported scheme"),
+        (vec!["--addr", "localhost"], "HOST:PORT"),
+        (
+            vec!["--expect-reason", "MISSING_CREDENTIALS"],
+            "unknown reason code",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .arg("authenticate")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
 
     let out = Command::new(BIN)
         .args(["authenticate", "--addr", &addr, "--token", &token])

@@ -287,6 +287,12 @@ authorization:
     - name: admin-host-off
       match: {{ http: {{ hosts: ["admin.example"] }} }}
       effect: deny
+    - name: exact-off
+      match: {{ http: {{ paths: ["/exact/"] }} }}
+      effect: deny
+    - name: exact-off-too
+      match: {{ http: {{ paths: ["/exact"] }} }}
+      effect: deny
     - name: admin-grpc-off
       match: {{ grpc: {{ services: ["acme.admin.v1.*"] }} }}
       effect: deny
@@ -387,6 +393,34 @@ authorization:
             "//internal//x",
             signed_in,
             (403, Some("POLICY_DENIED")),
+        ),
+        (
+            "trailing slash added",
+            "GET",
+            "/exact",
+            signed_in,
+            (403, Some("POLICY_DENIED")),
+        ),
+        (
+            "trailing slash removed",
+            "GET",
+            "/exact/",
+            signed_in,
+            (403, Some("POLICY_DENIED")),
+        ),
+        (
+            "trailing slash on a glob",
+            "GET",
+            "/internal",
+            signed_in,
+            (403, Some("POLICY_DENIED")),
+        ),
+        (
+            "trailing slash: allow rules match the canonical path",
+            "GET",
+            "/public",
+            anonymous,
+            (401, Some("MISSING_CREDENTIAL")),
         ),
         (
             "jsessionid parameter",

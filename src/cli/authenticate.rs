@@ -11,8 +11,8 @@ use crate::pb::{self, auth_client::AuthClient};
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("credential").multiple(false))]
 pub struct AuthenticateArgs {
-    /// Server address, e.g. http://127.0.0.1:50051.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    /// Server address: http://HOST:PORT, https://HOST:PORT, or HOST:PORT (plaintext).
+    #[arg(long, default_value = "http://127.0.0.1:50051", value_parser = parse_addr)]
     addr: String,
     /// A bearer token (JWT or opaque).
     #[arg(long, group = "credential")]
@@ -30,7 +30,7 @@ pub struct AuthenticateArgs {
     #[arg(long, default_value = "")]
     audience: String,
     /// Exit 0 only if the server denies with this reason (for probes and `helm test`).
-    #[arg(long, value_name = "REASON")]
+    #[arg(long, value_name = "REASON", value_parser = parse_reason)]
     expect_reason: Option<String>,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 10)]
@@ -47,6 +47,28 @@ pub struct AuthenticateArgs {
     /// Server name to verify, when it differs from the host in --addr.
     #[arg(long)]
     tls_server_name: Option<String>,
+}
+
+/// `HOST:PORT` without a scheme means plaintext `http://`; other schemes are refused.
+fn parse_addr(addr: &str) -> Result<String, String> {
+    match addr.split_once("://") {
+        Some(("http" | "https", rest)) if !rest.is_empty() => Ok(addr.to_owned()),
+        Some((scheme, _)) => Err(format!(
+            "unsupported scheme {scheme:?}: use http://HOST:PORT, https://HOST:PORT or HOST:PORT"
+        )),
+        None if addr.contains(':') => Ok(format!("http://{addr}")),
+        None => Err("expected HOST:PORT, http://HOST:PORT or https://HOST:PORT".to_owned()),
+    }
+}
+
+/// A reason code as the server names it (SPEC §2), e.g. MISSING_CREDENTIAL.
+fn parse_reason(name: &str) -> Result<String, String> {
+    match pb::Reason::from_str_name(name) {
+        Some(reason) if reason != pb::Reason::Unspecified => Ok(name.to_owned()),
+        _ => Err(format!(
+            "unknown reason code {name:?}; see docs/reasons.md (e.g. MISSING_CREDENTIAL)"
+        )),
+    }
 }
 
 pub fn run(args: AuthenticateArgs) -> ExitCode {

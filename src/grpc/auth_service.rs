@@ -104,6 +104,7 @@ impl pb::auth_server::Auth for AuthService {
                 http_method: resource.map_or("", |r| r.http_method.as_str()),
                 host: resource.map_or("", |r| r.host.as_str()),
                 path: resource.map_or("", |r| r.path.as_str()),
+                alternate_path: "",
                 context_extensions: resource.map(|r| &r.attributes),
             },
             client_certificate_pem: &request.client_certificate_pem,

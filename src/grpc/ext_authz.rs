@@ -122,6 +122,7 @@ pub async fn check(pipeline: &Pipeline, request: &CheckRequest) -> CheckResponse
             http_method: method,
             host: http.map_or("", |h| h.host.as_str()),
             path: raw_path,
+            alternate_path: "",
             context_extensions: attributes.map(|a| &a.context_extensions),
         },
     };

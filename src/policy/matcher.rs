@@ -50,7 +50,10 @@ pub(super) struct Matcher {
 }
 
 impl Matcher {
-    pub(super) fn matches(&self, resource: &Resource<'_>) -> bool {
+    /// Whether this `match` applies. `deny`: also try the path with its trailing slash
+    /// toggled, since many servers serve `/a` and `/a/` alike: a deny rule for one must
+    /// catch the other (allow rules match the canonical path only).
+    pub(super) fn matches(&self, resource: &Resource<'_>, deny: bool) -> bool {
         self.grpc_services.matches(resource.grpc_service)
             && self.grpc_methods.matches(resource.grpc_method)
             && self.hosts.matches(resource.host)
@@ -59,7 +62,10 @@ impl Matcher {
                     .http_methods
                     .iter()
                     .any(|m| m.eq_ignore_ascii_case(resource.http_method)))
-            && self.paths.matches(resource.path)
+            && (self.paths.matches(resource.path)
+                || (deny
+                    && !resource.alternate_path.is_empty()
+                    && self.paths.matches(resource.alternate_path)))
             && self.context_extensions.iter().all(|(key, value)| {
                 resource.context_extensions.and_then(|ext| ext.get(key)) == Some(value)
             })

@@ -35,6 +35,9 @@ pub struct Resource<'a> {
     pub host: &'a str,
     /// Canonical path without query string (see [`canonical_path`]).
     pub path: &'a str,
+    /// The canonical path with its trailing slash toggled (`/a/` for `/a`), which deny
+    /// rules also match; empty: none.
+    pub alternate_path: &'a str,
     pub context_extensions: Option<&'a HashMap<String, String>>,
 }
 
@@ -128,7 +131,7 @@ impl Policy {
     ) -> impl Iterator<Item = &'p Rule> + 'p {
         self.rules
             .iter()
-            .filter(move |rule| rule.matcher.matches(resource))
+            .filter(move |rule| rule.matcher.matches(resource, false))
     }
 
     /// Whether an enforced rule matching `resource` accepts credentials in the query string.
@@ -186,8 +189,11 @@ impl Policy {
         required_scopes: &[String],
     ) -> Verdict {
         let rules = |effect: Effect| {
-            self.matching(resource)
-                .filter(move |rule| rule.mode == mode && rule.effect == effect)
+            self.rules.iter().filter(move |rule| {
+                rule.mode == mode
+                    && rule.effect == effect
+                    && rule.matcher.matches(resource, effect == Effect::Deny)
+            })
         };
         // 1. Without a verified principal, only an anonymous rule can let the request on.
         let mut anonymous_rule = None;
