@@ -370,6 +370,19 @@ async fn a_burst_beyond_the_in_flight_limit_is_shed_at_once() {
     );
     assert!(shed >= 8, "the rest were shed ({shed})");
     let metrics = http_get(&server.admin, "/metrics").unwrap();
+    let lower = metrics.to_ascii_lowercase();
+    assert!(
+        lower.contains("content-type: application/openmetrics-text"),
+        "{metrics}"
+    );
+    for family in [
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_cpu_seconds_total ",
+        "portcullis_build_info{version=",
+    ] {
+        assert!(metrics.contains(family), "{family} exported");
+    }
     assert!(
         metrics
             .lines()

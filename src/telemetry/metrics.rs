@@ -68,6 +68,11 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShadowLabels {
     pub rule: String,
     pub decision: Outcome,
@@ -101,7 +106,20 @@ fn latency_histogram() -> Histogram {
 
 impl Metrics {
     fn new() -> Self {
-        let mut registry = Registry::with_prefix("portcullis");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(super::process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("portcullis");
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "The running build: 1, labelled with its version",
+            build_info,
+        );
         let requests = Family::default();
         registry.register(
             "requests",
@@ -192,7 +210,7 @@ impl Metrics {
             shadow_decisions.clone(),
         );
         Self {
-            registry,
+            registry: root,
             requests,
             request_duration,
             cache_lookups,

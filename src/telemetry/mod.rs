@@ -4,6 +4,7 @@
 //! Nothing secret is ever recorded: credentials appear only as a short digest.
 
 pub mod metrics;
+pub mod process;
 
 use std::collections::HashMap;
 
