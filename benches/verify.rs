@@ -20,7 +20,7 @@ const AUD: &str = "api://bench";
 
 fn verifier(key: &TestKey, max_ttl: Duration) -> JwtVerifier {
     let keys = KeySet::from_jwks(jwks(&[key]).to_string().as_bytes(), &[], true).unwrap();
-    let config: IssuerConfig = serde_yaml::from_str(&format!(
+    let config: IssuerConfig = serde_norway::from_str(&format!(
         "{{name: bench, issuer: '{ISS}', jwks_file: unused, audiences: ['{AUD}']}}"
     ))
     .unwrap();

@@ -126,7 +126,8 @@ async fn spans_are_exported_with_parents_and_attributes_and_no_secrets() {
     );
 
     let telemetry_config: portcullis::config::TelemetryConfig =
-        serde_yaml::from_str(&format!("{{log_level: info, otlp_endpoint: '{endpoint}'}}")).unwrap();
+        serde_norway::from_str(&format!("{{log_level: info, otlp_endpoint: '{endpoint}'}}"))
+            .unwrap();
     let guard = portcullis::telemetry::init(&telemetry_config).unwrap();
 
     let key = TestKey::new(ES256, "k1");

@@ -179,7 +179,7 @@ fn generate(args: GenerateArgs) -> ExitCode {
     if let Some((_, at)) = expires_at {
         entry["expires_at"] = Value::String(humantime::format_rfc3339_seconds(at).to_string());
     }
-    let yaml = serde_yaml::to_string(&serde_json::json!({ "keys": [entry] })).unwrap_or_default();
+    let yaml = serde_norway::to_string(&serde_json::json!({ "keys": [entry] })).unwrap_or_default();
     println!("API key (shown once; only its SHA-256 is stored):\n{key}\n");
     println!("# api_keys.file entry:\n{yaml}");
     println!(

@@ -7,7 +7,7 @@
 use std::{fmt, path::Path};
 
 use serde::de::DeserializeOwned;
-use serde_yaml::Value;
+use serde_norway::Value;
 
 use super::types::*;
 use crate::jwt::Algorithm;
@@ -59,7 +59,7 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
 /// that when it builds key material (see `pipeline::Pipeline::build`).
 pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
-    let root: Value = match serde_yaml::from_str(text) {
+    let root: Value = match serde_norway::from_str(text) {
         Ok(Value::Null) => Value::Mapping(Default::default()),
         Ok(value) => value,
         Err(err) => {

@@ -142,7 +142,7 @@ mod tests {
             "{a: 271828}",
             "~",
         ] {
-            let err = serde_yaml::from_str::<SecretRef>(yaml)
+            let err = serde_norway::from_str::<SecretRef>(yaml)
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("must be a string"), "{yaml}: {err}");
@@ -158,7 +158,7 @@ mod tests {
             }
         }
         assert_eq!(
-            serde_yaml::from_str::<SecretRef>("\"123456\"").unwrap(),
+            serde_norway::from_str::<SecretRef>("\"123456\"").unwrap(),
             SecretRef::Inline("123456".to_owned())
         );
     }

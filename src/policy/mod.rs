@@ -518,7 +518,7 @@ mod tests {
     }
 
     fn policy(yaml: &str) -> Policy {
-        let config: AuthorizationConfig = serde_yaml::from_str(yaml).unwrap();
+        let config: AuthorizationConfig = serde_norway::from_str(yaml).unwrap();
         Policy::build(&config).unwrap_or_else(|e| panic!("{e:?}"))
     }
 
@@ -680,7 +680,7 @@ rules:
 
     #[test]
     fn bad_rules_are_config_errors_naming_the_rule() {
-        let config: AuthorizationConfig = serde_yaml::from_str(
+        let config: AuthorizationConfig = serde_norway::from_str(
             r#"
 rules:
   - name: broken-cel

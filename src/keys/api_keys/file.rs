@@ -84,7 +84,7 @@ impl FileStore {
         let document: Document = if text.trim().is_empty() {
             Document { keys: Vec::new() }
         } else {
-            serde_yaml::from_str(text).map_err(|err| format!("invalid key file: {err}"))?
+            serde_norway::from_str(text).map_err(|err| format!("invalid key file: {err}"))?
         };
         let mut by_digest = HashMap::with_capacity(document.keys.len());
         let mut ids = HashSet::new();
