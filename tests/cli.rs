@@ -21,6 +21,50 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `keys generate` needs a subject and prints the format asked for.
+#[test]
+fn keys_generate_prints_the_format_asked_for() {
+    let missing = Command::new(BIN)
+        .args(["keys", "generate"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2), "no silent default subject");
+    let generate = |format: &str| {
+        let out = Command::new(BIN)
+            .args([
+                "keys",
+                "generate",
+                "--subject",
+                "billing",
+                "--scopes",
+                "orders:read",
+                "--format",
+                format,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{format}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json: serde_json::Value = serde_json::from_str(&generate("json")).unwrap();
+    let key = json["key"].as_str().unwrap();
+    assert!(key.starts_with("pcl_"));
+    assert_eq!(json["file_entry"]["subject"], "billing");
+    assert!(json["sql"].as_str().unwrap().starts_with("INSERT"));
+    let yaml = generate("yaml");
+    assert!(
+        yaml.starts_with("# API key (shown once): pcl_")
+            && yaml.contains("sha256:")
+            && !yaml.contains("INSERT")
+    );
+    let sql = generate("sql");
+    assert!(
+        sql.starts_with("-- API key (shown once): pcl_")
+            && sql.contains("INSERT")
+            && !sql.contains("sha256:")
+    );
+}
+
 /// `check-config --offline` (the check for Helm-rendered config) compiles every glob and CEL
 /// expression, as `serve` does.
 #[test]

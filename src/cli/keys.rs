@@ -38,8 +38,8 @@ pub struct GenerateArgs {
     /// Key prefix (1-16 lower-case letters or digits); must match `api_keys.prefix`.
     #[arg(long, default_value = "pcl")]
     prefix: String,
-    /// The principal's subject.
-    #[arg(long, default_value = "example-client")]
+    /// The principal's subject (who the key authenticates as).
+    #[arg(long)]
     subject: String,
     /// Scopes, comma- or space-separated; repeatable.
     #[arg(long, value_delimiter = ',')]
@@ -50,6 +50,18 @@ pub struct GenerateArgs {
     /// Record id (default: random).
     #[arg(long)]
     id: Option<String>,
+    /// Output: `text` (the key, the file entry and the SQL, for people), `yaml` (the file
+    /// entry, the key in a comment), `sql` (the INSERT, the key in a comment) or `json`.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    format: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Yaml,
+    Sql,
+    Json,
 }
 
 /// Where the database is: a URL, or the `api_keys.postgres.url` of a config file.
@@ -179,12 +191,21 @@ fn generate(args: GenerateArgs) -> ExitCode {
     if let Some((_, at)) = expires_at {
         entry["expires_at"] = Value::String(humantime::format_rfc3339_seconds(at).to_string());
     }
-    let yaml = serde_norway::to_string(&serde_json::json!({ "keys": [entry] })).unwrap_or_default();
-    println!("API key (shown once; only its SHA-256 is stored):\n{key}\n");
-    println!("# api_keys.file entry:\n{yaml}");
-    println!(
-        "-- api_keys.postgres:\n{}",
-        postgres::insert_statement(&sha256, &record)
-    );
+    let yaml =
+        serde_norway::to_string(&serde_json::json!({ "keys": [&entry] })).unwrap_or_default();
+    let sql = postgres::insert_statement(&sha256, &record);
+    match args.format {
+        OutputFormat::Text => {
+            println!("API key (shown once; only its SHA-256 is stored):\n{key}\n");
+            println!("# api_keys.file entry:\n{yaml}");
+            println!("-- api_keys.postgres:\n{sql}");
+        }
+        OutputFormat::Yaml => println!("# API key (shown once): {key}\n{yaml}"),
+        OutputFormat::Sql => println!("-- API key (shown once): {key}\n{sql}"),
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::json!({"key": key, "file_entry": entry, "sql": sql})
+        ),
+    }
     ExitCode::SUCCESS
 }
