@@ -33,56 +33,98 @@ pub enum Reason {
     Overloaded,
 }
 
-/// Which RFC 6750 `error=` a challenge carries, if any.
+/// The `WWW-Authenticate` challenge a denial carries, if any (RFC 6750 §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ChallengeError {
-    None,
+pub enum Challenge {
+    /// No challenge at all.
+    Absent,
+    /// `Bearer realm="..."` without an `error`.
+    Plain,
     InvalidToken,
     InvalidRequest,
     InsufficientScope,
 }
 
+/// How one reason is answered on every surface: the HTTP status of an HTTP-facing deny, the
+/// gRPC code of Envoy's `CheckResponse.status`, and the challenge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReasonRow {
+    pub http_status: u16,
+    pub grpc_code: tonic::Code,
+    pub challenge: Challenge,
+}
+
+const fn row(http_status: u16, grpc_code: tonic::Code, challenge: Challenge) -> ReasonRow {
+    ReasonRow {
+        http_status,
+        grpc_code,
+        challenge,
+    }
+}
+
 impl Reason {
+    /// Every reason, in the order of the reason table (docs/reasons.md).
+    pub const ALL: [Reason; 21] = [
+        Reason::MissingCredential,
+        Reason::MalformedCredential,
+        Reason::AmbiguousCredential,
+        Reason::UnsupportedCredential,
+        Reason::InvalidSignature,
+        Reason::UnknownKey,
+        Reason::DisallowedAlgorithm,
+        Reason::Expired,
+        Reason::NotYetValid,
+        Reason::UntrustedIssuer,
+        Reason::AudienceMismatch,
+        Reason::InvalidClaims,
+        Reason::Revoked,
+        Reason::Inactive,
+        Reason::CertificateMismatch,
+        Reason::InsufficientScope,
+        Reason::PolicyDenied,
+        Reason::RateLimited,
+        Reason::UpstreamUnavailable,
+        Reason::MalformedRequest,
+        Reason::Overloaded,
+    ];
+
     /// The reason's stable name, as in SPEC §2.
     pub fn as_str(self) -> &'static str {
         self.to_proto().as_str_name()
     }
 
-    /// The HTTP status an HTTP-facing surface answers with (SPEC §2 table).
+    /// The one row of the reason table every surface reads (SPEC §2, docs/reasons.md).
+    pub const fn row(self) -> ReasonRow {
+        use Challenge::*;
+        use tonic::Code::*;
+        match self {
+            Reason::MissingCredential => row(401, Unauthenticated, Plain),
+            Reason::MalformedCredential => row(401, Unauthenticated, InvalidToken),
+            Reason::AmbiguousCredential => row(400, InvalidArgument, InvalidRequest),
+            Reason::UnsupportedCredential => row(401, Unauthenticated, Plain),
+            Reason::InvalidSignature => row(401, Unauthenticated, InvalidToken),
+            Reason::UnknownKey => row(401, Unauthenticated, InvalidToken),
+            Reason::DisallowedAlgorithm => row(401, Unauthenticated, InvalidToken),
+            Reason::Expired => row(401, Unauthenticated, InvalidToken),
+            Reason::NotYetValid => row(401, Unauthenticated, InvalidToken),
+            Reason::UntrustedIssuer => row(401, Unauthenticated, InvalidToken),
+            Reason::AudienceMismatch => row(401, Unauthenticated, InvalidToken),
+            Reason::InvalidClaims => row(401, Unauthenticated, InvalidToken),
+            Reason::Revoked => row(401, Unauthenticated, InvalidToken),
+            Reason::Inactive => row(401, Unauthenticated, InvalidToken),
+            Reason::CertificateMismatch => row(401, Unauthenticated, InvalidToken),
+            Reason::InsufficientScope => row(403, PermissionDenied, InsufficientScope),
+            Reason::PolicyDenied => row(403, PermissionDenied, Absent),
+            Reason::RateLimited => row(429, ResourceExhausted, Absent),
+            Reason::UpstreamUnavailable => row(503, Unavailable, Absent),
+            Reason::MalformedRequest => row(400, InvalidArgument, Absent),
+            Reason::Overloaded => row(503, Unavailable, Absent),
+        }
+    }
+
+    /// The HTTP status an HTTP-facing surface answers with.
     pub fn http_status(self) -> u16 {
-        match self {
-            Reason::AmbiguousCredential | Reason::MalformedRequest => 400,
-            Reason::InsufficientScope | Reason::PolicyDenied => 403,
-            Reason::RateLimited => 429,
-            Reason::UpstreamUnavailable | Reason::Overloaded => 503,
-            _ => 401,
-        }
-    }
-
-    fn challenge_error(self) -> ChallengeError {
-        match self {
-            Reason::MissingCredential | Reason::UnsupportedCredential => ChallengeError::None,
-            Reason::AmbiguousCredential => ChallengeError::InvalidRequest,
-            Reason::InsufficientScope => ChallengeError::InsufficientScope,
-            Reason::PolicyDenied
-            | Reason::RateLimited
-            | Reason::UpstreamUnavailable
-            | Reason::MalformedRequest
-            | Reason::Overloaded => ChallengeError::None,
-            _ => ChallengeError::InvalidToken,
-        }
-    }
-
-    /// Whether the response carries a `WWW-Authenticate` challenge at all.
-    fn has_challenge(self) -> bool {
-        !matches!(
-            self,
-            Reason::PolicyDenied
-                | Reason::RateLimited
-                | Reason::UpstreamUnavailable
-                | Reason::MalformedRequest
-                | Reason::Overloaded
-        )
+        self.row().http_status
     }
 
     pub fn to_proto(self) -> pb::Reason {
@@ -158,21 +200,22 @@ impl Denial {
     /// The `WWW-Authenticate` value for this denial (RFC 6750 §3, RFC 7617 §2), or empty when
     /// the reason carries no challenge.
     pub fn www_authenticate(&self, realm: &str) -> String {
-        if !self.reason.has_challenge() {
+        let challenge = self.reason.row().challenge;
+        if challenge == Challenge::Absent {
             return String::new();
         }
         let realm = quoted_string_safe(realm);
         match self.scheme {
             Scheme::Basic => format!("Basic realm=\"{realm}\", charset=\"UTF-8\""),
-            Scheme::Bearer => match self.reason.challenge_error() {
-                ChallengeError::None => format!("Bearer realm=\"{realm}\""),
-                ChallengeError::InvalidToken => {
+            Scheme::Bearer => match challenge {
+                Challenge::Absent | Challenge::Plain => format!("Bearer realm=\"{realm}\""),
+                Challenge::InvalidToken => {
                     format!("Bearer realm=\"{realm}\", error=\"invalid_token\"")
                 }
-                ChallengeError::InvalidRequest => {
+                Challenge::InvalidRequest => {
                     format!("Bearer realm=\"{realm}\", error=\"invalid_request\"")
                 }
-                ChallengeError::InsufficientScope => format!(
+                Challenge::InsufficientScope => format!(
                     "Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{}\"",
                     quoted_string_safe(&self.missing_scopes.join(" "))
                 ),
@@ -435,6 +478,45 @@ mod tests {
         let challenge =
             Denial::new(Reason::MissingCredential, "x").www_authenticate("a\"b\r\nX-Evil: 1");
         assert_eq!(challenge, "Bearer realm=\"abX-Evil: 1\"");
+    }
+
+    /// Every reason has exactly one row in docs/reasons.md, and the row says what the code
+    /// does: HTTP status, Check's gRPC code, and the challenge.
+    #[test]
+    fn every_reason_matches_its_row_in_the_reason_table() {
+        let table = include_str!("../docs/reasons.md");
+        let proto_reasons = (1..).map_while(|n| pb::Reason::try_from(n).ok()).count();
+        assert_eq!(
+            Reason::ALL.len(),
+            proto_reasons,
+            "Reason::ALL covers the proto"
+        );
+        for reason in Reason::ALL {
+            let name = format!("| `{}` |", reason.as_str());
+            let rows: Vec<&str> = table.lines().filter(|l| l.starts_with(&name)).collect();
+            assert_eq!(rows.len(), 1, "{name} appears once in docs/reasons.md");
+            let cells: Vec<&str> = rows[0].split('|').map(str::trim).collect();
+            let row = reason.row();
+            assert_eq!(cells[3], row.http_status.to_string(), "{name} HTTP status");
+            let code = match row.grpc_code {
+                tonic::Code::Unauthenticated => "`UNAUTHENTICATED`",
+                tonic::Code::InvalidArgument => "`INVALID_ARGUMENT`",
+                tonic::Code::PermissionDenied => "`PERMISSION_DENIED`",
+                tonic::Code::ResourceExhausted => "`RESOURCE_EXHAUSTED`",
+                tonic::Code::Unavailable => "`UNAVAILABLE`",
+                other => panic!("{name}: unexpected code {other:?}"),
+            };
+            assert_eq!(cells[4], code, "{name} gRPC code");
+            let challenge = cells[5];
+            let documented = match row.challenge {
+                Challenge::Absent => challenge == "none",
+                Challenge::Plain => challenge.contains("realm") && !challenge.contains("error="),
+                Challenge::InvalidToken => challenge.contains("error=\"invalid_token\""),
+                Challenge::InvalidRequest => challenge.contains("error=\"invalid_request\""),
+                Challenge::InsufficientScope => challenge.contains("error=\"insufficient_scope\""),
+            };
+            assert!(documented, "{name} challenge: {challenge}");
+        }
     }
 
     #[test]

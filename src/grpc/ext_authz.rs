@@ -222,14 +222,8 @@ pub fn overloaded() -> CheckResponse {
 }
 
 fn denied(denial: &Denial, rule: &str, realm: &str) -> CheckResponse {
-    let status = denial.reason.http_status();
-    let grpc_code = match status {
-        400 => tonic::Code::InvalidArgument,
-        403 => tonic::Code::PermissionDenied,
-        429 => tonic::Code::ResourceExhausted,
-        503 => tonic::Code::Unavailable,
-        _ => tonic::Code::Unauthenticated,
-    };
+    let row = denial.reason.row();
+    let (status, grpc_code) = (row.http_status, row.grpc_code);
     let mut headers = vec![header(
         "content-type",
         "application/json",
