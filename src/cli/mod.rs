@@ -42,6 +42,8 @@ enum Command {
         #[arg(long)]
         offline: bool,
     },
+    /// Print the JSON Schema of the configuration file (for editors and the Helm chart).
+    ConfigSchema,
     /// Work with tokens.
     Token {
         #[command(subcommand)]
@@ -63,6 +65,16 @@ impl Cli {
         match self.command {
             Command::Serve { config } => serve(config),
             Command::CheckConfig { config, offline } => check_config(&config, offline),
+            Command::ConfigSchema => match serde_json::to_string_pretty(&config::json_schema()) {
+                Ok(schema) => {
+                    println!("{schema}");
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("cannot print the schema: {err}");
+                    ExitCode::FAILURE
+                }
+            },
             Command::Token { command } => token::run(command),
             Command::Authenticate(args) => authenticate::run(args),
             Command::Keys { command } => keys::run(command),

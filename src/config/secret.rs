@@ -67,6 +67,19 @@ impl<'de> Deserialize<'de> for SecretRef {
     }
 }
 
+impl schemars::JsonSchema for SecretRef {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SecretRef".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A secret: env:NAME (an environment variable), file:/path (a file), or a literal string (keep secrets out of config files).",
+            "type": "string"
+        })
+    }
+}
+
 /// Accepts a string only, and never echoes a value of another type: serde's own "invalid
 /// type" error would quote it (an all-digit secret is a YAML number).
 struct SecretVisitor;

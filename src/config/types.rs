@@ -3,12 +3,14 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 
 use super::{secret::SecretRef, verifiers::*};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, JsonSchema)]
+#[schemars(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
     pub issuers: Vec<IssuerConfig>,
@@ -22,12 +24,14 @@ pub struct Config {
     pub client_certificates: ClientCertificatesConfig,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[schemars(deny_unknown_fields)]
 #[serde(default)]
 pub struct ServerConfig {
     pub grpc_listen: SocketAddr,
     pub admin_listen: SocketAddr,
     /// How long in-flight requests may take to finish after SIGTERM.
+    #[schemars(schema_with = "duration_schema")]
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
     /// TLS on the gRPC listener (restart to change).
@@ -49,7 +53,8 @@ impl Default for ServerConfig {
 }
 
 /// `server.limits`: what one client, or all of them together, may hold.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[schemars(deny_unknown_fields)]
 #[serde(default)]
 pub struct LimitsConfig {
     /// Open gRPC connections at most; further ones wait in the listen backlog.
@@ -64,19 +69,24 @@ pub struct LimitsConfig {
     /// at once with RESOURCE_EXHAUSTED (Check: a 503 deny with reason OVERLOADED).
     pub max_in_flight: usize,
     /// Longest time one request may take, reading its message included.
+    #[schemars(schema_with = "duration_schema")]
     #[serde(deserialize_with = "duration")]
     pub request_timeout: Duration,
     /// Interval of HTTP/2 keepalive pings.
+    #[schemars(schema_with = "duration_schema")]
     #[serde(deserialize_with = "duration")]
     pub keepalive_interval: Duration,
     /// A connection whose ping is not answered within this time is closed.
+    #[schemars(schema_with = "duration_schema")]
     #[serde(deserialize_with = "duration")]
     pub keepalive_timeout: Duration,
     /// A connection from which nothing arrives for this long is closed (a client that never
     /// completes its handshake included).
+    #[schemars(schema_with = "duration_schema")]
     #[serde(deserialize_with = "duration")]
     pub idle_timeout: Duration,
     /// Admin HTTP listener: time to receive a request's headers.
+    #[schemars(schema_with = "duration_schema")]
     #[serde(deserialize_with = "duration")]
     pub admin_header_timeout: Duration,
     /// Admin HTTP listener: open connections at most.
@@ -102,7 +112,8 @@ impl Default for LimitsConfig {
 }
 
 /// One trusted token issuer. Exactly one key source is set.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[schemars(deny_unknown_fields)]
 pub struct IssuerConfig {
     /// Name reported as `Principal.issuer`.
     pub name: String,
@@ -123,6 +134,7 @@ pub struct IssuerConfig {
     /// Allowed algorithms. Empty: every algorithm that the keys' types imply.
     #[serde(default)]
     pub algorithms: Vec<String>,
+    #[schemars(schema_with = "duration_schema")]
     #[serde(default = "default_leeway", deserialize_with = "duration")]
     pub leeway: Duration,
     #[serde(default = "default_required_claims")]
@@ -147,7 +159,7 @@ fn default_required_claims() -> Vec<String> {
 }
 
 /// A PEM public key file and, optionally, the one algorithm it may be used with.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[serde(untagged)]
 pub enum PublicKeyFile {
     Path(PathBuf),
@@ -169,22 +181,28 @@ impl PublicKeyFile {
 }
 
 /// How remote key sets (discovery, `jwks_uri`) are fetched and kept.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[schemars(deny_unknown_fields)]
 #[serde(default)]
 pub struct JwksConfig {
     /// Lower bound on the refresh interval, whatever Cache-Control says.
+    #[schemars(schema_with = "duration_schema")]
     #[serde(deserialize_with = "duration")]
     pub min_refresh: Duration,
     /// Upper bound on the refresh interval; also the interval when no max-age is sent.
+    #[schemars(schema_with = "duration_schema")]
     #[serde(deserialize_with = "duration")]
     pub max_refresh: Duration,
     /// At most one refetch per issuer per this period when a token names an unknown kid.
+    #[schemars(schema_with = "duration_schema")]
     #[serde(deserialize_with = "duration")]
     pub refetch_cooldown: Duration,
     /// How long the last good key set keeps serving while fetches fail.
+    #[schemars(schema_with = "duration_schema")]
     #[serde(deserialize_with = "duration")]
     pub max_stale: Duration,
     /// Timeout of one fetch (connect, headers and body).
+    #[schemars(schema_with = "duration_schema")]
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
     /// Origins (`https://host[:port]`) a `jwks_uri` found by discovery may be on besides the
@@ -205,7 +223,8 @@ impl Default for JwksConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[schemars(deny_unknown_fields)]
 #[serde(default)]
 pub struct CredentialsConfig {
     /// Headers an API key may arrive in (lower-case names).
@@ -232,7 +251,8 @@ impl Default for CredentialsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[schemars(deny_unknown_fields)]
 #[serde(default)]
 pub struct CacheConfig {
     /// Verified credentials kept at most.
@@ -240,6 +260,7 @@ pub struct CacheConfig {
     /// Estimated memory the verified-credential caches may hold, in bytes (each cache).
     pub max_bytes: u64,
     /// Longest time a verified credential is kept (never past its own expiry).
+    #[schemars(schema_with = "duration_schema")]
     #[serde(deserialize_with = "duration")]
     pub max_ttl: Duration,
 }
@@ -255,7 +276,8 @@ impl Default for CacheConfig {
 }
 
 /// Policy rules (SPEC §5). Default deny.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq, Default)]
+#[schemars(deny_unknown_fields)]
 #[serde(default)]
 pub struct AuthorizationConfig {
     /// What happens when no rule applies to a request.
@@ -263,7 +285,7 @@ pub struct AuthorizationConfig {
     pub rules: Vec<RuleConfig>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Effect {
     Allow,
@@ -271,7 +293,7 @@ pub enum Effect {
     Deny,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum RuleMode {
     #[default]
@@ -281,7 +303,8 @@ pub enum RuleMode {
 }
 
 /// One rule: where it applies (`match`), what it requires, and its effect.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[schemars(deny_unknown_fields)]
 pub struct RuleConfig {
     pub name: String,
     #[serde(default, rename = "match")]
@@ -322,6 +345,22 @@ impl Anonymous {
     }
 }
 
+impl JsonSchema for Anonymous {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Anonymous".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Public route: true (or allow_missing) admits requests without a credential; allow_failed also admits failed ones.",
+            "oneOf": [
+                {"type": "boolean"},
+                {"type": "string", "enum": ["allow_missing", "allow_failed"]}
+            ]
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for Anonymous {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -347,7 +386,8 @@ fn default_rule_effect() -> Effect {
 }
 
 /// Where a rule applies. Every field set must match; globs use `*`, `?`, `**`, `{a,b}`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq, Default)]
+#[schemars(deny_unknown_fields)]
 #[serde(default)]
 pub struct MatchConfig {
     pub grpc: GrpcMatchConfig,
@@ -356,7 +396,8 @@ pub struct MatchConfig {
     pub context_extensions: std::collections::BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq, Default)]
+#[schemars(deny_unknown_fields)]
 #[serde(default)]
 pub struct GrpcMatchConfig {
     /// Fully-qualified service globs, e.g. `acme.orders.v1.*`.
@@ -365,7 +406,8 @@ pub struct GrpcMatchConfig {
     pub methods: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq, Default)]
+#[schemars(deny_unknown_fields)]
 #[serde(default)]
 pub struct HttpMatchConfig {
     /// Host globs (port ignored, case-insensitive), e.g. `*.example.com`.
@@ -377,7 +419,8 @@ pub struct HttpMatchConfig {
 }
 
 /// What a request must prove for a rule to hold. Every field set must hold.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq, Default)]
+#[schemars(deny_unknown_fields)]
 #[serde(default)]
 pub struct RequireConfig {
     /// Any of: JWT, OPAQUE_TOKEN, API_KEY, BASIC, CLIENT_CERTIFICATE.
@@ -393,7 +436,8 @@ pub struct RequireConfig {
     pub cel: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[schemars(deny_unknown_fields)]
 #[serde(default)]
 pub struct ResponseConfig {
     /// The realm named in `WWW-Authenticate` challenges.
@@ -411,7 +455,7 @@ impl Default for ResponseConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -419,7 +463,8 @@ pub enum LogFormat {
     Text,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[schemars(deny_unknown_fields)]
 #[serde(default)]
 pub struct TelemetryConfig {
     pub log_format: LogFormat,
@@ -444,6 +489,15 @@ impl Default for TelemetryConfig {
             trace_sample_ratio: 1.0,
         }
     }
+}
+
+/// The JSON Schema of a duration: `30s`, `5m`, `1h 30m`, or whole seconds.
+pub(crate) fn duration_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "A duration such as 30s, 5m or 1h 30m, or whole seconds.",
+        "type": ["string", "integer"],
+        "minimum": 0
+    })
 }
 
 /// Reads a duration written as `30s`, `5m`, `1h 30m` (humantime) or as whole seconds.

@@ -741,10 +741,32 @@ def test_schema_rejects_unknown_and_mistyped_values(helm):
         assert needle in err, f"{args}: error does not name {needle}:\n{err}"
 
 
-def test_schema_accepts_open_config(helm):
-    # `config` is open: Portcullis itself validates it strictly (check-config).
-    docs = render(helm, DEFAULT_SCENARIO, "--set", "config.some_future_section.enabled=true")
-    assert rendered_config(docs)["some_future_section"] == {"enabled": True}
+def test_config_is_validated_by_the_generated_schema(helm):
+    # `config` carries the schema Portcullis generates from its config types
+    # (`portcullis config-schema`), so helm refuses misspelled or ill-typed config keys.
+    for args, needle in [
+        (["--set", "config.some_future_section.enabled=true"], "some_future_section"),
+        (["--set", "config.cache.max_entriess=5"], "max_entriess"),
+        (["--set-string", "config.cache.max_entries=many"], "max_entries"),
+        (["--set", "config.server.limits.max_in_flight=-1"], "max_in_flight"),
+        (["--set", "config.authorization.rules[0].name=r", "--set", "config.authorization.rules[0].anonymous=sometimes"], "anonymous"),
+        (["--set", "config.authorization.rules[0].name=r", "--set", "config.authorization.rules[0].effect=maybe"], "effect"),
+    ]:
+        err = render_error(helm, DEFAULT_SCENARIO, *args)
+        assert needle in err, f"{args}: error does not name {needle}:\n{err}"
+    docs = render(helm, DEFAULT_SCENARIO, "--set", "config.cache.max_ttl=90s",
+                  "--set", "config.authorization.rules[0].name=public", "--set", "config.authorization.rules[0].anonymous=allow_failed")
+    assert rendered_config(docs)["cache"]["max_ttl"] == "90s"
+
+
+def test_config_schema_is_in_sync_with_the_binary(portcullis_bin):
+    # scripts/sync-config-schema.py writes it; this fails when the config types changed.
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    generated = json.loads(subprocess.run([portcullis_bin, "config-schema"], capture_output=True, text=True, check=True).stdout)
+    for key in ("$schema", "title"):
+        generated.pop(key, None)
+    assert schema["properties"]["config"]["allOf"] == [generated], \
+        "values.schema.json is out of date: run scripts/sync-config-schema.py"
 
 
 def test_schema_is_strict_and_described():
