@@ -73,7 +73,7 @@ fn offline_check_compiles_globs_and_cel() {
     let path = dir.path().join("rules.yaml");
     std::fs::write(
         &path,
-        "authorization:\n  rules:\n    - name: bad-glob\n      match: {http: {paths: [\"/a/[\"]}}\n    - name: bad-cel\n      require: {cel: \"claims.x ==\"}\n",
+        "cache: {max_entries: many}\nauthorization:\n  rules:\n    - name: bad-glob\n      match: {http: {paths: [\"/a/[\"]}}\n    - name: bad-cel\n      require: {cel: \"claims.x ==\"}\n",
     )
     .unwrap();
     let out = Command::new(BIN)
@@ -86,6 +86,10 @@ fn offline_check_compiles_globs_and_cel() {
     assert!(
         stderr.contains("bad-glob") && stderr.contains("bad-cel"),
         "{stderr}"
+    );
+    assert!(
+        stderr.contains("cache.max_entries"),
+        "a type error elsewhere is reported in the same run: {stderr}"
     );
 }
 

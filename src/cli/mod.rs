@@ -132,21 +132,33 @@ fn serve(path: PathBuf) -> ExitCode {
 }
 
 fn check_config(path: &std::path::Path, offline: bool) -> ExitCode {
-    let result = config::load_file(path).and_then(|config| {
-        if offline {
-            // No files or variables are read, but every glob and CEL expression is compiled.
-            return crate::policy::Policy::build(&config.authorization)
-                .map(|_| ())
-                .map_err(config::ConfigErrors);
+    // Every error in one run: what parsed is checked further even when other parts failed,
+    // and every glob and CEL expression is compiled in any case.
+    let (config, mut errors) = config::load_file_partial(path);
+    if !errors.is_empty() || offline {
+        if let Err(mut rule_errors) = crate::policy::Policy::build(&config.authorization) {
+            errors.append(&mut rule_errors);
         }
-        let client = server::http_client().map_err(|err| {
-            config::ConfigErrors(vec![config::ConfigError {
+    } else {
+        match server::http_client() {
+            Ok(client) => {
+                if let Err(config::ConfigErrors(mut build_errors)) =
+                    Pipeline::build(config, &client, None, BuildMode::Check)
+                {
+                    errors.append(&mut build_errors);
+                }
+            }
+            Err(err) => errors.push(config::ConfigError {
                 path: String::new(),
                 message: err.to_string(),
-            }])
-        })?;
-        Pipeline::build(config, &client, None, BuildMode::Check).map(|_| ())
-    });
+            }),
+        }
+    }
+    let result = if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(config::ConfigErrors(errors))
+    };
     match result {
         Ok(()) => {
             println!("{}: configuration is valid", path.display());

@@ -55,25 +55,51 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     load_str(&text)
 }
 
+/// Like [`load_file`], but also returns what did parse when there are errors (sections that
+/// failed keep their defaults), so that `check-config` can check the rest in the same run.
+pub fn load_file_partial(path: &Path) -> (Config, Vec<ConfigError>) {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text),
+        Err(err) => (
+            Config::default(),
+            vec![ConfigError {
+                path: String::new(),
+                message: format!("cannot read {}: {err}", path.display()),
+            }],
+        ),
+    }
+}
+
 /// Parses and validates a config. Secret references are not resolved here; the pipeline does
 /// that when it builds key material (see `pipeline::Pipeline::build`).
 pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
+    let (config, errors) = parse(text);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Parses and validates every section, collecting every error; sections that fail keep
+/// their defaults in the returned config.
+fn parse(text: &str) -> (Config, Vec<ConfigError>) {
     let mut errors = Vec::new();
     let root: Value = match serde_norway::from_str(text) {
         Ok(Value::Null) => Value::Mapping(Default::default()),
         Ok(value) => value,
         Err(err) => {
-            return Err(ConfigErrors(vec![ConfigError {
-                path: String::new(),
-                message: format!("invalid YAML: {err}"),
-            }]));
+            return (
+                Config::default(),
+                vec![error("", format!("invalid YAML: {err}"))],
+            );
         }
     };
     let Value::Mapping(sections) = root else {
-        return Err(ConfigErrors(vec![ConfigError {
-            path: String::new(),
-            message: "the config must be a mapping of sections".to_owned(),
-        }]));
+        return (
+            Config::default(),
+            vec![error("", "the config must be a mapping of sections")],
+        );
     };
 
     let mut config = Config::default();
@@ -105,11 +131,7 @@ pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
         };
     }
     validate(&config, &positions, &mut errors);
-    if errors.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigErrors(errors))
-    }
+    (config, errors)
 }
 
 fn error(path: impl Into<String>, message: impl Into<String>) -> ConfigError {

@@ -6,7 +6,7 @@ mod secret;
 mod types;
 mod verifiers;
 
-pub use load::{ConfigError, ConfigErrors, load_file, load_str};
+pub use load::{ConfigError, ConfigErrors, load_file, load_file_partial, load_str};
 pub use secret::SecretRef;
 pub use types::*;
 pub use verifiers::*;
