@@ -8,11 +8,18 @@
 #
 # (my-config/config.yaml must listen on 0.0.0.0, not 127.0.0.1, to be reachable.)
 #
-# Not built in CI (no container engine there); see docs/deployment.md.
+# The binary is stripped (about 22 MB; its symbols stay in the builder stage at
+# /out-debug/portcullis.debug). The test command builds and runs the same layout from the
+# local binary without any registry: images/local.Containerfile, tests/image/.
+
+# Base images are build arguments so that a mirror can be used (pin them by digest there:
+#   --build-arg RUST_IMAGE=mirror.example/rust@sha256:... ).
+ARG RUST_IMAGE=docker.io/library/rust:1-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
 ############################################################################
 # Build: release binary from the locked dependency graph.
-FROM rust:1-bookworm AS builder
+FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
 
 # build.rs compiles proto/ with protox (pure Rust): no protoc needed. aws-lc-sys builds
@@ -25,11 +32,14 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin portcullis \
- && install -D -m 0755 target/release/portcullis /out/portcullis
+ && mkdir -p /out-debug \
+ && objcopy --only-keep-debug target/release/portcullis /out-debug/portcullis.debug \
+ && install -D -m 0755 target/release/portcullis /out/portcullis \
+ && strip --strip-all /out/portcullis
 
 ############################################################################
 # Runtime: glibc, libgcc, CA certificates and tzdata; no shell, no package manager.
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM ${RUNTIME_IMAGE}
 
 LABEL org.opencontainers.image.title="portcullis" \
       org.opencontainers.image.description="gRPC token-validation service (JWT, OAuth2 introspection, API keys, Basic, client certificates; Envoy ext_authz)" \

@@ -17,6 +17,7 @@ scripts/provision/python.sh
 scripts/provision/helm.sh >/dev/null
 scripts/provision/helm-docs.sh >/dev/null
 scripts/provision/actionlint.sh >/dev/null
+scripts/provision/buildah.sh >/dev/null
 # Starts (installing Debian packages if needed) a test PostgreSQL on 127.0.0.1:54329 and
 # exports PORTCULLIS_TEST_DATABASE_URL for the API key store tests.
 PG_ENV="$(scripts/provision/postgres.sh)"
@@ -32,9 +33,9 @@ cargo clippy --locked --all-targets -- -D warnings
 step "cargo test"
 cargo test --locked
 
-step "helm chart, release workflow and docs tests (pytest)"
+step "helm chart, container image, release workflow and docs tests (pytest)"
 PORTCULLIS_BIN="$REPO/target/debug/portcullis" "$REPO/.tools/venv/bin/python" -m pytest -q \
-  tests/helm tests/release tests/docs
+  tests/helm tests/image tests/release tests/docs
 
 step "Envoy and Istio examples (go test, tests/examples-validation)"
 # GOFLAGS=-mod=mod: go.sum pins every module; downloads stay in the Go module cache.

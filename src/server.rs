@@ -125,7 +125,20 @@ pub fn http_client() -> Result<reqwest::Client, ServeError> {
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|err| ServeError::HttpClient(err.to_string()))
+        .map_err(|err| ServeError::HttpClient(error_chain(&err)))
+}
+
+/// An error and every cause under it, `: `-separated (reqwest's own message alone says only
+/// "builder error" or "error sending request").
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Starts serving `config`. With `config_path`, the file and the key files it names are

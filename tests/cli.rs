@@ -202,16 +202,20 @@ fn a_secret_that_is_not_a_string_is_never_echoed() {
 
     // A running server refuses the same change on reload, without echoing it either.
     std::fs::write(&path, with_secret("\"a-quoted-secret\"")).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // Killed (by PID) when dropped, also when an assertion below fails.
+    let mut server = Server {
+        child: Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        grpc: 0,
+    };
     std::thread::sleep(Duration::from_millis(500));
     std::fs::write(&path, with_secret(DIGITS)).unwrap();
-    let stdout = child.stderr.take().unwrap();
+    let stdout = server.child.stderr.take().unwrap();
     let (lines_tx, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -228,8 +232,7 @@ fn a_secret_that_is_not_a_string_is_never_echoed() {
         }
         assert!(started.elapsed() < Duration::from_secs(10));
     };
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     assert!(refused.contains("must be a string"), "{refused}");
     assert!(
         !refused.contains("8675309"),

@@ -307,7 +307,7 @@ impl RemoteKeySource {
                 .header(reqwest::header::ACCEPT, "application/json")
                 .send()
                 .await
-                .map_err(|err| FetchError::Http(err.without_url().to_string()))?;
+                .map_err(|err| FetchError::Http(crate::server::error_chain(&err.without_url())))?;
             if !response.status().is_success() {
                 return Err(FetchError::Status(response.status().as_u16()));
             }

@@ -233,7 +233,12 @@ impl Introspector {
                 .form(&form)
                 .send()
                 .await
-                .map_err(|err| format!("request failed: {}", err.without_url()))?;
+                .map_err(|err| {
+                    format!(
+                        "request failed: {}",
+                        crate::server::error_chain(&err.without_url())
+                    )
+                })?;
             if !response.status().is_success() {
                 return Err(format!("HTTP status {}", response.status().as_u16()));
             }
