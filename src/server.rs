@@ -403,13 +403,33 @@ fn admin_router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {
-    if shared.is_ready() {
-        (StatusCode::OK, "ready\n")
+/// Ready once the serving generation's key sources have all loaded once; otherwise 503
+/// naming the issuers (and stores) still waiting for their first load.
+async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
+    let pipeline = shared.pipeline.load();
+    let mut waiting: Vec<String> = pipeline
+        .remote_sources()
+        .filter(|source| !*source.ready().borrow())
+        .map(|source| format!("issuer {}", source.issuer_name()))
+        .collect();
+    if pipeline
+        .store_readiness()
+        .iter()
+        .any(|ready| !*ready.borrow())
+    {
+        waiting.push("the PostgreSQL API key store".to_owned());
+    }
+    if waiting.is_empty() && shared.is_ready() {
+        (StatusCode::OK, "ready\n".to_owned())
+    } else if waiting.is_empty() {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n".to_owned())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "key sources not loaded yet\n",
+            format!(
+                "not ready: keys not loaded yet for {}\n",
+                waiting.join(", ")
+            ),
         )
     }
 }

@@ -366,7 +366,13 @@ async fn readiness_waits_for_the_first_key_load() {
     let admin = format!("http://{}/readyz", running.admin_addr);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(health(&running).await, ServingStatus::NotServing);
-    assert_eq!(reqwest::get(&admin).await.unwrap().status(), 503);
+    let not_ready = reqwest::get(&admin).await.unwrap();
+    assert_eq!(not_ready.status(), 503);
+    let body = not_ready.text().await.unwrap();
+    assert!(
+        body.contains("issuer remote"),
+        "/readyz names the issuer: {body}"
+    );
     let mut client = client(&running).await;
     assert_eq!(
         reason(&authenticate(&mut client, &key.sign(&claims(ISS, AUD))).await),
