@@ -45,7 +45,7 @@ def start(binary, directory):
     config = (
         config.replace("127.0.0.1:50051", f"127.0.0.1:{grpc}")
         .replace("127.0.0.1:9090", f"127.0.0.1:{admin}")
-        .replace("examples/keys/", os.path.join(REPO, "examples", "keys") + "/")
+        .replace("path: keys/", "path: " + os.path.join(REPO, "examples", "keys") + "/")
     )
     config += "\ntelemetry: {log_level: warn}\n" if "telemetry:" not in config else ""
     path = os.path.join(directory, f"config-{grpc}.yaml")

@@ -248,7 +248,7 @@ fn serve_quickstart() -> Server {
         .unwrap()
         .replace("127.0.0.1:50051", &format!("127.0.0.1:{grpc}"))
         .replace("127.0.0.1:9090", &format!("127.0.0.1:{admin}"))
-        .replace("examples/keys/", &format!("{dir}/examples/keys/"));
+        .replace("path: keys/", &format!("path: {dir}/examples/keys/"));
     let path = std::env::temp_dir().join(format!("portcullis-cli-test-{grpc}.yaml"));
     std::fs::write(&path, config).unwrap();
     let child = Command::new(BIN)
@@ -466,4 +466,36 @@ fn sigterm_reports_not_serving_drains_and_exits_zero() {
         "no token in logs"
     );
     let _ = now(); // support is shared with other test crates
+}
+
+/// Relative paths in a config file are resolved against the file's directory, wherever
+/// the binary is started from.
+#[test]
+fn relative_paths_resolve_against_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_dir = dir.path().join("etc");
+    std::fs::create_dir_all(config_dir.join("keys")).unwrap();
+    let key = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/keys/quickstart-es256.pub.pem"
+    );
+    std::fs::copy(key, config_dir.join("keys/pub.pem")).unwrap();
+    std::fs::write(
+        config_dir.join("config.yaml"),
+        "issuers:\n  - name: q\n    issuer: https://q.test\n    public_key_files: [keys/pub.pem]\n",
+    )
+    .unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(config_dir.join("config.yaml"))
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -46,20 +46,27 @@ impl fmt::Display for ConfigErrors {
 }
 
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|err| {
-        ConfigErrors(vec![ConfigError {
-            path: String::new(),
-            message: format!("cannot read {}: {err}", path.display()),
-        }])
-    })?;
-    load_str(&text)
+    let (config, errors) = load_file_partial(path);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
 }
 
 /// Like [`load_file`], but also returns what did parse when there are errors (sections that
 /// failed keep their defaults), so that `check-config` can check the rest in the same run.
+///
+/// Relative paths in the file (key files, secrets, TLS files) are resolved against the
+/// directory the config file is in, as Prometheus does.
 pub fn load_file_partial(path: &Path) -> (Config, Vec<ConfigError>) {
     match std::fs::read_to_string(path) {
-        Ok(text) => parse(&text),
+        Ok(text) => {
+            let (mut config, errors) = parse(&text);
+            let base = path.parent().unwrap_or(Path::new(""));
+            config.resolve_relative_paths(base);
+            (config, errors)
+        }
         Err(err) => (
             Config::default(),
             vec![ConfigError {

@@ -42,6 +42,15 @@ impl SecretRef {
         }
     }
 
+    /// A `file:` secret with a relative path is made relative to `base`.
+    pub fn resolve_relative_to(&mut self, base: &std::path::Path) {
+        if let SecretRef::File(path) = self
+            && path.is_relative()
+        {
+            *path = base.join(&*path);
+        }
+    }
+
     /// The file a secret lives in, for the config watcher.
     pub fn file(&self) -> Option<&PathBuf> {
         match self {

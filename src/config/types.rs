@@ -24,6 +24,42 @@ pub struct Config {
     pub client_certificates: ClientCertificatesConfig,
 }
 
+impl Config {
+    /// Makes every relative file path in the config (key files, `file:` secrets, TLS files)
+    /// relative to `base`, the directory of the config file.
+    pub fn resolve_relative_paths(&mut self, base: &std::path::Path) {
+        let fix = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        };
+        let fix_secret = |secret: &mut SecretRef| secret.resolve_relative_to(base);
+        if let Some(tls) = &mut self.server.tls {
+            fix(&mut tls.cert_file);
+            fix(&mut tls.key_file);
+            tls.client_ca_file.iter_mut().for_each(fix);
+        }
+        for issuer in &mut self.issuers {
+            issuer.jwks_file.iter_mut().for_each(fix);
+            for file in &mut issuer.public_key_files {
+                match file {
+                    PublicKeyFile::Path(path) | PublicKeyFile::Detailed { path, .. } => fix(path),
+                }
+            }
+            issuer.hmac_secret.iter_mut().for_each(fix_secret);
+            if let Some(introspection) = &mut issuer.introspection {
+                fix_secret(&mut introspection.client_secret);
+            }
+        }
+        self.api_keys.file.iter_mut().for_each(fix);
+        if let Some(postgres) = &mut self.api_keys.postgres {
+            fix_secret(&mut postgres.url);
+        }
+        self.basic.htpasswd_file.iter_mut().for_each(fix);
+        self.client_certificates.ca_files.iter_mut().for_each(fix);
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[schemars(deny_unknown_fields)]
 #[serde(default)]

@@ -75,7 +75,7 @@ def prepare_rootfs(context: Path, grpc_port: int, admin_port: int) -> None:
     shutil.copy(REPO / "examples/keys/quickstart-es256.pub.pem", config_dir)
     config = (REPO / "examples/quickstart.yaml").read_text()
     config = (
-        config.replace("examples/keys/", "/etc/portcullis/config/")
+        config.replace("path: keys/", "path: /etc/portcullis/config/")
         .replace("127.0.0.1:50051", f"127.0.0.1:{grpc_port}")
         .replace("127.0.0.1:9090", f"127.0.0.1:{admin_port}")
     )
