@@ -3,7 +3,7 @@
 //! headers arrive (so reading its message counts too). Beyond that a request is answered at
 //! once, before its message is read: `RESOURCE_EXHAUSTED` for the Auth API, and for Envoy's
 //! Check an OK RPC carrying a 503 deny with reason OVERLOADED (an RPC error would let
-//! `failure_mode_allow` deployments through). Health checks are never shed.
+//! `failure_mode_allow` deployments through). Unary health checks are never shed.
 
 use std::{
     convert::Infallible,
@@ -29,7 +29,8 @@ use crate::{
 };
 
 const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
-const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
+/// Unary health checks are never shed (a Watch stream is, like any other request).
+const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 
 struct InFlight {
     current: AtomicUsize,
@@ -105,7 +106,7 @@ where
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let path = request.uri().path();
-        if path.starts_with(HEALTH_PREFIX) {
+        if path == HEALTH_CHECK {
             return Box::pin(self.inner.call(request));
         }
         let admitted = self.state.current.fetch_add(1, Ordering::AcqRel) < self.state.max;

@@ -189,9 +189,9 @@ impl Pipeline {
         let mut seen = None;
         let target = match surface {
             Surface::authenticate => Ok(None),
-            Surface::authorize | Surface::ext_authz => {
-                CanonicalTarget::of(&attrs.resource, attrs.headers).map(Some)
-            }
+            Surface::authorize | Surface::ext_authz => self
+                .refuse_identity_header_spellings(attrs.headers)
+                .and_then(|()| CanonicalTarget::of(&attrs.resource, attrs.headers).map(Some)),
         };
         let target = match target {
             Ok(target) => target,
@@ -221,6 +221,26 @@ impl Pipeline {
         };
         record(surface, &decision, seen, started);
         decision
+    }
+
+    /// An incoming header spelled like one Portcullis sets upstream but not exactly
+    /// (`x_user-id` for `x-user-id`) would reach CGI-style upstreams as that header: refused.
+    fn refuse_identity_header_spellings(
+        &self,
+        headers: &HashMap<String, String>,
+    ) -> Result<(), Denial> {
+        let spoofed = headers.keys().any(|name| {
+            self.upstream
+                .names()
+                .any(|set| !name.eq_ignore_ascii_case(set) && same_header_name(name, set))
+        });
+        if spoofed {
+            return Err(Denial::new(
+                Reason::MalformedRequest,
+                "a request header is another spelling of an identity header Portcullis sets",
+            ));
+        }
+        Ok(())
     }
 
     /// Verifies the request's credential.
@@ -410,7 +430,7 @@ struct CanonicalTarget {
 
 impl CanonicalTarget {
     fn of(resource: &Resource<'_>, headers: &HashMap<String, String>) -> Result<Self, Denial> {
-        refuse_method_override(resource.http_method, headers)?;
+        refuse_method_override(resource.http_method, resource.path, headers)?;
         let path = canonical_path(resource.path)?;
         let host = canonical_host(resource.host)?;
         let grpc = if resource.grpc_service.is_empty() && resource.grpc_method.is_empty() {
@@ -455,14 +475,40 @@ const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
     "x-method-override",
 ];
 
-fn refuse_method_override(method: &str, headers: &HashMap<String, String>) -> Result<(), Denial> {
-    let contradicts = headers.iter().any(|(name, value)| {
+/// Whether `name` is `expected` once case and `_`/`-` are ignored (how CGI-style servers
+/// read header names).
+fn same_header_name(name: &str, expected: &str) -> bool {
+    name.len() == expected.len()
+        && name.bytes().zip(expected.bytes()).all(|(a, b)| {
+            let fold = |c: u8| {
+                if c == b'_' {
+                    b'-'
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            };
+            fold(a) == fold(b)
+        })
+}
+
+fn refuse_method_override(
+    method: &str,
+    path: &str,
+    headers: &HashMap<String, String>,
+) -> Result<(), Denial> {
+    let contradicts = |value: &str| !value.trim().eq_ignore_ascii_case(method);
+    let by_header = headers.iter().any(|(name, value)| {
         METHOD_OVERRIDE_HEADERS
             .iter()
-            .any(|h| name.eq_ignore_ascii_case(h))
-            && !value.trim().eq_ignore_ascii_case(method)
+            .any(|h| same_header_name(name, h))
+            && contradicts(value)
     });
-    if contradicts {
+    // Express' method-override, Symfony and Rails read a `_method` query parameter too.
+    let by_query = path.split_once('?').is_some_and(|(_, query)| {
+        form_urlencoded::parse(query.as_bytes())
+            .any(|(name, value)| name == "_method" && contradicts(&value))
+    });
+    if by_header || by_query {
         return Err(Denial::new(
             Reason::MalformedRequest,
             "a method-override header names another method than the request's",

@@ -104,7 +104,9 @@ pub fn spawn_watcher(
     tokio::spawn(async move {
         let (events_tx, mut events) = mpsc::unbounded_channel();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
+            // Only changes count: opening or reading a file (the watcher's own fingerprint and
+            // the build read them) must not trigger another reload.
+            if event.is_ok_and(|event| is_change(&event.kind)) {
                 let _ = events_tx.send(());
             }
         });
@@ -134,13 +136,24 @@ pub fn spawn_watcher(
                 }
             }
             while events.try_recv().is_ok() {}
-            let before = {
-                let files = files.clone();
-                match tokio::task::spawn_blocking(move || fingerprint(&files)).await {
-                    Ok(print) => print,
+            // The files the config on disk names now (a refused config may name new ones).
+            let (on_disk, before) = {
+                let path = config_path.clone();
+                match tokio::task::spawn_blocking(move || {
+                    let files = files_named_by(&path);
+                    let print = fingerprint(&files);
+                    (files, print)
+                })
+                .await
+                {
+                    Ok(found) => found,
                     Err(_) => continue,
                 }
             };
+            if on_disk != files {
+                dirs = watch_dirs(&mut watcher, &on_disk, &dirs);
+                files = on_disk;
+            }
             if before == last && !dirty {
                 continue;
             }
@@ -169,8 +182,8 @@ pub fn spawn_watcher(
                     let now_watched = watched_files(&config_path, &shared.pipeline.load().config);
                     if now_watched != files {
                         // The new generation reads other files: fingerprint those next time.
+                        dirs = watch_dirs(&mut watcher, &now_watched, &dirs);
                         files = now_watched;
-                        dirs = watch_dirs(&mut watcher, &files, &dirs);
                         dirty = true;
                     }
                 }
@@ -187,14 +200,29 @@ pub fn spawn_watcher(
     });
 }
 
-/// The fingerprint of the files `config_path` makes up right now (the config file itself
-/// when it cannot be parsed), taken before the first build reads them.
+/// The fingerprint of the files `config_path` makes up right now, taken before the first
+/// build reads them.
 pub fn fingerprint_now(config_path: &Path) -> [u8; 32] {
-    let files = match config::load_file(config_path) {
-        Ok(config) => watched_files(config_path, &config),
-        Err(_) => BTreeSet::from([config_path.to_path_buf()]),
-    };
-    fingerprint(&files)
+    fingerprint(&files_named_by(config_path))
+}
+
+/// The config file and every file the config on disk names (what parsed of it, when it has
+/// errors: a refused config's new files are watched too).
+fn files_named_by(config_path: &Path) -> BTreeSet<PathBuf> {
+    let (config, _) = config::load_file_partial(config_path);
+    watched_files(config_path, &config)
+}
+
+/// Whether a file-system event changes contents or names (not an open, read or close).
+fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Any => true,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Modify(_) => true,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) | EventKind::Other => false,
+    }
 }
 
 fn unix_seconds() -> f64 {

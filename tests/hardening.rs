@@ -232,6 +232,25 @@ authorization:
         );
     }
 
+    // An allow_failed allow never forwards the credential that failed.
+    let response = check(
+        &mut envoy,
+        check_request(
+            "GET",
+            "/tolerant/x",
+            &[("authorization", &bearer(&expired))],
+        ),
+    )
+    .await;
+    let Some(HttpResponse::OkResponse(ok)) = response.http_response else {
+        panic!("allowed")
+    };
+    assert!(
+        ok.headers_to_remove.iter().any(|h| h == "authorization"),
+        "{:?}",
+        ok.headers_to_remove
+    );
+
     // Authorize: required_scopes hold for every request, a missing credential included.
     let mut auth = client(&running).await;
     let authorize = |headers: HashMap<String, String>, scopes: &[&str]| pb::AuthorizeRequest {
@@ -479,15 +498,32 @@ authorization:
             "host {host}"
         );
     }
-    // A method-override header naming another method is refused: the upstream might serve
-    // the request as that method.
-    for (override_header, status) in [("DELETE", 400), ("get", 200)] {
-        let headers = [
-            ("authorization", token.as_str()),
-            ("x-http-method-override", override_header),
-        ];
-        let response = check(&mut envoy, check_request("GET", "/x", &headers)).await;
-        assert_eq!(verdict(&response).0, status, "override {override_header}");
+    // A method-override header (any spelling) or `_method` parameter naming another method
+    // is refused: the upstream might serve the request as that method.
+    for (name, value, path, status) in [
+        ("x-http-method-override", "DELETE", "/x", 400),
+        ("x_http_method_override", "DELETE", "/x", 400),
+        ("x-http-method-override", "get", "/x", 200),
+        ("accept", "*/*", "/x?_method=DELETE", 400),
+        ("accept", "*/*", "/x?_method=GET", 200),
+    ] {
+        let headers = [("authorization", token.as_str()), (name, value)];
+        let response = check(&mut envoy, check_request("GET", path, &headers)).await;
+        assert_eq!(verdict(&response).0, status, "{name}: {value} on {path}");
+    }
+    // Encoded hex digits of a double encoding, and `..` after an empty segment (servers
+    // that merge slashes first and those that do not disagree on it).
+    for path in [
+        "/public/%25%32%65%25%32%65/admin",
+        "/public//../admin",
+        "/admin//../public/x",
+    ] {
+        let response = check(&mut envoy, check_request("GET", path, anonymous)).await;
+        assert_eq!(
+            verdict(&response),
+            (400, Some("MALFORMED_REQUEST".to_owned())),
+            "{path}"
+        );
     }
     // Authorize canonicalizes the same way.
     let mut auth = client(&running).await;
@@ -659,6 +695,23 @@ response:
     assert_eq!(set["x-user-id"], "%20admin%20");
     assert_eq!(set["x-scopes"], "read%20write");
     assert_eq!(set["x-groups"], r#"["a%2Cb","c"]"#);
+    // Another spelling of an identity header is refused outright.
+    for spoof in ["x_user-id", "x-user_id", "x_user_id"] {
+        let response = check(
+            &mut envoy,
+            check_request(
+                "GET",
+                "/x",
+                &[("authorization", &real_header), (spoof, "admin")],
+            ),
+        )
+        .await;
+        assert_eq!(
+            verdict(&response),
+            (400, Some("MALFORMED_REQUEST".to_owned())),
+            "{spoof}"
+        );
+    }
     for alias in ["x_user_id", "x_scopes", "x_groups"] {
         assert!(
             ok.headers_to_remove.iter().any(|h| h == alias),

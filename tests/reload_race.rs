@@ -138,6 +138,14 @@ async fn the_serving_generation_reflects_the_final_files_every_time() {
         );
     }
     stop.store(true, Ordering::Relaxed);
+    // Once writes stop, nothing rebuilds: the watcher's own reads are not changes.
+    let settled = running.shared.generation();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        running.shared.generation(),
+        settled,
+        "no reload without a change"
+    );
     for task in load {
         task.await.unwrap();
     }

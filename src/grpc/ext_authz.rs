@@ -138,12 +138,19 @@ pub async fn check(pipeline: &Pipeline, request: &CheckRequest) -> CheckResponse
                     header(name, value, HeaderAppendAction::OverwriteIfExistsOrAdd)
                 })
                 .collect();
-            let headers_to_remove = pipeline
+            let mut headers_to_remove: Vec<String> = pipeline
                 .upstream_header_names()
                 .filter(|name| !upstream_headers.iter().any(|(set, _)| set == name))
                 .chain(pipeline.upstream_header_aliases())
                 .map(str::to_owned)
                 .collect();
+            if principal.is_none() {
+                // An anonymous allow: a credential that failed (`allow_failed`) must not reach
+                // an upstream that would read it as verified.
+                headers_to_remove.push("authorization".to_owned());
+                headers_to_remove
+                    .extend(pipeline.config.credentials.api_key_headers.iter().cloned());
+            }
             let mut metadata = vec![
                 ("decision", string_value("allow")),
                 ("rule", string_value(&rule)),

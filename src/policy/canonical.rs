@@ -128,32 +128,46 @@ pub fn canonical_path(raw: &str) -> Result<String, Denial> {
     if std::str::from_utf8(&decoded).is_err() {
         return Err(malformed("the request path is not UTF-8 once decoded"));
     }
-    Ok(remove_dot_segments(&encoded))
+    // Double encoding also when its hex digits were themselves encoded (`%25%32%65`).
+    if encoded
+        .as_bytes()
+        .windows(5)
+        .any(|w| w.starts_with(b"%25") && w[3].is_ascii_hexdigit() && w[4].is_ascii_hexdigit())
+    {
+        return Err(malformed("the request path is percent-encoded twice"));
+    }
+    remove_dot_segments(&encoded)
 }
 
-/// RFC 3986 §5.2.4 on an absolute path, with empty segments merged; a trailing slash stays.
-fn remove_dot_segments(path: &str) -> String {
+/// RFC 3986 §5.2.4 on an absolute path, then empty segments merged; a trailing slash stays.
+/// A `..` that would remove an empty segment is refused: servers that merge slashes first
+/// (`/a//../b` is `/b`) and those that do not (`/a/b`) disagree on it.
+fn remove_dot_segments(path: &str) -> Result<String, Denial> {
     let mut segments: Vec<&str> = Vec::new();
     let mut trailing_slash = false;
-    for segment in path.split('/') {
+    for segment in path.strip_prefix('/').unwrap_or(path).split('/') {
         trailing_slash = matches!(segment, "" | "." | "..");
         match segment {
-            "" | "." => {}
+            "." => {}
             ".." => {
-                segments.pop();
+                if segments.pop() == Some("") {
+                    return Err(malformed(
+                        "the request path has '..' after an empty segment, which servers resolve differently",
+                    ));
+                }
             }
             other => segments.push(other),
         }
     }
     let mut out = String::with_capacity(path.len());
-    for segment in &segments {
+    for segment in segments.iter().filter(|s| !s.is_empty()) {
         out.push('/');
         out.push_str(segment);
     }
-    if out.is_empty() || (trailing_slash && !segments.is_empty()) {
+    if out.is_empty() || (trailing_slash && out.len() > 1) {
         out.push('/');
     }
-    out
+    Ok(out)
 }
 
 /// The canonical form of a request's host (`Host` / `:authority`), without its port, or
@@ -266,6 +280,10 @@ mod tests {
             "/a%2",
             "/a%zz",
             "/a%252e%252e/b",
+            "/public/%25%32%65%25%32%65/admin",
+            "/a/%254%31",
+            "/admin//../public/x",
+            "/admin/.//../x",
             "/a#frag",
             "admin",
             "*",

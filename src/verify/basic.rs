@@ -3,7 +3,7 @@
 //! - Parsing: base64 of `user:password`; the password may contain colons; no colon, invalid
 //!   base64 or invalid UTF-8 is MALFORMED_CREDENTIAL.
 //! - Throttling: failures are counted per (user, client address) pair and per client
-//!   address in a sliding window (the address as `client_address` decides: forwarded headers
+//!   address (an IPv6 client by its /64) in a sliding window (the address as `client_address` decides: forwarded headers
 //!   count only from trusted proxies). At `basic.max_failures` for the pair, or
 //!   `basic.max_client_failures` for the client, its further attempts are RATE_LIMITED until
 //!   old failures leave the window. Nothing is counted per user alone, so failures from
@@ -83,6 +83,19 @@ pub fn decode(encoded: &str) -> Result<(String, String), Denial> {
     Ok((user.to_owned(), password.to_owned()))
 }
 
+/// The address a client is throttled by: an IPv6 client by its /64 (one host usually holds
+/// a whole /64 and could rotate through it), an IPv4 client by its address.
+fn throttle_key(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            IpAddr::V6(octets.into())
+        }
+        v4 => v4,
+    }
+}
+
 impl BasicVerifier {
     pub fn new(
         htpasswd: Htpasswd,
@@ -155,7 +168,7 @@ impl BasicVerifier {
             ));
         }
         let now = Instant::now();
-        let client = client.map_or_else(String::new, |c| c.to_string());
+        let client = client.map_or_else(String::new, |c| throttle_key(c).to_string());
         // The user name is length-prefixed so no (user, client) pair can spell another.
         let pair_key = format!("pair:{}:{user}:{client}", user.len());
         let client_key = format!("client:{client}");
@@ -251,5 +264,18 @@ mod tests {
             1,
             "failures are not cached"
         );
+    }
+
+    #[test]
+    fn ipv6_clients_are_throttled_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(throttle_key(a), throttle_key(b));
+        assert_ne!(throttle_key(a), throttle_key(other));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(throttle_key(v4), v4);
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(throttle_key(mapped), v4);
     }
 }
