@@ -146,12 +146,32 @@ impl BasicVerifier {
         })
     }
 
-    fn record_failure(&self, who: String, now: Instant, keep: usize) {
-        let window = self.failures.get_with(who, Window::default);
+    /// Reserves one failure slot of `who` (under its lock, so concurrent guesses cannot all
+    /// pass the check): false when `limit` failures are already in the window. A slot is
+    /// released again when the attempt succeeds.
+    fn reserve(&self, who: &str, now: Instant, limit: usize) -> bool {
+        let window = self.failures.get_with(who.to_owned(), Window::default);
         let mut window = window.lock().unwrap_or_else(|e| e.into_inner());
-        window.push_back(now);
-        while window.len() > keep {
+        while window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.window)
+        {
             window.pop_front();
+        }
+        if window.len() >= limit {
+            return false;
+        }
+        window.push_back(now);
+        true
+    }
+
+    /// Gives back a slot reserved at `at` (the attempt succeeded).
+    fn release(&self, who: &str, at: Instant) {
+        if let Some(window) = self.failures.get(who) {
+            let mut window = window.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(position) = window.iter().rposition(|t| *t == at) {
+                window.remove(position);
+            }
         }
     }
 
@@ -184,6 +204,21 @@ impl BasicVerifier {
         if let Some(principal) = self.verified.get(&cache_key) {
             return Ok(principal);
         }
+        // Each attempt that reaches the hash holds a failure slot of its pair and its client
+        // until it is known to be right, so a burst of concurrent guesses cannot overshoot.
+        if !self.reserve(&pair_key, now, self.max_failures) {
+            return Err(basic_denial(
+                Reason::RateLimited,
+                "too many failed attempts; try again later",
+            ));
+        }
+        if !self.reserve(&client_key, now, self.max_client_failures) {
+            self.release(&pair_key, now);
+            return Err(basic_denial(
+                Reason::RateLimited,
+                "too many failed attempts; try again later",
+            ));
+        }
         let htpasswd = self.htpasswd.clone();
         let (owned_user, owned_password) = (user.to_owned(), password.to_owned());
         let valid =
@@ -191,13 +226,13 @@ impl BasicVerifier {
                 .await
                 .unwrap_or(false);
         if !valid {
-            self.record_failure(pair_key, now, self.max_failures);
-            self.record_failure(client_key, now, self.max_client_failures);
             return Err(basic_denial(
                 Reason::InvalidSignature,
                 "unknown user or wrong password",
             ));
         }
+        self.release(&pair_key, now);
+        self.release(&client_key, now);
         let mut claims = Map::new();
         claims.insert("sub".to_owned(), Value::String(user.to_owned()));
         let principal = Arc::new(Principal::new(
@@ -277,5 +312,42 @@ mod tests {
         assert_eq!(throttle_key(v4), v4);
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
         assert_eq!(throttle_key(mapped), v4);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_concurrent_guesses_cannot_overshoot_the_limit() {
+        let hash = bcrypt::hash("right", 4).unwrap();
+        let file = Htpasswd::parse(&format!("u:{hash}\n")).unwrap();
+        let config = BasicConfig {
+            max_failures: 3,
+            ..BasicConfig::default()
+        };
+        let verifier =
+            Arc::new(BasicVerifier::new(file, &config, 100, Duration::from_secs(60)).unwrap());
+        let client: IpAddr = "192.0.2.9".parse().unwrap();
+        let guesses: Vec<_> = (0..20)
+            .map(|i| {
+                let verifier = verifier.clone();
+                tokio::spawn(async move {
+                    verifier
+                        .verify("u", &format!("guess-{i}"), Some(client))
+                        .await
+                        .unwrap_err()
+                        .reason
+                })
+            })
+            .collect();
+        let mut checked = 0;
+        for guess in guesses {
+            if guess.await.unwrap() == Reason::InvalidSignature {
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 3, "only max_failures guesses reach the hash");
+        // The right password from this client is throttled too; from another it is not.
+        let throttled = verifier.verify("u", "right", Some(client)).await;
+        assert_eq!(throttled.unwrap_err().reason, Reason::RateLimited);
+        let elsewhere: IpAddr = "192.0.2.10".parse().unwrap();
+        assert!(verifier.verify("u", "right", Some(elsewhere)).await.is_ok());
     }
 }
