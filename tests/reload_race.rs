@@ -177,3 +177,46 @@ async fn the_serving_generation_reflects_the_final_files_every_time() {
     assert!(value("portcullis_config_last_reload_success_timestamp_seconds") > 1.7e9);
     running.shutdown().await.unwrap();
 }
+
+/// A config refused because it names a key file that does not exist yet is applied as soon
+/// as that file appears: the watcher follows the files the config on disk names.
+#[tokio::test]
+async fn a_refused_config_is_applied_once_the_file_it_names_appears() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Vec<String> = (0..2).map(|_| format::generate("pcl").unwrap()).collect();
+    let first = dir.path().join("first.yaml");
+    write(&first, &key_file(&keys[..1], false, 0));
+    let config_path = dir.path().join("portcullis.yaml");
+    let running = start_watching(
+        &config_path,
+        &format!("api_keys: {{prefix: pcl, file: {}}}\n", first.display()),
+    )
+    .await;
+    let mut client = client(&running).await;
+    assert!(!is_revoked(&mut client, &keys[0]).await);
+    // Point the config at a file in a new directory that does not exist yet: refused.
+    let later_dir = dir.path().join("later");
+    let later = later_dir.join("keys.yaml");
+    write(
+        &config_path,
+        &format!(
+            "server: {{grpc_listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0}}\napi_keys: {{prefix: pcl, file: {}}}\n",
+            later.display()
+        ),
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let generation = running.shared.generation();
+    // The file appears (its directory too): the change is applied without touching the config.
+    std::fs::create_dir_all(&later_dir).unwrap();
+    write(&later, &key_file(&keys, true, 1));
+    let started = Instant::now();
+    while !is_revoked(&mut client, &keys[0]).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "the config naming the new file was never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(running.shared.generation() > generation);
+    running.shutdown().await.unwrap();
+}
