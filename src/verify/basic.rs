@@ -132,17 +132,21 @@ impl BasicVerifier {
         out
     }
 
-    /// Failures of `who` inside the window (old ones are dropped).
+    /// The failures of one window still inside it at `now` (older ones are dropped).
+    fn prune(&self, window: &mut VecDeque<Instant>, now: Instant) -> usize {
+        while window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.window)
+        {
+            window.pop_front();
+        }
+        window.len()
+    }
+
+    /// Failures of `who` inside the window.
     fn recent_failures(&self, who: &str, now: Instant) -> usize {
         self.failures.get(who).map_or(0, |window| {
-            let mut window = window.lock().unwrap_or_else(|e| e.into_inner());
-            while window
-                .front()
-                .is_some_and(|t| now.duration_since(*t) >= self.window)
-            {
-                window.pop_front();
-            }
-            window.len()
+            self.prune(&mut window.lock().unwrap_or_else(|e| e.into_inner()), now)
         })
     }
 
@@ -152,13 +156,7 @@ impl BasicVerifier {
     fn reserve(&self, who: &str, now: Instant, limit: usize) -> bool {
         let window = self.failures.get_with(who.to_owned(), Window::default);
         let mut window = window.lock().unwrap_or_else(|e| e.into_inner());
-        while window
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= self.window)
-        {
-            window.pop_front();
-        }
-        if window.len() >= limit {
+        if self.prune(&mut window, now) >= limit {
             return false;
         }
         window.push_back(now);
