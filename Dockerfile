@@ -12,10 +12,12 @@
 # /out-debug/portcullis.debug). The test command builds and runs the same layout from the
 # local binary without any registry: images/local.Containerfile, tests/image/.
 
-# Base images are build arguments so that a mirror can be used (pin them by digest there:
-#   --build-arg RUST_IMAGE=mirror.example/rust@sha256:... ).
-ARG RUST_IMAGE=docker.io/library/rust:1-bookworm
-ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+# Base images are pinned by digest (a rebuild gets the bytes that were reviewed;
+# .github/dependabot.yml proposes updates) and are build arguments so that a mirror can be
+# used, pinned by digest there too:
+#   --build-arg RUST_IMAGE=mirror.example/library/rust:1-bookworm@sha256:...
+ARG RUST_IMAGE=docker.io/library/rust:1-bookworm@sha256:93ce27a88655056a51dbdd8f5f2d7ddc071c7b0070fb288a37b5a285fc83971e
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot@sha256:9dac0a79194e45a7da0158a9c6da57b217585af0786db3845d1f0ec1a0dd182f
 
 ############################################################################
 # Build: release binary from the locked dependency graph.

@@ -24,5 +24,6 @@ pub mod policy;
 pub mod reload;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 pub mod verify;

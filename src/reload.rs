@@ -43,6 +43,10 @@ fn watched_files(config_path: &Path, config: &Config) -> BTreeSet<PathBuf> {
     files.extend(config.api_keys.file.clone());
     files.extend(config.basic.htpasswd_file.clone());
     files.extend(config.client_certificates.ca_files.iter().cloned());
+    if let Some(tls) = &config.server.tls {
+        files.extend([tls.cert_file.clone(), tls.key_file.clone()]);
+        files.extend(tls.client_ca_file.clone());
+    }
     files
 }
 
@@ -74,16 +78,41 @@ pub fn reload_now(config_path: &Path, shared: &Shared) -> ReloadOutcome {
         Err(errors) => return ReloadOutcome::Refused(errors.to_string()),
     };
     let current = shared.pipeline.load_full();
-    if config.server != current.config.server {
-        warn!("listener and shutdown settings change only on restart; keeping the running ones");
+    let tls = match (&shared.tls, &config.server.tls) {
+        (Some(_), Some(files)) => match crate::tls::server_config(files) {
+            Ok(tls) => Some(tls),
+            Err(err) => return ReloadOutcome::Refused(format!("server.tls: {err}")),
+        },
+        _ => None,
+    };
+    if restart_only_settings_differ(&config.server, &current.config.server) {
+        warn!(
+            "listener and shutdown settings (other than the TLS files) change only on restart; keeping the running ones"
+        );
     }
     match Pipeline::build(config, &shared.client, Some(&current), BuildMode::Serve) {
         Ok(pipeline) => {
+            if let (Some(serving), Some(tls)) = (&shared.tls, tls) {
+                serving.store(tls);
+            }
             shared.pipeline.store(Arc::new(pipeline));
             ReloadOutcome::Applied
         }
         Err(errors) => ReloadOutcome::Refused(errors.to_string()),
     }
+}
+
+/// Whether `new` differs from the running server settings in what a reload cannot apply:
+/// anything but the TLS files (turning TLS on or off included).
+fn restart_only_settings_differ(
+    new: &config::ServerConfig,
+    running: &config::ServerConfig,
+) -> bool {
+    let mut new = new.clone();
+    if new.tls.is_some() && running.tls.is_some() {
+        new.tls.clone_from(&running.tls);
+    }
+    new != *running
 }
 
 /// How often the files are compared even without a file-system event.

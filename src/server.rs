@@ -35,35 +35,15 @@ pub enum ServeError {
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("server.tls: {0}")]
-    Tls(String),
-}
-
-/// The gRPC listener's TLS: its identity and, with `client_ca_file`, optional client
-/// certificates signed by that CA (callers without one still use other credentials).
-fn server_tls(
-    tls: &crate::config::TlsConfig,
-) -> Result<tonic::transport::ServerTlsConfig, ServeError> {
-    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-    let read = |path: &std::path::Path| {
-        std::fs::read(path)
-            .map_err(|err| ServeError::Tls(format!("cannot read {}: {err}", path.display())))
-    };
-    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
-        read(&tls.cert_file)?,
-        read(&tls.key_file)?,
-    ));
-    if let Some(ca) = &tls.client_ca_file {
-        config = config
-            .client_ca_root(Certificate::from_pem(read(ca)?))
-            .client_auth_optional(true);
-    }
-    Ok(config)
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// State shared by the surfaces, the admin endpoints and the reloader.
 pub struct Shared {
     pub pipeline: Arc<ArcSwap<Pipeline>>,
     pub client: reqwest::Client,
+    /// The gRPC listener's TLS configuration, when it has TLS; reloads replace it.
+    pub tls: Option<crate::tls::SharedTls>,
     ready: watch::Sender<bool>,
     /// The serving configuration generation: 1 at start, +1 per applied reload.
     generation: std::sync::atomic::AtomicU64,
@@ -150,7 +130,13 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     let grpc_listen = config.server.grpc_listen;
     let limits = config.server.limits.clone();
     let admin_listen = config.server.admin_listen;
-    let tls = config.server.tls.as_ref().map(server_tls).transpose()?;
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(crate::tls::server_config)
+        .transpose()?
+        .map(|tls| Arc::new(ArcSwap::new(tls)));
     // Fingerprint the files before the first build reads them, so that a change written
     // meanwhile is seen by the watcher (and a config changed since it was loaded, too).
     let watch = config_path.map(|path| {
@@ -162,6 +148,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     let shared = Arc::new(Shared {
         pipeline: Arc::new(ArcSwap::from_pointee(pipeline)),
         client,
+        tls,
         ready: watch::channel(false).0,
         generation: std::sync::atomic::AtomicU64::new(1),
     });
@@ -233,15 +220,12 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
         .build_v1alpha()
         .map_err(|err| ServeError::HttpClient(err.to_string()))?;
 
-    let mut builder = tonic::transport::Server::builder()
+    let builder = tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_max_header_list_size(limits.max_header_list_bytes)
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .timeout(limits.request_timeout);
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
-    }
     let max_request = limits.max_request_bytes;
     let router = builder
         .layer(LoadShedLayer::new(limits.max_in_flight))
@@ -263,6 +247,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
         grpc_listener,
         admin,
         admin_listener,
+        shared.tls.clone(),
         health_reporter,
         shutdown_rx,
         grace,
@@ -295,6 +280,7 @@ async fn run(
     grpc_listener: TcpListener,
     admin: Router,
     admin_listener: TcpListener,
+    tls: Option<crate::tls::SharedTls>,
     health: tonic_health::server::HealthReporter,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
@@ -317,11 +303,16 @@ async fn run(
         limits.admin_header_timeout,
         limits.admin_max_connections,
     ));
-    let grpc = router.serve_with_incoming_shutdown(
-        listener::incoming(grpc_listener, limits.max_connections, limits.idle_timeout),
-        stop_signal,
-    );
-    tokio::pin!(grpc);
+    let connections =
+        listener::incoming(grpc_listener, limits.max_connections, limits.idle_timeout);
+    // A handshake must finish within the idle timeout, however slowly its bytes arrive.
+    let mut grpc: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = match tls {
+        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+            crate::tls::incoming(connections, tls, limits.idle_timeout),
+            stop_signal,
+        )),
+        None => Box::pin(router.serve_with_incoming_shutdown(connections, stop_signal)),
+    };
     let result = tokio::select! {
         result = &mut grpc => result,
         _ = async {

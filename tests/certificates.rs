@@ -298,3 +298,159 @@ async fn the_tls_peer_certificate_is_the_credential_on_an_mtls_listener() {
     assert_eq!(json["principal"]["credential_type"], "CLIENT_CERTIFICATE");
     running.shutdown().await.unwrap();
 }
+
+/// A server certificate for `localhost` signed by `issuer`.
+fn localhost(issuer: &CertifiedIssuer<'static, KeyPair>) -> Leaf {
+    leaf(issuer, |p| {
+        p.subject_alt_names = vec![SanType::DnsName("localhost".try_into().unwrap())];
+    })
+}
+
+/// Replaces a file the way Kubernetes and cert-manager do: a sibling renamed over it.
+fn replace(path: &std::path::Path, contents: &str) {
+    let staged = path.with_extension("staged");
+    std::fs::write(&staged, contents).unwrap();
+    std::fs::rename(&staged, path).unwrap();
+}
+
+/// A new TLS connection to `addr` trusting only `trusted`, or why it failed.
+async fn connect_trusting(
+    addr: std::net::SocketAddr,
+    trusted: &CertifiedIssuer<'static, KeyPair>,
+) -> Result<AuthClient<Channel>, tonic::transport::Error> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(trusted.pem()))
+        .domain_name("localhost");
+    let endpoint = Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(std::time::Duration::from_secs(3));
+    Ok(AuthClient::new(endpoint.connect().await?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_tls_files_serve_new_connections_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first_ca, second_ca) = (ca("First CA"), ca("Second CA"));
+    let path = |name: &str| dir.path().join(name);
+    let first = localhost(&first_ca);
+    replace(&path("server.pem"), &first.pem);
+    replace(&path("server.key"), &first.key_pem);
+    // Relative paths resolve against the config file's directory.
+    std::fs::write(
+        path("portcullis.yaml"),
+        "server:\n  grpc_listen: 127.0.0.1:0\n  admin_listen: 127.0.0.1:0\n  tls: {cert_file: server.pem, key_file: server.key}\n",
+    )
+    .unwrap();
+    let config = portcullis::config::load_file(&path("portcullis.yaml")).unwrap();
+    let running = portcullis::server::start(config, Some(path("portcullis.yaml")))
+        .await
+        .unwrap();
+    let addr = running.grpc_addr;
+    let mut before_rotation = connect_trusting(addr, &first_ca).await.unwrap();
+    assert!(connect_trusting(addr, &second_ca).await.is_err());
+
+    // cert-manager renews: a new key and a certificate from another CA.
+    let second = localhost(&second_ca);
+    replace(&path("server.key"), &second.key_pem);
+    replace(&path("server.pem"), &second.pem);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut after_rotation = loop {
+        if let Ok(client) = connect_trusting(addr, &second_ca).await {
+            break client;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotated certificate is not served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(
+        connect_trusting(addr, &first_ca).await.is_err(),
+        "new connections no longer get the old certificate"
+    );
+    for client in [&mut before_rotation, &mut after_rotation] {
+        let response = call(client, pb::AuthenticateRequest::default()).await;
+        assert_eq!(reason(&response), Some(Reason::MissingCredential));
+    }
+
+    // A broken key is refused; the rotated identity keeps serving.
+    let generation = running.shared.generation();
+    replace(&path("server.key"), "-----BEGIN PRIVATE KEY-----\nbroken\n");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(
+        running.shared.generation(),
+        generation,
+        "the reload is refused"
+    );
+    assert!(connect_trusting(addr, &second_ca).await.is_ok());
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_drags_out_its_tls_handshake_neither_delays_others_nor_stays() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let trusted = ca("Test CA");
+    let server = localhost(&trusted);
+    let path = |name: &str| dir.path().join(name);
+    std::fs::write(path("server.pem"), &server.pem).unwrap();
+    std::fs::write(path("server.key"), &server.key_pem).unwrap();
+    let running = start(&format!(
+        "server:\n  tls: {{cert_file: {}, key_file: {}}}\n  limits: {{idle_timeout: 1s}}\n",
+        path("server.pem").display(),
+        path("server.key").display(),
+    ))
+    .await;
+    // Clients that send the start of a ClientHello, then one more byte now and then: never
+    // idle for the idle timeout, never done.
+    let mut draggers = Vec::new();
+    for _ in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(running.grpc_addr)
+            .await
+            .unwrap();
+        stream
+            .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+            .await
+            .unwrap();
+        draggers.push(stream);
+    }
+    let dragging = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let mut closed = vec![false; draggers.len()];
+        while started.elapsed() < std::time::Duration::from_secs(6) && closed.contains(&false) {
+            for (stream, closed) in draggers.iter_mut().zip(closed.iter_mut()) {
+                if !*closed && stream.write_all(&[0x01]).await.is_err() {
+                    *closed = true;
+                }
+                let mut byte = [0u8; 1];
+                if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(
+                    std::time::Duration::from_millis(50),
+                    stream.read(&mut byte),
+                )
+                .await
+                {
+                    *closed = true;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        (started.elapsed(), closed)
+    });
+    let mut client = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        connect_trusting(running.grpc_addr, &trusted),
+    )
+    .await
+    .expect("a handshake is not queued behind the stalled ones")
+    .unwrap();
+    let response = call(&mut client, pb::AuthenticateRequest::default()).await;
+    assert_eq!(reason(&response), Some(Reason::MissingCredential));
+    let (elapsed, closed) = dragging.await.unwrap();
+    assert!(
+        !closed.contains(&false),
+        "the server closes handshakes that outlast the idle timeout (after {elapsed:?})"
+    );
+    running.shutdown().await.unwrap();
+}

@@ -70,7 +70,7 @@ pub struct ServerConfig {
     #[schemars(schema_with = "duration_schema")]
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
-    /// TLS on the gRPC listener (restart to change).
+    /// TLS on the gRPC listener (its files reload; turning it on or off needs a restart).
     pub tls: Option<TlsConfig>,
     /// Resource limits of the listeners (restart to change).
     pub limits: LimitsConfig,

@@ -13,7 +13,8 @@ use super::{
 };
 
 /// TLS on the gRPC listener. With `client_ca_file`, clients may present a certificate signed
-/// by that CA (optional: callers without one still use the other credentials).
+/// by that CA (optional: callers without one still use the other credentials). The files are
+/// watched: rotated contents apply to new connections without a restart.
 #[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[schemars(deny_unknown_fields)]
 pub struct TlsConfig {

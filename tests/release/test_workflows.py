@@ -120,3 +120,19 @@ def test_chart_default_image_is_what_the_release_publishes():
     helpers = (CHART / "templates" / "_helpers.tpl").read_text()
     assert '(default .Chart.AppVersion .Values.image.tag)' in helpers
     assert re.fullmatch(r"\d+\.\d+\.\d+", str(chart["appVersion"])), "the release tag is v<appVersion>"
+
+
+def test_base_images_are_pinned_by_digest_and_overridable():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    args = dict(re.findall(r"^ARG (\w+_IMAGE)=(\S+)$", dockerfile, re.M))
+    assert set(args) == {"RUST_IMAGE", "RUNTIME_IMAGE"}, args
+    for name, reference in args.items():
+        assert re.fullmatch(r"[\w.\-/]+:[\w.\-]+@sha256:[0-9a-f]{64}", reference), (
+            f"{name} must be a tag pinned by digest, not {reference}")
+    # Every stage starts from one of those arguments, never from a literal image.
+    for base in re.findall(r"^FROM (\S+)", dockerfile, re.M):
+        assert base in ("${RUST_IMAGE}", "${RUNTIME_IMAGE}"), base
+    # Dependabot proposes digest updates for the Dockerfile.
+    dependabot = yaml.safe_load((REPO / ".github" / "dependabot.yml").read_text())
+    assert {"package-ecosystem": "docker", "directory": "/"}.items() <= next(
+        u for u in dependabot["updates"] if u["package-ecosystem"] == "docker").items()
