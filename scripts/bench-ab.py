@@ -9,34 +9,21 @@ rate, alternating the binaries for several rounds, and prints server CPU microse
 request (utime+stime from /proc/PID/stat) for each.
 
 Usage: scripts/bench-ab.py OLD_BINARY NEW_BINARY [--rps 5000] [--seconds 8] [--rounds 3]
-Needs ghz in .tools/bin (scripts/provision/grpc-tools.sh).
+Needs ghz in .tools/bin (scripts/provision/grpc-tools.sh) or $PORTCULLIS_TOOLS; shares its helpers with
+scripts/bench.py (scripts/benchlib.py).
 """
 
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GHZ = os.path.join(REPO, ".tools", "bin", "ghz")
-TICKS = os.sysconf("SC_CLK_TCK")
+from benchlib import (CLK_TCK, REPO, TOOLS_BIN, free_port, ghz_command, latency_ms, proc_ticks, sign_token,
+                      stop, wait_ready)
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_ticks(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+GHZ = os.path.join(TOOLS_BIN, "ghz")
 
 
 def start(binary, directory):
@@ -56,24 +43,10 @@ def start(binary, directory):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    for _ in range(100):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return process, grpc
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
+    if wait_ready(process, admin, timeout=10):
+        return process, grpc
+    stop([process])
     sys.exit(f"{binary} did not become ready")
-
-
-def token(binary):
-    return subprocess.check_output(
-        [binary, "token", "sign", "--key", os.path.join(REPO, "examples/keys/quickstart-es256.key.pem"),
-         "--alg", "ES256", "--kid", "quickstart-es256", "--iss", "https://quickstart.portcullis.invalid",
-         "--sub", "bench", "--aud", "api://quickstart", "--scope", "orders:read", "--ttl", "1h"],
-        text=True,
-    ).strip()
 
 
 def scenarios(tok):
@@ -88,17 +61,16 @@ def scenarios(tok):
 
 
 def run(pid, grpc, call, data, rps, seconds):
-    before = cpu_ticks(pid)
+    before = proc_ticks(pid)
     out = subprocess.run(
-        ["taskset", "-c", "1", GHZ, "--insecure", "--call", call, "-d", json.dumps(data),
-         "--rps", str(rps), "-c", "32", "--connections", "4", "-z", f"{seconds}s",
-         "--format", "json", f"127.0.0.1:{grpc}"],
-        capture_output=True, text=True, check=True,
+        ghz_command(GHZ, call, data, f"127.0.0.1:{grpc}", 32, 4, ["--rps", str(rps), "-z", f"{seconds}s"],
+                    ["taskset", "-c", "1"]),
+        capture_output=True, text=True, check=True, timeout=seconds + 60,
     )
-    spent = (cpu_ticks(pid) - before) / TICKS
+    spent = (proc_ticks(pid) - before) / CLK_TCK
     report = json.loads(out.stdout)
     ok = report.get("statusCodeDistribution", {}).get("OK", 0)
-    return spent * 1e6 / max(ok, 1), ok / seconds, report["latencyDistribution"][-2]["latency"] / 1e6
+    return spent * 1e6 / max(ok, 1), ok / seconds, latency_ms(report, 99)
 
 
 def main():
@@ -110,10 +82,12 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
-        servers = {name: start(binary, directory) for name, binary in (("old", args.old), ("new", args.new))}
-        tok = token(args.new)
+        servers = {}
         results = {}
         try:
+            for name, binary in (("old", args.old), ("new", args.new)):
+                servers[name] = start(binary, directory)
+            tok = sign_token(args.new)
             for _ in range(args.rounds):
                 for label, call, data in scenarios(tok):
                     for name in ("old", "new"):
@@ -122,9 +96,7 @@ def main():
                         results.setdefault((label, name), []).append(
                             run(process.pid, grpc, call, data, args.rps, args.seconds))
         finally:
-            for process, _ in servers.values():
-                process.terminate()
-                process.wait()
+            stop([process for process, _ in servers.values()])
     print(f"| scenario (fixed {args.rps} rps, {args.rounds} rounds of {args.seconds}s, medians) "
           "| old µs/req | new µs/req | new/old | old p99 ms | new p99 ms |")
     print("|---|---:|---:|---:|---:|---:|")

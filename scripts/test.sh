@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh machine: provisions what the tests need (the npm OpenID
 # provider, PostgreSQL, helm, helm-docs, actionlint, Python test tools), then runs formatting
 # and lint checks, the Rust tests (unit, integration, real OpenID provider), the Helm chart,
-# release workflow and docs tests (pytest), and the Go checks of the Envoy and Istio examples.
+# release workflow, docs and load benchmark script tests (pytest), and the Go checks of the
+# Envoy and Istio examples.
 # Under CI=true a test that cannot get a component it needs fails instead of skipping.
 set -euo pipefail
 
@@ -33,9 +34,9 @@ cargo clippy --locked --all-targets -- -D warnings
 step "cargo test"
 cargo test --locked
 
-step "helm chart, container image, release workflow and docs tests (pytest)"
+step "helm chart, container image, release workflow, docs and bench script tests (pytest)"
 PORTCULLIS_BIN="$REPO/target/debug/portcullis" "$REPO/.tools/venv/bin/python" -m pytest -q \
-  tests/helm tests/image tests/release tests/docs
+  tests/helm tests/image tests/release tests/docs tests/scripts
 
 step "Envoy and Istio examples (go test, tests/examples-validation)"
 # GOFLAGS=-mod=mod: go.sum pins every module; downloads stay in the Go module cache.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the gRPC load/debug tools used by scripts/bench.sh into $REPO/.tools/bin:
+# Install the gRPC load/debug tools used by scripts/bench.py into $REPO/.tools/bin:
 #   ghz      (github.com/bojand/ghz/cmd/ghz)            load generator
 #   grpcurl  (github.com/fullstorydev/grpcurl/cmd/grpcurl) ad-hoc gRPC client
 # Idempotent and cwd-independent: `go install` runs only for a tool that is missing or
