@@ -10,8 +10,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::Algorithm::*;
 use portcullis::{
     config::IssuerConfig,
-    jwt::{ClaimPolicy, IssuerVerifier, JwtVerifier, KeyLookup, KeySet, parse_jws},
+    jwt::{ClaimPolicy, KeyLookup, KeySet, parse_jws},
     keys::KeySource,
+    verify::jwt::{IssuerVerifier, JwtVerifier},
 };
 use support::{TestKey, claims, jwks};
 

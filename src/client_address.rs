@@ -8,14 +8,6 @@ use std::{collections::HashMap, net::IpAddr};
 
 use ipnet::IpNet;
 
-/// Parses `10.0.0.0/8`, `2001:db8::/32` or a single address (a /32 or /128).
-pub fn parse_network(text: &str) -> Option<IpNet> {
-    let text = text.trim();
-    text.parse::<IpNet>()
-        .ok()
-        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
-}
-
 /// The configured `credentials.trusted_proxies`.
 #[derive(Debug, Clone, Default)]
 pub struct TrustedProxies(Vec<IpNet>);
@@ -23,7 +15,12 @@ pub struct TrustedProxies(Vec<IpNet>);
 impl TrustedProxies {
     /// From validated config (entries that do not parse were refused by validation).
     pub fn new(networks: &[String]) -> Self {
-        Self(networks.iter().filter_map(|n| parse_network(n)).collect())
+        Self(
+            networks
+                .iter()
+                .filter_map(|n| crate::vocabulary::parse_network(n))
+                .collect(),
+        )
     }
 
     fn trusts(&self, address: IpAddr) -> bool {

@@ -187,6 +187,14 @@ impl Denial {
         }
     }
 
+    /// A denial whose challenge is `Basic` (RFC 7617).
+    pub fn basic(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            scheme: Scheme::Basic,
+            ..Self::new(reason, message)
+        }
+    }
+
     pub fn insufficient_scope(missing: Vec<String>) -> Self {
         let message = format!("missing required scopes: {}", missing.join(" "));
         Self {
@@ -241,34 +249,10 @@ fn quoted_string_safe(value: &str) -> String {
         .collect()
 }
 
-/// The kind of credential a principal was proven with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CredentialType {
-    Jwt,
-    OpaqueToken,
-    ApiKey,
-    Basic,
-    ClientCertificate,
-}
+pub use crate::vocabulary::CredentialType;
 
+/// The wire form of a credential type.
 impl CredentialType {
-    pub fn as_str(self) -> &'static str {
-        self.to_proto().as_str_name()
-    }
-
-    /// Parses a SPEC name such as `API_KEY`.
-    pub fn from_name(name: &str) -> Option<Self> {
-        [
-            CredentialType::Jwt,
-            CredentialType::OpaqueToken,
-            CredentialType::ApiKey,
-            CredentialType::Basic,
-            CredentialType::ClientCertificate,
-        ]
-        .into_iter()
-        .find(|kind| kind.as_str() == name)
-    }
-
     pub fn to_proto(self) -> pb::CredentialType {
         match self {
             CredentialType::Jwt => pb::CredentialType::Jwt,
@@ -411,11 +395,17 @@ pub enum Decision {
         rule: String,
         /// Identity headers to set upstream (`response.claims_to_headers`).
         upstream_headers: Vec<(String, String)>,
+        /// The kind of credential the request presented, if one was recognised.
+        credential: Option<CredentialType>,
     },
     Deny {
         denial: Denial,
         principal: Option<Arc<Principal>>,
         rule: String,
+        /// The kind of credential the request presented, if one was recognised.
+        credential: Option<CredentialType>,
+        /// A short digest of that credential for the audit log (empty: none).
+        credential_digest: String,
     },
 }
 

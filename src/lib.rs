@@ -6,6 +6,7 @@
 //! benchmarks can drive them directly.
 #![forbid(unsafe_code)]
 
+pub mod build;
 pub mod cache;
 pub mod cli;
 pub mod client_address;
@@ -18,12 +19,15 @@ pub mod jwt;
 pub mod keys;
 pub mod listener;
 pub mod load_shed;
+pub mod outbound;
 pub mod pb;
 pub mod pipeline;
 pub mod policy;
 pub mod reload;
 pub mod server;
+pub mod serving;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 pub mod verify;
+pub mod vocabulary;

@@ -20,33 +20,16 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::{
+    build::{self, BuildMode},
     config::{self, Config},
-    pipeline::{BuildMode, Pipeline},
-    server::Shared,
+    serving::Shared,
     telemetry::metrics::{METRICS, ResultLabels},
 };
 
-/// Files whose contents make up the running config.
+/// Files whose contents make up the running config: the config file and what it reads.
 fn watched_files(config_path: &Path, config: &Config) -> BTreeSet<PathBuf> {
-    let mut files = BTreeSet::from([config_path.to_path_buf()]);
-    for issuer in &config.issuers {
-        files.extend(issuer.jwks_file.clone());
-        files.extend(issuer.public_key_files.iter().map(|f| f.path().clone()));
-        files.extend(issuer.hmac_secret.as_ref().and_then(|s| s.file().cloned()));
-        files.extend(
-            issuer
-                .introspection
-                .as_ref()
-                .and_then(|i| i.client_secret.file().cloned()),
-        );
-    }
-    files.extend(config.api_keys.file.clone());
-    files.extend(config.basic.htpasswd_file.clone());
-    files.extend(config.client_certificates.ca_files.iter().cloned());
-    if let Some(tls) = &config.server.tls {
-        files.extend([tls.cert_file.clone(), tls.key_file.clone()]);
-        files.extend(tls.client_ca_file.clone());
-    }
+    let mut files = config.files();
+    files.insert(config_path.to_path_buf());
     files
 }
 
@@ -90,7 +73,7 @@ pub fn reload_now(config_path: &Path, shared: &Shared) -> ReloadOutcome {
             "listener and shutdown settings (other than the TLS files) change only on restart; keeping the running ones"
         );
     }
-    match Pipeline::build(config, &shared.client, Some(&current), BuildMode::Serve) {
+    match build::pipeline(config, &shared.client, Some(&current), BuildMode::Serve) {
         Ok(pipeline) => {
             if let (Some(serving), Some(tls)) = (&shared.tls, tls) {
                 serving.store(tls);

@@ -11,13 +11,13 @@ use tonic_health::ServingStatus;
 use tracing::{error, info};
 
 use crate::{
+    build::{self, BuildMode},
     config::{Config, ConfigErrors, LimitsConfig},
     grpc::{auth_service::AuthService, ext_authz::ExtAuthzService},
     listener,
     load_shed::LoadShedLayer,
-    pb,
-    pipeline::{BuildMode, Pipeline},
-    reload,
+    pb, reload,
+    serving::Shared,
 };
 
 /// Why the server could not start.
@@ -36,40 +36,6 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("server.tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
-}
-
-/// State shared by the surfaces, the admin endpoints and the reloader.
-pub struct Shared {
-    pub pipeline: Arc<ArcSwap<Pipeline>>,
-    pub client: reqwest::Client,
-    /// The gRPC listener's TLS configuration, when it has TLS; reloads replace it.
-    pub tls: Option<crate::tls::SharedTls>,
-    ready: watch::Sender<bool>,
-    /// The serving configuration generation: 1 at start, +1 per applied reload.
-    generation: std::sync::atomic::AtomicU64,
-}
-
-impl Shared {
-    pub fn is_ready(&self) -> bool {
-        *self.ready.borrow()
-    }
-
-    /// The serving configuration generation.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Counts one applied reload; returns the new generation.
-    pub(crate) fn next_generation(&self) -> u64 {
-        let generation = self
-            .generation
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
-            + 1;
-        crate::telemetry::metrics::METRICS
-            .config_generation
-            .set(i64::try_from(generation).unwrap_or(i64::MAX));
-        generation
-    }
 }
 
 /// A started server.
@@ -96,35 +62,10 @@ impl Running {
     }
 }
 
-/// The shared outbound HTTP client (JWKS, discovery, introspection): rustls on aws-lc-rs,
-/// bounded connect time, and no redirects followed: a redirect could carry the client
-/// secret and the user's token to another host, or make another host's keys trusted.
-pub fn http_client() -> Result<reqwest::Client, ServeError> {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|err| ServeError::HttpClient(error_chain(&err)))
-}
-
-/// An error and every cause under it, `: `-separated (reqwest's own message alone says only
-/// "builder error" or "error sending request").
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// Starts serving `config`. With `config_path`, the file and the key files it names are
 /// watched and valid changes are swapped in.
 pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, ServeError> {
-    let client = http_client()?;
+    let client = crate::outbound::http_client().map_err(ServeError::HttpClient)?;
     let grace = config.server.shutdown_grace;
     crate::telemetry::metrics::set_request_metrics(config.telemetry.metrics);
     let grpc_listen = config.server.grpc_listen;
@@ -144,14 +85,8 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
         let changed = crate::config::load_file(&path).map_or(true, |on_disk| on_disk != config);
         (path, built_from, changed)
     });
-    let pipeline = Pipeline::build(config, &client, None, BuildMode::Serve)?;
-    let shared = Arc::new(Shared {
-        pipeline: Arc::new(ArcSwap::from_pointee(pipeline)),
-        client,
-        tls,
-        ready: watch::channel(false).0,
-        generation: std::sync::atomic::AtomicU64::new(1),
-    });
+    let pipeline = build::pipeline(config, &client, None, BuildMode::Serve)?;
+    let shared = Arc::new(Shared::new(pipeline, client, tls));
     crate::telemetry::metrics::METRICS.config_generation.set(1);
     crate::telemetry::metrics::METRICS
         .config_last_reload_successful
@@ -378,7 +313,7 @@ async fn report_ready_when_keys_load(
             return;
         }
     }
-    shared.ready.send_replace(true);
+    shared.set_ready();
     health.set_service_status("", ServingStatus::Serving).await;
     health
         .set_service_status(AUTH_SERVICE_NAME, ServingStatus::Serving)

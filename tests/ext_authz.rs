@@ -204,14 +204,10 @@ async fn an_unreachable_key_source_is_a_503_deny_not_an_rpc_error() {
         "issuers:\n  - name: remote\n    issuer: {ISS}\n    jwks_uri: http://127.0.0.1:9/jwks\n    jwks: {{timeout: 200ms}}\nauthorization:\n  rules:\n    - name: all\n"
     );
     let config = portcullis::config::load_str(&yaml).unwrap();
-    let client = portcullis::server::http_client().unwrap();
-    let pipeline = portcullis::pipeline::Pipeline::build(
-        config,
-        &client,
-        None,
-        portcullis::pipeline::BuildMode::Check,
-    )
-    .unwrap();
+    let client = portcullis::outbound::http_client().unwrap();
+    let pipeline =
+        portcullis::build::pipeline(config, &client, None, portcullis::build::BuildMode::Check)
+            .unwrap();
     let authorization = format!("Bearer {}", key.sign(&claims(ISS, AUD)));
     let request = check_request("GET", "/x", &[("authorization", &authorization)]);
     let response = portcullis::grpc::ext_authz::check(&pipeline, &request).await;

@@ -158,7 +158,7 @@ async fn denials_are_audited_and_no_secret_is_logged() {
     let expired_line = audit.iter().find(|l| l["reason"] == "EXPIRED").unwrap();
     assert_eq!(
         expired_line["credential_digest"],
-        portcullis::pipeline::short_digest(&expired)
+        portcullis::telemetry::short_digest(&expired)
     );
     let policy_line = audit
         .iter()

@@ -11,9 +11,8 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 
 use crate::{
-    config,
-    pipeline::{BuildMode, Pipeline},
-    server,
+    build::{self, BuildMode},
+    config, server,
 };
 
 /// Exit code for a bad configuration (EX_CONFIG is 78; the SPEC fixes 64, EX_USAGE).
@@ -140,10 +139,10 @@ fn check_config(path: &std::path::Path, offline: bool) -> ExitCode {
             errors.append(&mut rule_errors);
         }
     } else {
-        match server::http_client() {
+        match crate::outbound::http_client() {
             Ok(client) => {
                 if let Err(config::ConfigErrors(mut build_errors)) =
-                    Pipeline::build(config, &client, None, BuildMode::Check)
+                    build::pipeline(config, &client, None, BuildMode::Check)
                 {
                     errors.append(&mut build_errors);
                 }

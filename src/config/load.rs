@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_norway::Value;
 
 use super::types::*;
-use crate::jwt::Algorithm;
+use crate::vocabulary::{Algorithm, CredentialType, parse_network, valid_api_key_prefix};
 
 /// One problem in a config file, located by its dotted path (`issuers[0].leeway`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +78,7 @@ pub fn load_file_partial(path: &Path) -> (Config, Vec<ConfigError>) {
 }
 
 /// Parses and validates a config. Secret references are not resolved here; the pipeline does
-/// that when it builds key material (see `pipeline::Pipeline::build`).
+/// that when it builds key material (see `build::pipeline`).
 pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
     let (config, errors) = parse(text);
     if errors.is_empty() {
@@ -311,7 +311,7 @@ fn validate(config: &Config, positions: &[usize], errors: &mut Vec<ConfigError>)
         }
     }
     for (i, proxy) in config.credentials.trusted_proxies.iter().enumerate() {
-        if crate::client_address::parse_network(proxy).is_none() {
+        if parse_network(proxy).is_none() {
             errors.push(error(
                 format!("credentials.trusted_proxies[{i}]"),
                 "must be an IP address or CIDR, e.g. 10.0.0.0/8 or 2001:db8::/32",
@@ -343,7 +343,7 @@ fn validate(config: &Config, positions: &[usize], errors: &mut Vec<ConfigError>)
 /// Checks of `api_keys`, `basic`, introspection and opaque-token routing.
 fn validate_verifiers(config: &Config, positions: &[usize], errors: &mut Vec<ConfigError>) {
     let prefix = &config.api_keys.prefix;
-    if !crate::keys::api_keys::valid_prefix(prefix) {
+    if !valid_api_key_prefix(prefix) {
         errors.push(error(
             "api_keys.prefix",
             "must be 1 to 16 lower-case letters or digits",
@@ -412,6 +412,12 @@ fn validate_verifiers(config: &Config, positions: &[usize], errors: &mut Vec<Con
 /// Rule checks that need the whole config (issuer names); patterns and CEL are compiled by
 /// `policy::Policy::build`, which reports its errors with the rule's name.
 fn validate_rules(config: &Config, errors: &mut Vec<ConfigError>) {
+    if config.authorization.rules.len() > super::MAX_RULES {
+        errors.push(error(
+            "authorization.rules",
+            format!("at most {} rules", super::MAX_RULES),
+        ));
+    }
     let mut names = std::collections::HashSet::new();
     for (i, rule) in config.authorization.rules.iter().enumerate() {
         let path = format!("authorization.rules[{i}]");
@@ -432,7 +438,7 @@ fn validate_rules(config: &Config, errors: &mut Vec<ConfigError>) {
             }
         }
         for (j, kind) in rule.require.credential_types.iter().enumerate() {
-            if crate::decision::CredentialType::from_name(kind).is_none() {
+            if CredentialType::from_name(kind).is_none() {
                 errors.push(error(
                     format!("{path}.require.credential_types[{j}]"),
                     format!("rule {:?}: unknown credential type {kind:?} (JWT, OPAQUE_TOKEN, API_KEY, BASIC, CLIENT_CERTIFICATE)", rule.name),
@@ -492,14 +498,7 @@ fn validate_headers(config: &Config, errors: &mut Vec<ConfigError>) {
 }
 
 fn validate_issuer(issuer: &IssuerConfig, path: &str, errors: &mut Vec<ConfigError>) {
-    let sources = [
-        issuer.discovery,
-        issuer.jwks_uri.is_some(),
-        issuer.jwks_file.is_some(),
-        !issuer.public_key_files.is_empty(),
-        issuer.hmac_secret.is_some(),
-    ];
-    match sources.iter().filter(|set| **set).count() {
+    match issuer.key_sources().count() {
         1 => {}
         0 if issuer.introspection.is_some() => {}
         0 => errors.push(error(

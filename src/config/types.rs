@@ -1,7 +1,7 @@
 //! Configuration types. Unknown keys are reported by the loader (see `load.rs`), so these
 //! types do not use `deny_unknown_fields`: the loader collects every unknown key at once.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, time::Duration};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
@@ -25,6 +25,29 @@ pub struct Config {
 }
 
 impl Config {
+    /// Every file the config reads besides itself (key files, `file:` secrets the config
+    /// watcher follows, TLS files): what a change to must trigger a reload.
+    pub fn files(&self) -> BTreeSet<PathBuf> {
+        let mut files = BTreeSet::new();
+        for issuer in &self.issuers {
+            files.extend(issuer.key_sources().flat_map(KeySourceConfig::files));
+            files.extend(
+                issuer
+                    .introspection
+                    .as_ref()
+                    .and_then(|i| i.client_secret.file().cloned()),
+            );
+        }
+        files.extend(self.api_keys.file.clone());
+        files.extend(self.basic.htpasswd_file.clone());
+        files.extend(self.client_certificates.ca_files.iter().cloned());
+        if let Some(tls) = &self.server.tls {
+            files.extend([tls.cert_file.clone(), tls.key_file.clone()]);
+            files.extend(tls.client_ca_file.clone());
+        }
+        files
+    }
+
     /// Makes every relative file path in the config (key files, `file:` secrets, TLS files)
     /// relative to `base`, the directory of the config file.
     pub fn resolve_relative_paths(&mut self, base: &std::path::Path) {
@@ -208,6 +231,53 @@ pub enum PublicKeyFile {
     },
 }
 
+/// Where an issuer's JWT keys come from: the one key source field it sets. Validation, the
+/// build layer and the reload watcher all read an issuer's key source through this.
+#[derive(Debug, Clone, Copy)]
+pub enum KeySourceConfig<'a> {
+    /// OpenID Connect discovery from the issuer URL.
+    Discovery,
+    JwksUri(&'a String),
+    JwksFile(&'a PathBuf),
+    PublicKeyFiles(&'a [PublicKeyFile]),
+    HmacSecret(&'a SecretRef),
+}
+
+impl<'a> KeySourceConfig<'a> {
+    /// The files this source reads.
+    pub fn files(self) -> Vec<PathBuf> {
+        match self {
+            KeySourceConfig::Discovery | KeySourceConfig::JwksUri(_) => Vec::new(),
+            KeySourceConfig::JwksFile(path) => vec![path.clone()],
+            KeySourceConfig::PublicKeyFiles(files) => {
+                files.iter().map(|file| file.path().clone()).collect()
+            }
+            KeySourceConfig::HmacSecret(secret) => secret.file().cloned().into_iter().collect(),
+        }
+    }
+}
+
+impl IssuerConfig {
+    /// Every key source field this issuer sets (validation accepts at most one).
+    pub fn key_sources(&self) -> impl Iterator<Item = KeySourceConfig<'_>> {
+        [
+            self.discovery.then_some(KeySourceConfig::Discovery),
+            self.jwks_uri.as_ref().map(KeySourceConfig::JwksUri),
+            self.jwks_file.as_ref().map(KeySourceConfig::JwksFile),
+            (!self.public_key_files.is_empty())
+                .then_some(KeySourceConfig::PublicKeyFiles(&self.public_key_files)),
+            self.hmac_secret.as_ref().map(KeySourceConfig::HmacSecret),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// The issuer's key source; none when it has introspection only.
+    pub fn key_source(&self) -> Option<KeySourceConfig<'_>> {
+        self.key_sources().next()
+    }
+}
+
 impl PublicKeyFile {
     pub fn path(&self) -> &PathBuf {
         match self {
@@ -318,8 +388,13 @@ impl Default for CacheConfig {
 pub struct AuthorizationConfig {
     /// What happens when no rule applies to a request.
     pub default: Effect,
+    /// At most 1024 rules.
     pub rules: Vec<RuleConfig>,
 }
+
+/// Most rules `authorization.rules` may hold (the rules matching a request fit in a fixed
+/// bit set, found without allocating).
+pub const MAX_RULES: usize = 1024;
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::{
+    credentials::Carried,
     decision::Decision,
     pb::{self, AuthenticateRequest, AuthenticateResponse, AuthorizeRequest, AuthorizeResponse},
     pipeline::{Pipeline, RequestAttrs},
@@ -51,15 +52,17 @@ impl pb::auth_server::Auth for AuthService {
         check_headers(request.headers.len())?;
         let pipeline = self.pipeline.load_full();
         let attrs = RequestAttrs {
-            credential: request.credential.as_ref(),
-            headers: &request.headers,
+            carried: Carried {
+                credential: request.credential.as_ref(),
+                headers: &request.headers,
+                query_credentials: &[],
+                client_certificate_pem: &request.client_certificate_pem,
+                peer_certificates: peer.as_deref().map_or(&[], Vec::as_slice),
+                peer_address,
+            },
             audience: &request.audience,
             required_scopes: &[],
-            query_credentials: &[],
             resource: Resource::default(),
-            client_certificate_pem: &request.client_certificate_pem,
-            peer_certificates: peer.as_deref().map_or(&[], Vec::as_slice),
-            peer_address,
         };
         let decision = pipeline
             .run(Surface::authenticate, attrs)
@@ -93,11 +96,16 @@ impl pb::auth_server::Auth for AuthService {
         let pipeline = self.pipeline.load_full();
         let resource = request.resource.as_ref();
         let attrs = RequestAttrs {
-            credential: request.credential.as_ref(),
-            headers: &request.headers,
+            carried: Carried {
+                credential: request.credential.as_ref(),
+                headers: &request.headers,
+                query_credentials: &[],
+                client_certificate_pem: &request.client_certificate_pem,
+                peer_certificates: peer.as_deref().map_or(&[], Vec::as_slice),
+                peer_address,
+            },
             audience: &request.audience,
             required_scopes: &request.required_scopes,
-            query_credentials: &[],
             resource: Resource {
                 grpc_service: resource.map_or("", |r| r.grpc_service.as_str()),
                 grpc_method: resource.map_or("", |r| r.grpc_method.as_str()),
@@ -107,9 +115,6 @@ impl pb::auth_server::Auth for AuthService {
                 alternate_path: "",
                 context_extensions: resource.map(|r| &r.attributes),
             },
-            client_certificate_pem: &request.client_certificate_pem,
-            peer_certificates: peer.as_deref().map_or(&[], Vec::as_slice),
-            peer_address,
         };
         let response = match pipeline
             .run(Surface::authorize, attrs)
@@ -120,6 +125,7 @@ impl pb::auth_server::Auth for AuthService {
                 principal,
                 rule,
                 upstream_headers,
+                ..
             } => AuthorizeResponse {
                 allowed: true,
                 principal: principal.map(|p| p.proto().clone()),
@@ -131,6 +137,7 @@ impl pb::auth_server::Auth for AuthService {
                 denial,
                 principal,
                 rule,
+                ..
             } => AuthorizeResponse {
                 allowed: false,
                 principal: principal.map(|p| p.proto().clone()),

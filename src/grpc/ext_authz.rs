@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::{
+    credentials::Carried,
     decision::{Decision, Denial, Reason},
     pipeline::{Pipeline, RequestAttrs},
     policy::Resource,
@@ -108,14 +109,16 @@ pub async fn check(pipeline: &Pipeline, request: &CheckRequest) -> CheckResponse
         .map(|source| percent_encoding::percent_decode_str(&source.certificate).decode_utf8_lossy())
         .unwrap_or_default();
     let attrs = RequestAttrs {
-        credential: None,
-        headers: headers_ref,
+        carried: Carried {
+            credential: None,
+            headers: headers_ref,
+            query_credentials: &query_tokens,
+            client_certificate_pem: &certificate,
+            peer_certificates: &[],
+            peer_address: source_address(attributes),
+        },
         audience: "",
         required_scopes: &[],
-        client_certificate_pem: &certificate,
-        peer_certificates: &[],
-        query_credentials: &query_tokens,
-        peer_address: source_address(attributes),
         resource: Resource {
             grpc_service: "",
             grpc_method: "",
@@ -131,6 +134,7 @@ pub async fn check(pipeline: &Pipeline, request: &CheckRequest) -> CheckResponse
             principal,
             rule,
             upstream_headers,
+            ..
         } => {
             let set: Vec<HeaderValueOption> = upstream_headers
                 .iter()

@@ -169,6 +169,14 @@ fn check_signature_encoding(signature: &str) -> Result<(), TokenError> {
         .map_err(|_| TokenError::Malformed("signature is not valid base64url"))
 }
 
+/// SHA-256 of a credential: the cache key, and the short digest logs may show.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -307,7 +307,9 @@ impl RemoteKeySource {
                 .header(reqwest::header::ACCEPT, "application/json")
                 .send()
                 .await
-                .map_err(|err| FetchError::Http(crate::server::error_chain(&err.without_url())))?;
+                .map_err(|err| {
+                    FetchError::Http(crate::outbound::error_chain(&err.without_url()))
+                })?;
             if !response.status().is_success() {
                 return Err(FetchError::Status(response.status().as_u16()));
             }

@@ -20,7 +20,9 @@ pub use canonical::{canonical_host, canonical_path};
 use matcher::{Globs, Matcher};
 
 use crate::{
-    config::{Anonymous, AuthorizationConfig, ConfigError, Effect, RuleConfig, RuleMode},
+    config::{
+        Anonymous, AuthorizationConfig, ConfigError, Effect, MAX_RULES, RuleConfig, RuleMode,
+    },
     decision::{CredentialType, Denial, Principal, Reason},
     telemetry::metrics::{METRICS, Outcome, ShadowLabels},
 };
@@ -102,6 +104,12 @@ fn admits_failure(reason: Reason) -> bool {
 impl Policy {
     /// Compiles every rule, reporting each bad pattern or CEL expression with its rule.
     pub fn build(config: &AuthorizationConfig) -> Result<Self, Vec<ConfigError>> {
+        if config.rules.len() > MAX_RULES {
+            return Err(vec![ConfigError {
+                path: "authorization.rules".to_owned(),
+                message: format!("at most {MAX_RULES} rules"),
+            }]);
+        }
         let mut errors = Vec::new();
         let mut rules = Vec::with_capacity(config.rules.len());
         for (i, rule) in config.rules.iter().enumerate() {
@@ -124,20 +132,67 @@ impl Policy {
         })
     }
 
-    /// Rules whose `match` applies to `resource`, enforced and shadow alike.
-    pub fn matching<'p>(
-        &'p self,
-        resource: &'p Resource<'p>,
-    ) -> impl Iterator<Item = &'p Rule> + 'p {
-        self.rules
-            .iter()
-            .filter(move |rule| rule.matcher.matches(resource, false))
+    /// The rules whose `match` applies to `resource`, enforced and shadow alike, each
+    /// matched once (deny rules also against the path with its trailing slash toggled).
+    pub fn matching<'p>(&'p self, resource: &Resource<'_>) -> Matched<'p> {
+        let mut bits = [0u64; MAX_RULES / 64];
+        for (i, rule) in self.rules.iter().enumerate() {
+            if rule.matcher.matches(resource, rule.effect == Effect::Deny) {
+                bits[i / 64] |= 1 << (i % 64);
+            }
+        }
+        Matched { policy: self, bits }
     }
 
-    /// Whether an enforced rule matching `resource` accepts credentials in the query string.
-    pub fn allows_query_credentials(&self, resource: &Resource<'_>) -> bool {
+    /// Decides one request: [`Policy::matching`], then [`Matched::decide`].
+    pub fn decide(
+        &self,
+        authn: Result<&Principal, &Denial>,
+        resource: &Resource<'_>,
+        required_scopes: &[String],
+    ) -> Verdict {
         self.matching(resource)
-            .any(|rule| rule.mode == RuleMode::Enforce && rule.allow_query_credentials)
+            .decide(authn, resource, required_scopes)
+    }
+}
+
+/// The rules that match one request (a bit per rule, so finding them allocates nothing).
+pub struct Matched<'p> {
+    policy: &'p Policy,
+    bits: [u64; MAX_RULES / 64],
+}
+
+impl<'p> Matched<'p> {
+    /// The matching rules of one mode and effect, in configuration order.
+    fn rules(&self, mode: RuleMode, effect: Effect) -> impl Iterator<Item = &'p Rule> + '_ {
+        self.policy
+            .rules
+            .iter()
+            .enumerate()
+            .filter(move |(i, rule)| {
+                self.bits[i / 64] & (1 << (i % 64)) != 0
+                    && rule.mode == mode
+                    && rule.effect == effect
+            })
+            .map(|(_, rule)| rule)
+    }
+
+    /// Credentials in the URL query string are refused (RFC 6750 §2.3) unless an enforced
+    /// rule that matches the request allows them.
+    pub fn admit_query_credential(&self) -> Result<(), Denial> {
+        let allowed = self.policy.rules.iter().enumerate().any(|(i, rule)| {
+            self.bits[i / 64] & (1 << (i % 64)) != 0
+                && rule.mode == RuleMode::Enforce
+                && rule.allow_query_credentials
+        });
+        if allowed {
+            Ok(())
+        } else {
+            Err(Denial::new(
+                Reason::MalformedCredential,
+                "credentials in the URL query string are refused (RFC 6750 section 2.3)",
+            ))
+        }
     }
 
     /// Decides one request from its authentication outcome: a verified principal, or the
@@ -156,7 +211,7 @@ impl Policy {
         required_scopes: &[String],
     ) -> Verdict {
         let verdict = self.evaluate(RuleMode::Enforce, authn, resource, required_scopes);
-        if self.has_shadow {
+        if self.policy.has_shadow {
             let shadow = self.evaluate(RuleMode::Shadow, authn, resource, required_scopes);
             let (decision, rule) = match &shadow {
                 Verdict::Allow { rule } => ("allow", rule),
@@ -188,13 +243,8 @@ impl Policy {
         resource: &Resource<'_>,
         required_scopes: &[String],
     ) -> Verdict {
-        let rules = |effect: Effect| {
-            self.rules.iter().filter(move |rule| {
-                rule.mode == mode
-                    && rule.effect == effect
-                    && rule.matcher.matches(resource, effect == Effect::Deny)
-            })
-        };
+        let rules = |effect: Effect| self.rules(mode, effect);
+        let cel_env = &self.policy.cel_env;
         // 1. Without a verified principal, only an anonymous rule can let the request on.
         let mut anonymous_rule = None;
         if let Err(failure) = authn {
@@ -214,7 +264,7 @@ impl Policy {
         // 2. Deny rules, for every request.
         for rule in rules(Effect::Deny) {
             let applies = match authn {
-                Ok(principal) => match rule.check(principal, resource, &self.cel_env) {
+                Ok(principal) => match rule.check(principal, resource, cel_env) {
                     Ok(()) => Ok(()),
                     Err(Unmet::False(_)) => continue,
                     Err(Unmet::Error(denial)) => Err(denial.message),
@@ -275,7 +325,7 @@ impl Policy {
             let outcome = if rule.anonymous.is_anonymous() {
                 Ok(())
             } else {
-                rule.check(principal, resource, &self.cel_env)
+                rule.check(principal, resource, cel_env)
             };
             match outcome {
                 Ok(()) => {
@@ -292,7 +342,7 @@ impl Policy {
             return Verdict::Deny { denial, rule };
         }
         // 5. No rule applies.
-        match self.default {
+        match self.policy.default {
             Effect::Allow => Verdict::Allow {
                 rule: DEFAULT_RULE.to_owned(),
             },

@@ -3,8 +3,11 @@
 //! from incoming gRPC metadata and ext_authz headers), and Prometheus metrics ([`metrics`]).
 //! Nothing secret is ever recorded: credentials appear only as a short digest.
 
+mod events;
 pub mod metrics;
 pub mod process;
+
+pub use events::{request_decided, short_digest};
 
 use std::collections::HashMap;
 

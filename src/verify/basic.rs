@@ -24,13 +24,12 @@ use std::{
 };
 
 use aws_lc_rs::{hmac, rand::SystemRandom};
-use base64::{Engine, engine::general_purpose::STANDARD};
 use moka::sync::Cache;
 use serde_json::{Map, Value};
 
 use crate::{
     config::BasicConfig,
-    decision::{CredentialType, Denial, Principal, Reason, Scheme},
+    decision::{CredentialType, Denial, Principal, Reason},
     keys::htpasswd::Htpasswd,
 };
 
@@ -56,31 +55,6 @@ impl std::fmt::Debug for BasicVerifier {
             .field("users", &self.htpasswd.len())
             .finish_non_exhaustive()
     }
-}
-
-/// A Denial carrying a `Basic` challenge.
-pub fn basic_denial(reason: Reason, message: &str) -> Denial {
-    Denial {
-        scheme: Scheme::Basic,
-        ..Denial::new(reason, message)
-    }
-}
-
-/// Splits a decoded `user:password`.
-pub fn decode(encoded: &str) -> Result<(String, String), Denial> {
-    let malformed = |message: &str| basic_denial(Reason::MalformedCredential, message);
-    let bytes = STANDARD
-        .decode(encoded.trim())
-        .map_err(|_| malformed("Basic credentials are not valid base64"))?;
-    let text =
-        String::from_utf8(bytes).map_err(|_| malformed("Basic credentials are not UTF-8"))?;
-    let (user, password) = text
-        .split_once(':')
-        .ok_or_else(|| malformed("Basic credentials have no ':' between user and password"))?;
-    if user.is_empty() {
-        return Err(malformed("Basic credentials have an empty user name"));
-    }
-    Ok((user.to_owned(), password.to_owned()))
 }
 
 /// The address a client is throttled by: an IPv6 client by its /64 (one host usually holds
@@ -180,7 +154,7 @@ impl BasicVerifier {
         client: Option<IpAddr>,
     ) -> Result<Arc<Principal>, Denial> {
         if user.is_empty() || user.contains(':') {
-            return Err(basic_denial(
+            return Err(Denial::basic(
                 Reason::MalformedCredential,
                 "the Basic user name is empty or contains ':'",
             ));
@@ -193,7 +167,7 @@ impl BasicVerifier {
         let throttled = self.recent_failures(&pair_key, now) >= self.max_failures
             || self.recent_failures(&client_key, now) >= self.max_client_failures;
         if throttled {
-            return Err(basic_denial(
+            return Err(Denial::basic(
                 Reason::RateLimited,
                 "too many failed attempts; try again later",
             ));
@@ -205,14 +179,14 @@ impl BasicVerifier {
         // Each attempt that reaches the hash holds a failure slot of its pair and its client
         // until it is known to be right, so a burst of concurrent guesses cannot overshoot.
         if !self.reserve(&pair_key, now, self.max_failures) {
-            return Err(basic_denial(
+            return Err(Denial::basic(
                 Reason::RateLimited,
                 "too many failed attempts; try again later",
             ));
         }
         if !self.reserve(&client_key, now, self.max_client_failures) {
             self.release(&pair_key, now);
-            return Err(basic_denial(
+            return Err(Denial::basic(
                 Reason::RateLimited,
                 "too many failed attempts; try again later",
             ));
@@ -224,7 +198,7 @@ impl BasicVerifier {
                 .await
                 .unwrap_or(false);
         if !valid {
-            return Err(basic_denial(
+            return Err(Denial::basic(
                 Reason::InvalidSignature,
                 "unknown user or wrong password",
             ));
@@ -250,25 +224,6 @@ impl BasicVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc7617_parsing() {
-        let enc = |s: &[u8]| STANDARD.encode(s);
-        let ok = decode(&enc(b"alice:pa:ss:word")).unwrap();
-        assert_eq!(ok, ("alice".to_owned(), "pa:ss:word".to_owned()));
-        assert_eq!(decode(&enc("jös:ü".as_bytes())).unwrap().0, "jös");
-        let cases: [(&str, String); 4] = [
-            ("no colon", enc(b"alice")),
-            ("invalid base64", "***".to_owned()),
-            ("invalid UTF-8", enc(b"al\xffice:pw")),
-            ("empty user", enc(b":pw")),
-        ];
-        for (name, value) in cases {
-            let denial = decode(&value).unwrap_err();
-            assert_eq!(denial.reason, Reason::MalformedCredential, "{name}");
-            assert_eq!(denial.scheme, Scheme::Basic, "{name}");
-        }
-    }
 
     #[tokio::test]
     async fn successes_are_cached_under_a_keyed_digest_of_user_and_password() {

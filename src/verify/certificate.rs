@@ -10,36 +10,22 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
 use serde_json::{Map, Value};
 use webpki::{EndEntityCert, KeyUsage};
-use x509_parser::{
-    certificate::X509Certificate, extensions::GeneralName, pem::Pem, prelude::FromDer,
-};
+use x509_parser::{certificate::X509Certificate, extensions::GeneralName, prelude::FromDer};
 
-use crate::decision::{CredentialType, Denial, Principal, Reason};
+use crate::{
+    credentials::parse_pem_chain,
+    decision::{CredentialType, Denial, Principal, Reason},
+};
 
 /// Issuer name reported for certificate principals.
 pub const ISSUER: &str = "client_certificates";
 
-/// The certificate chain a request presented, leaf first (DER).
+/// A certificate chain, leaf first (DER).
 pub type Chain = Vec<CertificateDer<'static>>;
 
 /// The `x5t#S256` thumbprint of a DER certificate (RFC 8705 §3.1).
 pub fn thumbprint(der: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der))
-}
-
-/// Every certificate in a PEM text, in order.
-pub fn parse_pem_chain(pem: &str) -> Result<Chain, String> {
-    let mut chain = Vec::new();
-    for block in Pem::iter_from_buffer(pem.as_bytes()) {
-        let block = block.map_err(|err| format!("invalid PEM: {err}"))?;
-        if block.label == "CERTIFICATE" {
-            chain.push(CertificateDer::from(block.contents));
-        }
-    }
-    if chain.is_empty() {
-        return Err("no CERTIFICATE block found".to_owned());
-    }
-    Ok(chain)
 }
 
 /// Trusted client CAs.

@@ -236,7 +236,7 @@ impl Introspector {
                 .map_err(|err| {
                     format!(
                         "request failed: {}",
-                        crate::server::error_chain(&err.without_url())
+                        crate::outbound::error_chain(&err.without_url())
                     )
                 })?;
             if !response.status().is_success() {

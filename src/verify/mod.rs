@@ -1,17 +1,107 @@
-//! Verifiers for every credential besides JWTs (which live in `jwt`): API keys, HTTP Basic,
-//! opaque tokens by OAuth2 introspection, and client certificates (including RFC 8705
-//! certificate-bound tokens). Each turns one extracted credential into a [`Principal`] or a
-//! [`Denial`](crate::decision::Denial).
+//! Authentication, the second phase of a request: the verifier for each kind of credential
+//! turns the credential extraction found into a [`Principal`] or a [`Denial`]. JWTs
+//! ([`jwt`]), API keys, HTTP Basic, opaque tokens by OAuth2 introspection, and client
+//! certificates; [`Verifiers::verify`] is the one place that picks the verifier, and the one
+//! place that answers UNSUPPORTED_CREDENTIAL for a kind nothing is configured to verify.
 //!
-//! [`Principal`]: crate::decision::Principal
+//! RFC 8705 binding of tokens to certificates is a later phase ([`certificate::check_binding`]).
 
 pub mod api_key;
 pub mod basic;
-pub mod build;
 pub mod certificate;
 pub mod introspection;
+pub mod jwt;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use crate::{
+    credentials::{Credential, Presented},
+    decision::{CredentialType, Denial, Principal, Reason},
+};
+
+/// The verifiers of one config generation.
+pub struct Verifiers {
+    /// Every issuer with JWT keys (empty: none).
+    pub jwt: jwt::JwtVerifier,
+    pub api_keys: Option<api_key::ApiKeyVerifier>,
+    pub basic: Option<basic::BasicVerifier>,
+    /// The introspection that receives opaque bearer tokens.
+    pub opaque: Option<introspection::Introspector>,
+    pub certificates: Option<certificate::CertificateVerifier>,
+}
+
+impl Verifiers {
+    /// Verifies the presented credential. `audience`: an extra audience a token must carry
+    /// (`Authenticate.audience`; empty: none), refused for credentials without one.
+    pub async fn verify(
+        &self,
+        presented: &Presented<'_>,
+        audience: &str,
+    ) -> Result<Arc<Principal>, Denial> {
+        let credential = presented.credential.as_ref().map_err(Denial::clone)?;
+        match credential {
+            Credential::Jwt(token) => {
+                if self.jwt.is_empty() {
+                    return Err(not_configured("token issuer"));
+                }
+                self.jwt.verify(token, audience).await
+            }
+            Credential::OpaqueToken(token) => match &self.opaque {
+                Some(introspector) => introspector.verify(token, audience).await,
+                None if self.jwt.is_empty() => Err(not_configured("token issuer")),
+                None => Err(Denial::new(
+                    Reason::MalformedCredential,
+                    "bearer token is not a JWT and no introspection is configured",
+                )),
+            },
+            Credential::ApiKey(key) => {
+                let verifier = configured(&self.api_keys, "API key store")?;
+                refuse_audience(audience, CredentialType::ApiKey)?;
+                verifier.verify(key).await
+            }
+            Credential::Basic { user, password } => {
+                let verifier = configured(&self.basic, "Basic credential store")?;
+                refuse_audience(audience, CredentialType::Basic)?;
+                verifier.verify(user, password, presented.client).await
+            }
+            Credential::ClientCertificate => {
+                refuse_audience(audience, CredentialType::ClientCertificate)?;
+                let verifier = configured(&self.certificates, "client certificate CA")?;
+                verifier.verify(presented.chain.as_deref().unwrap_or_default())
+            }
+        }
+    }
+}
+
+/// The verifier for a kind of credential, or UNSUPPORTED_CREDENTIAL naming what is missing.
+fn configured<'v, V>(verifier: &'v Option<V>, what: &str) -> Result<&'v V, Denial> {
+    verifier.as_ref().ok_or_else(|| not_configured(what))
+}
+
+fn not_configured(what: &str) -> Denial {
+    Denial::new(
+        Reason::UnsupportedCredential,
+        format!("no {what} is configured"),
+    )
+}
+
+/// `Authenticate.audience` applies to tokens only: for credentials that carry no audience it
+/// is refused rather than ignored.
+fn refuse_audience(audience: &str, kind: CredentialType) -> Result<(), Denial> {
+    if audience.is_empty() {
+        return Ok(());
+    }
+    Err(Denial::new(
+        Reason::AudienceMismatch,
+        format!(
+            "{} credentials carry no audience, so the requested audience cannot be checked",
+            kind.as_str()
+        ),
+    ))
+}
 
 /// Seconds since the Unix epoch.
 pub(crate) fn unix_now() -> i64 {

@@ -28,14 +28,6 @@ pub enum FormatError {
     Random,
 }
 
-/// Whether `prefix` is usable: 1 to 16 lower-case ASCII letters or digits.
-pub fn valid_prefix(prefix: &str) -> bool {
-    (1..=16).contains(&prefix.len())
-        && prefix
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-}
-
 /// `count` uniformly random base62 characters.
 pub fn random_base62(count: usize) -> Result<String, FormatError> {
     let rng = SystemRandom::new();
@@ -66,7 +58,7 @@ fn checksum(body: &str) -> String {
 
 /// A new key with this prefix.
 pub fn generate(prefix: &str) -> Result<String, FormatError> {
-    if !valid_prefix(prefix) {
+    if !crate::vocabulary::valid_api_key_prefix(prefix) {
         return Err(FormatError::Prefix);
     }
     let body = format!("{prefix}_{}", random_base62(RANDOM_CHARS)?);

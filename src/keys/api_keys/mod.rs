@@ -8,7 +8,7 @@ pub mod postgres;
 
 use serde_json::{Map, Value};
 
-pub use format::{FormatError, valid_prefix};
+pub use format::FormatError;
 
 /// What a store knows about one key (everything but the key).
 #[derive(Debug, Clone, PartialEq)]

@@ -15,15 +15,13 @@ use std::{
 use moka::sync::Cache;
 use serde_json::Value;
 
-use super::{
-    Algorithm, ClaimPolicy, VerifyingKey,
-    claims::CheckedClaims,
-    keys::{KeyLookup, KeySet},
-    parse_compact,
-};
 use crate::{
     cache::{Ttl, TtlFromEntry, Weight, estimated_bytes, weigher},
     decision::{CredentialType, Denial, Principal, Reason},
+    jwt::{
+        Algorithm, CheckedClaims, ClaimPolicy, KeyLookup, KeySet, VerifyingKey, parse_compact,
+        token_digest,
+    },
     keys::KeySource,
     telemetry::metrics::METRICS,
 };
@@ -232,14 +230,6 @@ async fn refetch_and_find(
         return Err(unknown());
     };
     find_key(&newer, kid, alg)?.ok_or_else(unknown)
-}
-
-/// SHA-256 of a credential: the cache key, and the short digest logs may show.
-pub fn token_digest(token: &str) -> [u8; 32] {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
 }
 
 fn unix_now() -> i64 {

@@ -1,0 +1,256 @@
+//! The one path every request takes, as phases: establish the target (Authorize and Check),
+//! **extract** the credential ([`credentials`]), **authenticate** it ([`Verifiers`]),
+//! **bind** it to what the request proves it holds (RFC 8705 certificates), **authorize**
+//! with the policy ([`Policy`]), and **shape** the [`Decision`] the surfaces render.
+//! [`Pipeline::run`] reads as that sequence; each phase is a function of its own.
+//!
+//! A `Pipeline` is built from one validated config by the build layer (`crate::build`) and is
+//! immutable; a config reload builds a new one and swaps it in.
+
+mod target;
+
+use std::{sync::Arc, time::Instant};
+
+pub use target::Target;
+
+use crate::{
+    config::Config,
+    credentials::{self, Carried, Extraction, Presented},
+    decision::{CredentialType, Decision, Denial, Principal, Scheme},
+    keys::{KeySource, RemoteKeySource},
+    policy::{Policy, Resource, Verdict},
+    telemetry::{self, metrics::Surface},
+    upstream::UpstreamHeaders,
+    verify::{Verifiers, certificate, introspection::Introspector, jwt::JwtVerifier},
+};
+
+/// One request, as every surface hands it to the pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestAttrs<'a> {
+    /// Where the credential may be: the message, headers, query string, certificates.
+    pub carried: Carried<'a>,
+    /// Extra audience the token must carry (empty: none).
+    pub audience: &'a str,
+    pub required_scopes: &'a [String],
+    /// What is accessed, as the request spelled it: the target phase canonicalizes the path
+    /// and host before any rule sees them.
+    pub resource: Resource<'a>,
+}
+
+/// Verification and decision for one config generation.
+pub struct Pipeline {
+    pub config: Arc<Config>,
+    extraction: Extraction,
+    verifiers: Verifiers,
+    policy: Policy,
+    upstream: UpstreamHeaders,
+}
+
+impl Pipeline {
+    /// Assembles a pipeline from parts the build layer made from `config`.
+    pub(crate) fn new(
+        config: Arc<Config>,
+        extraction: Extraction,
+        verifiers: Verifiers,
+        policy: Policy,
+        upstream: UpstreamHeaders,
+    ) -> Self {
+        Self {
+            config,
+            extraction,
+            verifiers,
+            policy,
+            upstream,
+        }
+    }
+
+    /// Decides one request from `surface` and records it once (see
+    /// [`telemetry::request_decided`]). `Authenticate` verifies only; the others also
+    /// establish the target and apply the policy.
+    pub async fn run(&self, surface: Surface, request: RequestAttrs<'_>) -> Decision {
+        let started = Instant::now();
+        let decision = match surface {
+            Surface::authenticate => self.authenticate_only(&request).await,
+            Surface::authorize | Surface::ext_authz => self.authorize(&request).await,
+        };
+        telemetry::request_decided(surface, &decision, started.elapsed());
+        decision
+    }
+
+    /// Authenticate: extract, authenticate, bind.
+    async fn authenticate_only(&self, request: &RequestAttrs<'_>) -> Decision {
+        let presented = credentials::extract(&request.carried, &self.extraction);
+        match self.authenticate(&presented, request.audience).await {
+            Ok(principal) => Decision::Allow {
+                credential: Some(principal.credential_type),
+                principal: Some(principal),
+                rule: String::new(),
+                upstream_headers: Vec::new(),
+            },
+            Err(denial) => deny(denial, None, String::new(), Some(&presented)),
+        }
+    }
+
+    /// Authorize and Check: target, extract, (refuse query credentials no rule allows),
+    /// authenticate, bind, authorize, shape.
+    async fn authorize(&self, request: &RequestAttrs<'_>) -> Decision {
+        let target = match Target::of(&request.resource, request.carried.headers, &self.upstream) {
+            Ok(target) => target,
+            Err(denial) => return deny(denial, None, String::new(), None),
+        };
+        let resource = target.resource(&request.resource);
+        let presented = credentials::extract(&request.carried, &self.extraction);
+        let rules = self.policy.matching(&resource);
+        if presented.in_query
+            && let Err(denial) = rules.admit_query_credential()
+        {
+            return deny(denial, None, String::new(), None);
+        }
+        let authn = self.authenticate(&presented, request.audience).await;
+        let verdict = rules.decide(authn.as_deref(), &resource, request.required_scopes);
+        self.shape(verdict, authn.ok(), &presented)
+    }
+
+    /// Authenticates the presented credential, then binds it: a token bound to a
+    /// certificate (RFC 8705 `cnf.x5t#S256`) is accepted only with that certificate.
+    pub async fn authenticate(
+        &self,
+        presented: &Presented<'_>,
+        audience: &str,
+    ) -> Result<Arc<Principal>, Denial> {
+        let principal = self.verifiers.verify(presented, audience).await?;
+        bind(&principal, presented)?;
+        Ok(principal)
+    }
+
+    /// The decision for a verdict: an allow carries the identity headers to set upstream.
+    fn shape(
+        &self,
+        verdict: Verdict,
+        principal: Option<Arc<Principal>>,
+        presented: &Presented<'_>,
+    ) -> Decision {
+        match verdict {
+            Verdict::Allow { rule } => Decision::Allow {
+                upstream_headers: principal
+                    .as_deref()
+                    .map(|p| self.upstream.render(p))
+                    .unwrap_or_default(),
+                credential: principal
+                    .as_ref()
+                    .map(|p| p.credential_type)
+                    .or(presented.kind()),
+                principal,
+                rule,
+            },
+            Verdict::Deny { denial, rule } => deny(denial, principal, rule, Some(presented)),
+        }
+    }
+
+    /// The extraction settings (for tests that extract as the pipeline does).
+    pub fn extraction(&self) -> &Extraction {
+        &self.extraction
+    }
+
+    pub(crate) fn verifiers(&self) -> &Verifiers {
+        &self.verifiers
+    }
+
+    /// The realm for a denial's challenge: `basic.realm` for Basic challenges.
+    pub fn realm_for(&self, denial: &Denial) -> &str {
+        match (denial.scheme, &self.config.basic.realm) {
+            (Scheme::Basic, Some(realm)) => realm,
+            _ => self.realm(),
+        }
+    }
+
+    /// Readiness of key stores that load asynchronously (PostgreSQL's change listener).
+    pub fn store_readiness(&self) -> Vec<tokio::sync::watch::Receiver<bool>> {
+        self.verifiers
+            .api_keys
+            .iter()
+            .filter_map(|keys| keys.postgres.as_ref())
+            .map(|store| store.ready())
+            .collect()
+    }
+
+    /// The introspection for opaque tokens, if any (for metrics and tests).
+    pub fn opaque_introspector(&self) -> Option<&Introspector> {
+        self.verifiers.opaque.as_ref()
+    }
+
+    /// Remote key sources, for readiness and metrics.
+    pub fn remote_sources(&self) -> impl Iterator<Item = &Arc<RemoteKeySource>> {
+        self.verifiers
+            .jwt
+            .issuers()
+            .filter_map(|issuer| match &issuer.keys {
+                KeySource::Remote(remote) => Some(remote),
+                KeySource::Static(_) => None,
+            })
+    }
+
+    pub fn jwt(&self) -> &JwtVerifier {
+        &self.verifiers.jwt
+    }
+
+    pub fn realm(&self) -> &str {
+        &self.config.response.realm
+    }
+
+    /// Every header name an allow can set upstream (ext_authz strips incoming copies).
+    pub fn upstream_header_names(&self) -> impl Iterator<Item = &str> {
+        self.upstream.names()
+    }
+
+    /// Names some upstreams read as one of those (`x_user_id` for `x-user-id`): always
+    /// stripped from incoming requests.
+    pub fn upstream_header_aliases(&self) -> impl Iterator<Item = &str> {
+        self.upstream.aliases()
+    }
+}
+
+/// The bind phase: what the principal's credential is bound to must be what the request
+/// presented. Today RFC 8705: a JWT or opaque token carrying `cnf.x5t#S256` needs that
+/// certificate.
+fn bind(principal: &Principal, presented: &Presented<'_>) -> Result<(), Denial> {
+    if matches!(
+        principal.credential_type,
+        CredentialType::Jwt | CredentialType::OpaqueToken
+    ) {
+        let leaf = presented
+            .chain
+            .as_deref()
+            .and_then(|chain| chain.first())
+            .map(|certificate| certificate.as_ref());
+        certificate::check_binding(principal, leaf)?;
+    }
+    Ok(())
+}
+
+/// A deny decision; `presented` (when the request got as far as extraction) names the
+/// credential for telemetry, with a short digest of it.
+fn deny(
+    denial: Denial,
+    principal: Option<Arc<Principal>>,
+    rule: String,
+    presented: Option<&Presented<'_>>,
+) -> Decision {
+    let credential = principal
+        .as_ref()
+        .map(|p| p.credential_type)
+        .or(presented.and_then(Presented::kind));
+    let credential_digest = presented
+        .and_then(|p| p.credential.as_ref().ok())
+        .and_then(|c| c.digest_source())
+        .filter(|source| !source.is_empty())
+        .map(telemetry::short_digest)
+        .unwrap_or_default();
+    Decision::Deny {
+        denial,
+        principal,
+        rule,
+        credential,
+        credential_digest,
+    }
+}
