@@ -254,3 +254,6 @@ fn deny(
         credential_digest,
     }
 }
+
+#[cfg(test)]
+mod tests;

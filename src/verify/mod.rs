@@ -110,3 +110,79 @@ pub(crate) fn unix_now() -> i64 {
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{borrow::Cow, time::Duration};
+
+    use super::*;
+
+    fn nothing_configured() -> Verifiers {
+        Verifiers {
+            jwt: jwt::JwtVerifier::new(Vec::new(), 10, 1 << 20, Duration::from_secs(60)),
+            api_keys: None,
+            basic: None,
+            opaque: None,
+            certificates: None,
+        }
+    }
+
+    fn presented(credential: Credential<'_>) -> Presented<'_> {
+        Presented {
+            credential: Ok(credential),
+            chain: None,
+            client: None,
+            in_query: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn every_kind_nothing_verifies_is_unsupported() {
+        let verifiers = nothing_configured();
+        let cases = [
+            (Credential::Jwt("a.b.c"), "token issuer"),
+            (Credential::OpaqueToken("opaque"), "token issuer"),
+            (Credential::ApiKey("pcl_x"), "API key store"),
+            (
+                Credential::Basic {
+                    user: Cow::Borrowed("u"),
+                    password: Cow::Borrowed("p"),
+                },
+                "Basic credential store",
+            ),
+            (Credential::ClientCertificate, "client certificate CA"),
+        ];
+        for (credential, what) in cases {
+            let kind = credential.kind();
+            let denial = verifiers
+                .verify(&presented(credential), "")
+                .await
+                .unwrap_err();
+            assert_eq!(denial.reason, Reason::UnsupportedCredential, "{kind:?}");
+            assert_eq!(denial.message, format!("no {what} is configured"));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_extraction_failure_is_the_answer_and_audiences_are_for_tokens() {
+        let verifiers = nothing_configured();
+        let failed = Presented {
+            credential: Err(Denial::new(Reason::AmbiguousCredential, "two")),
+            ..presented(Credential::ClientCertificate)
+        };
+        assert_eq!(
+            verifiers.verify(&failed, "").await.unwrap_err().reason,
+            Reason::AmbiguousCredential
+        );
+        let certificate = presented(Credential::ClientCertificate);
+        assert_eq!(
+            verifiers
+                .verify(&certificate, "api://x")
+                .await
+                .unwrap_err()
+                .reason,
+            Reason::AudienceMismatch,
+            "refused, not ignored"
+        );
+    }
+}
