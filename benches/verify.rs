@@ -32,7 +32,13 @@ fn verifier(key: &TestKey, max_ttl: Duration) -> JwtVerifier {
         policy: ClaimPolicy::from_config(&config),
         keys: KeySource::Static(Arc::new(keys)),
     };
-    JwtVerifier::new(vec![issuer], 10_000, 64 * 1024 * 1024, max_ttl)
+    JwtVerifier::new(
+        vec![issuer],
+        10_000,
+        64 * 1024 * 1024,
+        max_ttl,
+        std::sync::Arc::new(portcullis::telemetry::metrics::Metrics::new(true)),
+    )
 }
 
 fn bench_verify(c: &mut Criterion) {

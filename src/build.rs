@@ -21,6 +21,7 @@ use crate::{
     },
     pipeline::Pipeline,
     policy::Policy,
+    telemetry::metrics::Metrics,
     upstream::UpstreamHeaders,
     verify::{
         Verifiers,
@@ -46,12 +47,13 @@ pub enum BuildMode {
 pub fn pipeline(
     config: Config,
     client: &reqwest::Client,
+    metrics: &Arc<Metrics>,
     previous: Option<&Pipeline>,
     mode: BuildMode,
 ) -> Result<Pipeline, ConfigErrors> {
     let mut errors = Vec::new();
-    let verifiers = verifiers(&config, client, previous, mode, &mut errors);
-    let policy = Policy::build(&config.authorization)
+    let verifiers = verifiers(&config, client, metrics, previous, mode, &mut errors);
+    let policy = Policy::build(&config.authorization, metrics.clone())
         .map_err(|mut rule_errors| errors.append(&mut rule_errors));
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
@@ -75,6 +77,7 @@ pub fn pipeline(
         verifiers,
         policy,
         upstream,
+        metrics.clone(),
     ))
 }
 
@@ -89,6 +92,7 @@ fn push(errors: &mut Vec<ConfigError>, path: &str, message: impl Into<String>) {
 fn verifiers(
     config: &Config,
     client: &reqwest::Client,
+    metrics: &Arc<Metrics>,
     previous: Option<&Pipeline>,
     mode: BuildMode,
     errors: &mut Vec<ConfigError>,
@@ -99,14 +103,20 @@ fn verifiers(
         let Some(source) = issuer.key_source() else {
             continue;
         };
-        match issuer_verifier(issuer, source, client, previous, mode) {
+        match issuer_verifier(issuer, source, client, metrics, previous, mode) {
             Ok(built) => issuers.push(built),
             Err(message) => push(errors, &format!("issuers[{i}]"), message),
         }
     }
     let cache = &config.cache;
     Verifiers {
-        jwt: JwtVerifier::new(issuers, cache.max_entries, cache.max_bytes, cache.max_ttl),
+        jwt: JwtVerifier::new(
+            issuers,
+            cache.max_entries,
+            cache.max_bytes,
+            cache.max_ttl,
+            metrics.clone(),
+        ),
         api_keys: api_key_verifier(
             config,
             previous.and_then(|p| p.verifiers().api_keys.as_ref()),
@@ -114,7 +124,7 @@ fn verifiers(
             errors,
         ),
         basic: basic_verifier(config, errors),
-        opaque: opaque_introspector(config, client, errors),
+        opaque: opaque_introspector(config, client, metrics, errors),
         certificates: certificate_verifier(config, errors),
     }
 }
@@ -123,6 +133,7 @@ fn issuer_verifier(
     issuer: &IssuerConfig,
     source: KeySourceConfig<'_>,
     client: &reqwest::Client,
+    metrics: &Arc<Metrics>,
     previous: Option<&Pipeline>,
     mode: BuildMode,
 ) -> Result<IssuerVerifier, String> {
@@ -131,7 +142,7 @@ fn issuer_verifier(
         .iter()
         .map(|name| name.parse())
         .collect::<Result<Vec<Algorithm>, String>>()?;
-    let keys = key_source(issuer, source, &algorithms, client, previous, mode)?;
+    let keys = key_source(issuer, source, &algorithms, client, metrics, previous, mode)?;
     Ok(IssuerVerifier {
         name: issuer.name.clone(),
         iss: issuer.issuer.clone(),
@@ -146,6 +157,7 @@ fn key_source(
     source: KeySourceConfig<'_>,
     algorithms: &[Algorithm],
     client: &reqwest::Client,
+    metrics: &Arc<Metrics>,
     previous: Option<&Pipeline>,
     mode: BuildMode,
 ) -> Result<KeySource, String> {
@@ -187,6 +199,7 @@ fn key_source(
             algorithms.to_vec(),
             issuer.jwks.clone(),
             client.clone(),
+            metrics.clone(),
         );
         if mode == BuildMode::Serve {
             source.spawn_refresher();
@@ -294,6 +307,7 @@ fn basic_verifier(config: &Config, errors: &mut Vec<ConfigError>) -> Option<Basi
 fn opaque_introspector(
     config: &Config,
     client: &reqwest::Client,
+    metrics: &Arc<Metrics>,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Introspector> {
     let opaque_issuer = config.credentials.opaque_token_issuer.as_deref();
@@ -308,6 +322,7 @@ fn opaque_introspector(
             config.cache.max_entries,
             config.cache.max_bytes,
             config.cache.max_ttl,
+            metrics.clone(),
         ) {
             Ok(introspector) => built = introspector,
             Err(err) => push(errors, &format!("issuers[{i}]"), err),

@@ -23,9 +23,9 @@ use tonic::body::Body;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{
-    decision::Reason,
-    telemetry::metrics::{METRICS, Surface},
+use crate::telemetry::{
+    self,
+    metrics::{Metrics, Surface},
 };
 
 const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
@@ -33,6 +33,7 @@ const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 
 struct InFlight {
+    metrics: Arc<Metrics>,
     current: AtomicUsize,
     max: usize,
     /// The gRPC message of an overloaded Check answer, framed once.
@@ -46,7 +47,7 @@ pub struct LoadShedLayer {
 }
 
 impl LoadShedLayer {
-    pub fn new(max_in_flight: usize) -> Self {
+    pub fn new(max_in_flight: usize, metrics: Arc<Metrics>) -> Self {
         let message = crate::grpc::ext_authz::overloaded().encode_to_vec();
         let mut framed = Vec::with_capacity(5 + message.len());
         framed.push(0); // not compressed
@@ -54,6 +55,7 @@ impl LoadShedLayer {
         framed.extend_from_slice(&message);
         Self {
             state: Arc::new(InFlight {
+                metrics,
                 current: AtomicUsize::new(0),
                 max: max_in_flight,
                 check_overloaded: Bytes::from(framed),
@@ -85,7 +87,7 @@ struct Slot(Arc<InFlight>);
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.current.fetch_sub(1, Ordering::AcqRel);
-        METRICS.requests_in_flight.dec();
+        self.0.metrics.requests_in_flight.dec();
     }
 }
 
@@ -111,7 +113,7 @@ where
         }
         let admitted = self.state.current.fetch_add(1, Ordering::AcqRel) < self.state.max;
         let slot = Slot(self.state.clone());
-        METRICS.requests_in_flight.inc();
+        self.state.metrics.requests_in_flight.inc();
         if !admitted {
             let response = self.shed(path);
             drop(slot);
@@ -128,16 +130,13 @@ where
 
 impl<S> LoadShed<S> {
     fn shed(&self, path: &str) -> http::Response<Body> {
-        METRICS.requests_shed.inc();
         let surface = match path {
             CHECK_PATH => Some(Surface::ext_authz),
             "/portcullis.v1.Auth/Authenticate" => Some(Surface::authenticate),
             "/portcullis.v1.Auth/Authorize" => Some(Surface::authorize),
             _ => None,
         };
-        if let Some(surface) = surface {
-            METRICS.record_request(surface, false, Some(Reason::Overloaded), None, 0.0);
-        }
+        telemetry::request_shed(&self.state.metrics, surface);
         if path == CHECK_PATH {
             let mut trailers = http::HeaderMap::new();
             trailers.insert("grpc-status", http::HeaderValue::from_static("0"));

@@ -17,13 +17,13 @@ use std::{
 
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
 use crate::{
     build::{self, BuildMode},
     config::{self, Config},
     serving::Shared,
-    telemetry::metrics::{METRICS, ResultLabels},
+    telemetry,
 };
 
 /// Files whose contents make up the running config: the config file and what it reads.
@@ -73,7 +73,13 @@ pub fn reload_now(config_path: &Path, shared: &Shared) -> ReloadOutcome {
             "listener and shutdown settings (other than the TLS files) change only on restart; keeping the running ones"
         );
     }
-    match build::pipeline(config, &shared.client, Some(&current), BuildMode::Serve) {
+    match build::pipeline(
+        config,
+        &shared.client,
+        &shared.metrics,
+        Some(&current),
+        BuildMode::Serve,
+    ) {
         Ok(pipeline) => {
             if let (Some(serving), Some(tls)) = (&shared.tls, tls) {
                 serving.store(tls);
@@ -184,13 +190,7 @@ pub fn spawn_watcher(
             match outcome {
                 ReloadOutcome::Applied => {
                     let generation = shared.next_generation();
-                    METRICS
-                        .config_reloads
-                        .get_or_create(&ResultLabels { result: "success" })
-                        .inc();
-                    METRICS.config_last_reload_successful.set(1);
-                    METRICS.config_last_reload_success_time.set(unix_seconds());
-                    info!(generation, "configuration reloaded");
+                    telemetry::reload_finished(&shared.metrics, Ok(generation));
                     let now_watched = watched_files(&config_path, &shared.pipeline.load().config);
                     if now_watched != files {
                         // The new generation reads other files: fingerprint those next time.
@@ -200,12 +200,7 @@ pub fn spawn_watcher(
                     }
                 }
                 ReloadOutcome::Refused(errors) => {
-                    METRICS
-                        .config_reloads
-                        .get_or_create(&ResultLabels { result: "failure" })
-                        .inc();
-                    METRICS.config_last_reload_successful.set(0);
-                    error!(errors = %errors, "configuration change refused; the previous configuration keeps serving");
+                    telemetry::reload_finished(&shared.metrics, Err(&errors));
                 }
             }
         }
@@ -235,12 +230,6 @@ fn is_change(kind: &notify::EventKind) -> bool {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
         EventKind::Access(_) | EventKind::Other => false,
     }
-}
-
-fn unix_seconds() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Watches the parent directory of every file (non-recursively); returns the set watched.

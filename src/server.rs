@@ -18,6 +18,7 @@ use crate::{
     load_shed::LoadShedLayer,
     pb, reload,
     serving::Shared,
+    telemetry::metrics::Metrics,
 };
 
 /// Why the server could not start.
@@ -67,7 +68,7 @@ impl Running {
 pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Running, ServeError> {
     let client = crate::outbound::http_client().map_err(ServeError::HttpClient)?;
     let grace = config.server.shutdown_grace;
-    crate::telemetry::metrics::set_request_metrics(config.telemetry.metrics);
+    let metrics = Arc::new(Metrics::new(config.telemetry.metrics));
     let grpc_listen = config.server.grpc_listen;
     let limits = config.server.limits.clone();
     let admin_listen = config.server.admin_listen;
@@ -85,12 +86,9 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
         let changed = crate::config::load_file(&path).map_or(true, |on_disk| on_disk != config);
         (path, built_from, changed)
     });
-    let pipeline = build::pipeline(config, &client, None, BuildMode::Serve)?;
-    let shared = Arc::new(Shared::new(pipeline, client, tls));
-    crate::telemetry::metrics::METRICS.config_generation.set(1);
-    crate::telemetry::metrics::METRICS
-        .config_last_reload_successful
-        .set(1);
+    let pipeline = build::pipeline(config, &client, &metrics, None, BuildMode::Serve)?;
+    crate::telemetry::config_started(&metrics);
+    let shared = Arc::new(Shared::new(pipeline, client, metrics, tls));
 
     let grpc_listener =
         TcpListener::bind(grpc_listen)
@@ -163,7 +161,10 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
         .timeout(limits.request_timeout);
     let max_request = limits.max_request_bytes;
     let router = builder
-        .layer(LoadShedLayer::new(limits.max_in_flight))
+        .layer(LoadShedLayer::new(
+            limits.max_in_flight,
+            shared.metrics.clone(),
+        ))
         .add_service(health_service.max_decoding_message_size(MAX_HEALTH_REQUEST_BYTES))
         .add_service(reflection_v1.max_decoding_message_size(max_request))
         .add_service(reflection_v1alpha.max_decoding_message_size(max_request))
@@ -361,7 +362,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl axum::response::IntoResponse {
-    let metrics = &crate::telemetry::metrics::METRICS;
+    let metrics = &shared.metrics;
     for source in shared.pipeline.load().remote_sources() {
         let labels = crate::telemetry::metrics::IssuerLabels {
             issuer: source.issuer_name().to_owned(),

@@ -10,12 +10,14 @@ use std::sync::{
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use crate::{pipeline::Pipeline, tls::SharedTls};
+use crate::{pipeline::Pipeline, telemetry::metrics::Metrics, tls::SharedTls};
 
 /// State shared by the surfaces, the admin endpoints and the reloader.
 pub struct Shared {
     pub pipeline: Arc<ArcSwap<Pipeline>>,
     pub client: reqwest::Client,
+    /// The process's metrics, served at `/metrics`.
+    pub metrics: Arc<Metrics>,
     /// The gRPC listener's TLS configuration, when it has TLS; reloads replace it.
     pub tls: Option<SharedTls>,
     ready: watch::Sender<bool>,
@@ -25,10 +27,16 @@ pub struct Shared {
 
 impl Shared {
     /// Generation 1, serving `pipeline`, not ready yet.
-    pub fn new(pipeline: Pipeline, client: reqwest::Client, tls: Option<SharedTls>) -> Self {
+    pub fn new(
+        pipeline: Pipeline,
+        client: reqwest::Client,
+        metrics: Arc<Metrics>,
+        tls: Option<SharedTls>,
+    ) -> Self {
         Self {
             pipeline: Arc::new(ArcSwap::from_pointee(pipeline)),
             client,
+            metrics,
             tls,
             ready: watch::channel(false).0,
             generation: AtomicU64::new(1),
@@ -51,10 +59,6 @@ impl Shared {
 
     /// Counts one applied reload; returns the new generation.
     pub(crate) fn next_generation(&self) -> u64 {
-        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        crate::telemetry::metrics::METRICS
-            .config_generation
-            .set(i64::try_from(generation).unwrap_or(i64::MAX));
-        generation
+        self.generation.fetch_add(1, Ordering::AcqRel) + 1
     }
 }

@@ -205,9 +205,15 @@ async fn an_unreachable_key_source_is_a_503_deny_not_an_rpc_error() {
     );
     let config = portcullis::config::load_str(&yaml).unwrap();
     let client = portcullis::outbound::http_client().unwrap();
-    let pipeline =
-        portcullis::build::pipeline(config, &client, None, portcullis::build::BuildMode::Check)
-            .unwrap();
+    let metrics = std::sync::Arc::new(portcullis::telemetry::metrics::Metrics::new(true));
+    let pipeline = portcullis::build::pipeline(
+        config,
+        &client,
+        &metrics,
+        None,
+        portcullis::build::BuildMode::Check,
+    )
+    .unwrap();
     let authorization = format!("Bearer {}", key.sign(&claims(ISS, AUD)));
     let request = check_request("GET", "/x", &[("authorization", &authorization)]);
     let response = portcullis::grpc::ext_authz::check(&pipeline, &request).await;

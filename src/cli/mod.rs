@@ -134,15 +134,17 @@ fn check_config(path: &std::path::Path, offline: bool) -> ExitCode {
     // Every error in one run: what parsed is checked further even when other parts failed,
     // and every glob and CEL expression is compiled in any case.
     let (config, mut errors) = config::load_file_partial(path);
+    // Nothing is served: these metrics are never read.
+    let metrics = std::sync::Arc::new(crate::telemetry::metrics::Metrics::new(false));
     if !errors.is_empty() || offline {
-        if let Err(mut rule_errors) = crate::policy::Policy::build(&config.authorization) {
+        if let Err(mut rule_errors) = crate::policy::Policy::build(&config.authorization, metrics) {
             errors.append(&mut rule_errors);
         }
     } else {
         match crate::outbound::http_client() {
             Ok(client) => {
                 if let Err(config::ConfigErrors(mut build_errors)) =
-                    build::pipeline(config, &client, None, BuildMode::Check)
+                    build::pipeline(config, &client, &metrics, None, BuildMode::Check)
                 {
                     errors.append(&mut build_errors);
                 }

@@ -14,14 +14,14 @@ use std::{
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::{Mutex, watch};
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, info_span};
 
 use crate::{
     config::JwksConfig,
     decision::{Denial, Reason},
     http_body::{BodyError, read_limited},
     jwt::{Algorithm, KeySet},
-    telemetry::metrics::{FetchLabels, METRICS},
+    telemetry::{self, metrics::Metrics},
 };
 
 /// Largest JWKS or discovery document accepted.
@@ -66,6 +66,7 @@ struct Loaded {
 
 /// One issuer's remotely fetched key set.
 pub struct RemoteKeySource {
+    metrics: Arc<Metrics>,
     issuer_name: String,
     location: Location,
     allowed: Vec<Algorithm>,
@@ -98,8 +99,10 @@ impl RemoteKeySource {
         allowed: Vec<Algorithm>,
         settings: JwksConfig,
         client: reqwest::Client,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new(Self {
+            metrics,
             issuer_name,
             location,
             allowed,
@@ -207,17 +210,16 @@ impl RemoteKeySource {
         self.stats.fetches.fetch_add(1, Ordering::Relaxed);
         let span = info_span!("jwks_fetch", issuer = %self.issuer_name);
         let result = self.fetch_document(jwks_uri).instrument(span).await;
-        let outcome = if result.is_ok() { "success" } else { "failure" };
-        METRICS
-            .jwks_fetches
-            .get_or_create(&FetchLabels {
-                issuer: self.issuer_name.clone(),
-                result: outcome,
-            })
-            .inc();
+        telemetry::key_fetch_finished(
+            &self.metrics,
+            &self.issuer_name,
+            match &result {
+                Ok((keys, _)) => Ok(keys.len()),
+                Err(err) => Err(err),
+            },
+        );
         match result {
             Ok((keys, max_age)) => {
-                debug!(issuer = %self.issuer_name, keys = keys.len(), "key set loaded");
                 self.loaded.store(Some(Arc::new(Loaded {
                     keys: Arc::new(keys),
                     fetched_at: Instant::now(),
@@ -230,7 +232,6 @@ impl RemoteKeySource {
                 if matches!(self.location, Location::Discovery { .. }) {
                     *jwks_uri = None; // rediscover next time
                 }
-                warn!(issuer = %self.issuer_name, error = %err, "key set fetch failed; keeping the last good keys");
                 Err(err)
             }
         }

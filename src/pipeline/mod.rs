@@ -19,7 +19,10 @@ use crate::{
     decision::{CredentialType, Decision, Denial, Principal, Scheme},
     keys::{KeySource, RemoteKeySource},
     policy::{Policy, Resource, Verdict},
-    telemetry::{self, metrics::Surface},
+    telemetry::{
+        self,
+        metrics::{Metrics, Surface},
+    },
     upstream::UpstreamHeaders,
     verify::{Verifiers, certificate, introspection::Introspector, jwt::JwtVerifier},
 };
@@ -44,6 +47,8 @@ pub struct Pipeline {
     verifiers: Verifiers,
     policy: Policy,
     upstream: UpstreamHeaders,
+    /// Where decided requests are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl Pipeline {
@@ -54,6 +59,7 @@ impl Pipeline {
         verifiers: Verifiers,
         policy: Policy,
         upstream: UpstreamHeaders,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             config,
@@ -61,6 +67,7 @@ impl Pipeline {
             verifiers,
             policy,
             upstream,
+            metrics,
         }
     }
 
@@ -73,7 +80,7 @@ impl Pipeline {
             Surface::authenticate => self.authenticate_only(&request).await,
             Surface::authorize | Surface::ext_authz => self.authorize(&request).await,
         };
-        telemetry::request_decided(surface, &decision, started.elapsed());
+        telemetry::request_decided(&self.metrics, surface, &decision, started.elapsed());
         decision
     }
 

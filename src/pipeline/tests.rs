@@ -30,7 +30,8 @@ rules:
     .unwrap();
     config.authorization.rules.extend(extra.rules);
     let client = crate::outbound::http_client().unwrap();
-    build::pipeline(config, &client, None, BuildMode::Check).expect("builds")
+    let metrics = Arc::new(Metrics::new(true));
+    build::pipeline(config, &client, &metrics, None, BuildMode::Check).expect("builds")
 }
 
 fn token(scope: &str) -> String {

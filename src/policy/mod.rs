@@ -11,10 +11,10 @@
 mod canonical;
 mod matcher;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use serde_json::Value;
-use tracing::{info, warn};
+use tracing::warn;
 
 pub use canonical::{canonical_host, canonical_path};
 use matcher::{Globs, Matcher};
@@ -24,7 +24,7 @@ use crate::{
         Anonymous, AuthorizationConfig, ConfigError, Effect, MAX_RULES, RuleConfig, RuleMode,
     },
     decision::{CredentialType, Denial, Principal, Reason},
-    telemetry::metrics::{METRICS, Outcome, ShadowLabels},
+    telemetry::{self, metrics::Metrics},
 };
 
 /// What a request accesses, as the policy sees it.
@@ -50,6 +50,8 @@ pub struct Policy {
     has_shadow: bool,
     default: Effect,
     cel_env: std::sync::Arc<cel::Env>,
+    /// Shadow-rule evaluations are counted here.
+    metrics: Arc<Metrics>,
 }
 
 /// One compiled rule.
@@ -103,7 +105,10 @@ fn admits_failure(reason: Reason) -> bool {
 
 impl Policy {
     /// Compiles every rule, reporting each bad pattern or CEL expression with its rule.
-    pub fn build(config: &AuthorizationConfig) -> Result<Self, Vec<ConfigError>> {
+    pub fn build(
+        config: &AuthorizationConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, Vec<ConfigError>> {
         if config.rules.len() > MAX_RULES {
             return Err(vec![ConfigError {
                 path: "authorization.rules".to_owned(),
@@ -129,6 +134,7 @@ impl Policy {
             rules,
             default: config.default,
             cel_env: std::sync::Arc::new(cel::Env::stdlib()),
+            metrics,
         })
     }
 
@@ -213,24 +219,12 @@ impl<'p> Matched<'p> {
         let verdict = self.evaluate(RuleMode::Enforce, authn, resource, required_scopes);
         if self.policy.has_shadow {
             let shadow = self.evaluate(RuleMode::Shadow, authn, resource, required_scopes);
-            let (decision, rule) = match &shadow {
-                Verdict::Allow { rule } => ("allow", rule),
-                Verdict::Deny { rule, .. } => ("deny", rule),
+            let (allowed, rule) = match &shadow {
+                Verdict::Allow { rule } => (true, rule),
+                Verdict::Deny { rule, .. } => (false, rule),
             };
             if rule != DEFAULT_RULE && rule != REQUIRED_SCOPES_RULE && !rule.is_empty() {
-                let outcome = if decision == "allow" {
-                    Outcome::allow
-                } else {
-                    Outcome::deny
-                };
-                METRICS
-                    .shadow_decisions
-                    .get_or_create(&ShadowLabels {
-                        rule: rule.clone(),
-                        decision: outcome,
-                    })
-                    .inc();
-                info!(shadow_rule = %rule, shadow_decision = decision, "shadow rule evaluated (not enforced)");
+                telemetry::shadow_evaluated(&self.policy.metrics, rule, allowed);
             }
         }
         verdict
@@ -550,6 +544,7 @@ fn eval_cel(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::metrics::{Outcome, ShadowLabels};
     use serde_json::json;
 
     fn principal(claims: Value, scopes: &[&str]) -> Principal {
@@ -569,7 +564,7 @@ mod tests {
 
     fn policy(yaml: &str) -> Policy {
         let config: AuthorizationConfig = serde_norway::from_str(yaml).unwrap();
-        Policy::build(&config).unwrap_or_else(|e| panic!("{e:?}"))
+        Policy::build(&config, Arc::new(Metrics::new(true))).unwrap_or_else(|e| panic!("{e:?}"))
     }
 
     fn verdict(
@@ -717,15 +712,12 @@ rules:
             rule: "strict-new-rule".into(),
             decision: Outcome::deny,
         };
-        let before = METRICS.shadow_decisions.get_or_create(&labels).get();
         assert_eq!(
             verdict(&p, Some(&reader), "GET", "/orders/1"),
             (true, "orders-read".to_owned(), None)
         );
-        assert_eq!(
-            METRICS.shadow_decisions.get_or_create(&labels).get(),
-            before + 1
-        );
+        // The policy's own metrics, not a global shared with other tests: exactly one.
+        assert_eq!(p.metrics.shadow_decisions.get_or_create(&labels).get(), 1);
     }
 
     #[test]
@@ -740,7 +732,9 @@ rules:
 "#,
         )
         .unwrap();
-        let errors = Policy::build(&config).err().unwrap();
+        let errors = Policy::build(&config, Arc::new(Metrics::new(true)))
+            .err()
+            .unwrap();
         assert_eq!(errors.len(), 2);
         assert!(errors[0].message.contains("broken-cel"));
         assert!(errors[1].message.contains("broken-glob"));
@@ -1059,7 +1053,11 @@ rules:
         ];
 
         fn build(rules: Vec<RuleConfig>, default: Effect) -> Policy {
-            Policy::build(&AuthorizationConfig { default, rules }).expect("generated rules compile")
+            Policy::build(
+                &AuthorizationConfig { default, rules },
+                Arc::new(Metrics::new(true)),
+            )
+            .expect("generated rules compile")
         }
 
         fn allowed(

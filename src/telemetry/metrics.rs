@@ -2,11 +2,6 @@
 //! `portcullis_*` with units; every label value comes from a closed set (surfaces, decisions,
 //! reason codes, credential types) or from configuration (issuer and rule names).
 
-use std::sync::{
-    LazyLock,
-    atomic::{AtomicBool, Ordering},
-};
-
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -78,9 +73,14 @@ pub struct ShadowLabels {
     pub decision: Outcome,
 }
 
-/// Every metric Portcullis exports.
+/// Every metric Portcullis exports. Built once at start-up and handed to what records into
+/// it (the pipeline, key sources, the policy, the reloader, load shedding); tests build
+/// their own.
 pub struct Metrics {
     registry: Registry,
+    /// Per-request metrics (requests, latency, cache lookups) on or off
+    /// (`telemetry.metrics`); the rare events (fetches, reloads) are always counted.
+    per_request: bool,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<SurfaceLabels, Histogram>,
     pub cache_lookups: Family<CacheLabels, Counter>,
@@ -104,8 +104,17 @@ fn latency_histogram() -> Histogram {
     ))
 }
 
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("per_request", &self.per_request)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Metrics {
-    fn new() -> Self {
+    /// A registry with every metric at zero; `per_request`: `telemetry.metrics`.
+    pub fn new(per_request: bool) -> Self {
         let mut root = Registry::default();
         root.register_collector(Box::new(super::process::ProcessCollector));
         let registry = root.sub_registry_with_prefix("portcullis");
@@ -211,6 +220,7 @@ impl Metrics {
         );
         Self {
             registry: root,
+            per_request,
             requests,
             request_duration,
             cache_lookups,
@@ -244,7 +254,7 @@ impl Metrics {
         credential_type: Option<CredentialType>,
         seconds: f64,
     ) {
-        if !request_metrics() {
+        if !self.per_request {
             return;
         }
         self.requests
@@ -265,7 +275,7 @@ impl Metrics {
     }
 
     pub fn record_cache(&self, cache: &'static str, hit: bool) {
-        if !request_metrics() {
+        if !self.per_request {
             return;
         }
         self.cache_lookups
@@ -275,19 +285,4 @@ impl Metrics {
             })
             .inc();
     }
-}
-
-/// The process-wide metrics.
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
-
-static REQUEST_METRICS: AtomicBool = AtomicBool::new(true);
-
-/// Turns per-request metrics (requests, latency, cache lookups) on or off
-/// (`telemetry.metrics`); the rare events (fetches, reloads) are always counted.
-pub fn set_request_metrics(enabled: bool) {
-    REQUEST_METRICS.store(enabled, Ordering::Relaxed);
-}
-
-fn request_metrics() -> bool {
-    REQUEST_METRICS.load(Ordering::Relaxed)
 }

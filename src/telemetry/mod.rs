@@ -7,7 +7,10 @@ mod events;
 pub mod metrics;
 pub mod process;
 
-pub use events::{request_decided, short_digest};
+pub use events::{
+    config_started, key_fetch_finished, reload_finished, request_decided, request_shed,
+    shadow_evaluated, short_digest,
+};
 
 use std::collections::HashMap;
 

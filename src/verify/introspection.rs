@@ -36,7 +36,7 @@ use crate::{
     decision::{CredentialType, Denial, Principal, Reason},
     http_body::read_limited,
     jwt::{ClaimPolicy, parse_strict_object, token_digest},
-    telemetry::metrics::{IssuerLabels, METRICS},
+    telemetry::metrics::{IssuerLabels, Metrics},
 };
 
 /// Largest introspection response accepted.
@@ -89,6 +89,7 @@ fn is_access_token_type(value: &str) -> bool {
 
 /// One issuer's introspection endpoint and its result cache.
 pub struct Introspector {
+    metrics: Arc<Metrics>,
     pub issuer_name: String,
     iss: String,
     endpoint: String,
@@ -136,6 +137,7 @@ impl Introspector {
         max_entries: u64,
         max_bytes: u64,
         max_ttl: Duration,
+        metrics: Arc<Metrics>,
     ) -> Result<Option<Self>, String> {
         let Some(config) = &issuer.introspection else {
             return Ok(None);
@@ -152,6 +154,7 @@ impl Introspector {
             ..ClaimPolicy::from_config(issuer)
         };
         Ok(Some(Self {
+            metrics,
             issuer_name: issuer.name.clone(),
             iss: issuer.issuer.clone(),
             endpoint: config.endpoint.clone(),
@@ -253,7 +256,7 @@ impl Introspector {
         let span = tracing::info_span!("introspection", issuer = %self.issuer_name);
         let outcome =
             tracing::Instrument::instrument(tokio::time::timeout(self.timeout, call), span).await;
-        METRICS
+        self.metrics
             .introspection_duration
             .get_or_create(&IssuerLabels {
                 issuer: self.issuer_name.clone(),

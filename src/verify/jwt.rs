@@ -23,7 +23,7 @@ use crate::{
         token_digest,
     },
     keys::KeySource,
-    telemetry::metrics::METRICS,
+    telemetry::metrics::Metrics,
 };
 
 /// One trusted issuer: its `iss`, algorithms, claim policy and keys.
@@ -60,6 +60,7 @@ impl Weight for CachedToken {
 
 /// Verifies JWTs for every configured issuer.
 pub struct JwtVerifier {
+    metrics: Arc<Metrics>,
     by_iss: HashMap<String, Arc<IssuerVerifier>>,
     cache: Cache<[u8; 32], Arc<CachedToken>>,
     max_ttl: Duration,
@@ -72,6 +73,7 @@ impl JwtVerifier {
         max_entries: u64,
         max_bytes: u64,
         max_ttl: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let by_iss = issuers
             .into_iter()
@@ -83,6 +85,7 @@ impl JwtVerifier {
             .expire_after(TtlFromEntry)
             .build();
         Self {
+            metrics,
             by_iss,
             cache,
             max_ttl,
@@ -112,7 +115,7 @@ impl JwtVerifier {
         let digest = token_digest(token);
         let now = unix_now();
         let cached = self.cache.get(&digest);
-        METRICS.record_cache("jwt", cached.is_some());
+        self.metrics.record_cache("jwt", cached.is_some());
         if let Some(cached) = cached {
             if cached.issuer.keys.current()?.contains(&cached.key) {
                 cached

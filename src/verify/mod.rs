@@ -119,7 +119,13 @@ mod tests {
 
     fn nothing_configured() -> Verifiers {
         Verifiers {
-            jwt: jwt::JwtVerifier::new(Vec::new(), 10, 1 << 20, Duration::from_secs(60)),
+            jwt: jwt::JwtVerifier::new(
+                Vec::new(),
+                10,
+                1 << 20,
+                Duration::from_secs(60),
+                Arc::new(crate::telemetry::metrics::Metrics::new(true)),
+            ),
             api_keys: None,
             basic: None,
             opaque: None,
