@@ -1,9 +1,6 @@
 //! Micro-benchmarks of the JWT verify path, per algorithm: the signature check alone, a full
 //! uncached verification (parse, key lookup, signature, claims, principal), and a cache hit.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::{hint::black_box, sync::Arc, time::Duration};
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -14,7 +11,7 @@ use portcullis::{
     keys::KeySource,
     verify::jwt::{IssuerVerifier, JwtVerifier},
 };
-use support::{TestKey, claims, jwks};
+use portcullis_test_support::{TestKey, claims, jwks};
 
 const ISS: &str = "https://bench.test";
 const AUD: &str = "api://bench";

@@ -4,7 +4,6 @@
 //! runs through one [`pipeline::Pipeline`], and leaves as one [`decision::Decision`] that the
 //! surface renders in its own wire format. Modules are public so that integration tests and
 //! benchmarks can drive them directly.
-#![forbid(unsafe_code)]
 
 pub mod build;
 pub mod cache;

@@ -1,5 +1,4 @@
 //! The `portcullis` binary: parses the command line and runs a subcommand.
-#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 

@@ -151,7 +151,7 @@ fn check_config(path: &std::path::Path, offline: bool) -> ExitCode {
             }
             Err(err) => errors.push(config::ConfigError {
                 path: String::new(),
-                message: err.to_string(),
+                message: err,
             }),
         }
     }

@@ -802,7 +802,7 @@ rules:
         let expired = Denial::new(Reason::Expired, "token expired");
         let ambiguous = Denial::new(Reason::AmbiguousCredential, "two credentials");
         let outage = Denial::new(Reason::UpstreamUnavailable, "IdP down");
-        let cases: Vec<Case> = vec![
+        let cases: Vec<Case<'_>> = vec![
             (
                 "deny rule without requirements, valid token",
                 Ok(&ok),

@@ -71,7 +71,7 @@ impl ProcessStats {
 const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 
 impl Collector for ProcessCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let Some(stats) = ProcessStats::read() else {
             return Ok(());
         };

@@ -5,14 +5,12 @@
 //! Needs Go (and its module proxy on first build). Under CI=true a missing Go fails the test;
 //! elsewhere it is skipped with a message.
 
-mod support;
-
 use std::{path::Path, process::Command};
 
+use crate::support::*;
 use envoy_types::ext_authz::v3::pb::HttpResponse;
 use jsonwebtoken::Algorithm::ES256;
 use serde_json::{Value, json};
-use support::*;
 
 const ISS: &str = "https://a.test";
 const AUD: &str = "api://orders";

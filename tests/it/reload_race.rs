@@ -4,8 +4,6 @@
 //! last write settles, the serving generation reflects the file on disk within 2 s, every
 //! round; the generation and last-reload metrics say so too.
 
-mod support;
-
 use std::{
     path::Path,
     sync::{
@@ -15,11 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::*;
 use portcullis::{
     keys::api_keys::format,
     pb::{self, Reason},
 };
-use support::*;
 
 /// The key file: `count` keys, the first being `watched` (disabled or not), and a
 /// `revision` in every record's metadata so that each write differs.

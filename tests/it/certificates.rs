@@ -4,8 +4,7 @@
 //! `client_certificate_pem` or from the TLS peer on an mTLS listener; and RFC 8705
 //! certificate-bound JWTs (`cnf.x5t#S256`) accepted only with their certificate.
 
-mod support;
-
+use crate::support::*;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::Algorithm::HS256;
 use portcullis::pb::{self, Reason, auth_client::AuthClient};
@@ -14,7 +13,6 @@ use rcgen::{
     date_time_ymd,
 };
 use serde_json::json;
-use support::*;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 struct Leaf {
@@ -265,7 +263,7 @@ async fn the_tls_peer_certificate_is_the_credential_on_an_mtls_listener() {
     let addr = format!("https://localhost:{}", running.grpc_addr.port());
     // The in-process server shares this test's runtime: wait for the CLI asynchronously.
     let cli = |extra: &[&str]| {
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        let mut command = tokio::process::Command::new(crate::support::process::BIN);
         command
             .args(["authenticate", "--addr", &addr, "--ca-file"])
             .arg(path("ca.pem"))

@@ -3,8 +3,6 @@
 //! with `basic.realm`, throttling of repeated failures per user and per client address,
 //! weak hash formats refused at load, and hot reload of the file.
 
-mod support;
-
 use std::{
     collections::HashMap,
     io::Write,
@@ -13,12 +11,12 @@ use std::{
     time::Duration,
 };
 
+use crate::support::*;
 use base64::{Engine, engine::general_purpose::STANDARD};
 use portcullis::pb::{self, Reason, auth_client::AuthClient};
-use support::*;
 use tonic::transport::Channel;
 
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+use crate::support::process::BIN;
 
 fn passwd_line(user: &str, password: &str) -> String {
     let mut child = Command::new(BIN)

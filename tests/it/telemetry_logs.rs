@@ -3,20 +3,15 @@
 //! rule, subject, a short credential digest) and no log line contains a token, key, password
 //! or signature.
 
-mod support;
+use std::time::{Duration, Instant};
 
-use std::{
-    io::Read,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
+use crate::support::{
+    process::{Options, ServerProcess, free_port},
+    *,
 };
-
 use jsonwebtoken::Algorithm::ES256;
 use portcullis::pb::{self, auth_client::AuthClient};
 use serde_json::{Value, json};
-use support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denials_are_audited_and_no_secret_is_logged() {
@@ -24,14 +19,7 @@ async fn denials_are_audited_and_no_secret_is_logged() {
     let key = TestKey::new(ES256, "k1");
     let jwks_path = dir.path().join("jwks.json");
     std::fs::write(&jwks_path, jwks(&[&key]).to_string()).unwrap();
-    let port = |()| {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (grpc, admin) = (port(()), port(()));
+    let (grpc, admin) = (free_port(), free_port());
     let config = dir.path().join("config.yaml");
     std::fs::write(
         &config,
@@ -41,14 +29,14 @@ async fn denials_are_audited_and_no_secret_is_logged() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut server = ServerProcess::spawn(
+        &config,
+        Options {
+            capture_logs: true,
+            ..Options::default()
+        },
+    );
+    let lines = server.log_lines();
     let started = Instant::now();
     let mut client = loop {
         if let Ok(client) = AuthClient::connect(format!("http://127.0.0.1:{grpc}")).await {
@@ -124,19 +112,9 @@ async fn denials_are_audited_and_no_secret_is_logged() {
     denials += 1;
 
     let stopping = Instant::now();
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(server.terminate().success());
     println!("stopped in {:?}", stopping.elapsed());
+    let logs = lines.iter().collect::<Vec<_>>().join("\n");
 
     let audit: Vec<Value> = logs
         .lines()

@@ -5,13 +5,9 @@
 //! listeners, the connection limit, and accept errors (EMFILE) that must not spin. Each test
 //! checks the server's memory stays bounded and a normal request still succeeds.
 
-mod support;
-
 use std::{
     io::{Read, Write},
     net::TcpStream as StdTcpStream,
-    path::Path,
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -19,31 +15,22 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use jsonwebtoken::Algorithm::ES256;
 use portcullis::pb::{self, auth_client::AuthClient};
-use support::*;
 use tokio::net::TcpStream;
 
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+use crate::support::{
+    process::{Options, ServerProcess, free_port, http_get, is_ready},
+    *,
+};
 const ISS: &str = "https://a.test";
 const AUD: &str = "api://orders";
 
 /// The server binary, killed (by its PID) when dropped.
 struct Server {
-    child: Child,
+    process: ServerProcess,
     grpc: String,
     admin: String,
     _dir: tempfile::TempDir,
     key: TestKey,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    support::oidc::free_port()
 }
 
 impl Server {
@@ -64,18 +51,22 @@ impl Server {
             ),
         )
         .unwrap();
-        let child = spawn(&config, max_files);
+        let process = ServerProcess::spawn(
+            &config,
+            Options {
+                max_files,
+                ..Options::default()
+            },
+        );
         let server = Server {
-            child,
+            process,
             grpc: format!("127.0.0.1:{grpc}"),
             admin: format!("127.0.0.1:{admin}"),
             _dir: dir,
             key,
         };
         let started = Instant::now();
-        while http_get(&server.admin, "/readyz").map(|r| r.starts_with("HTTP/1.1 200"))
-            != Some(true)
-        {
+        while !is_ready(&server.admin) {
             assert!(started.elapsed() < Duration::from_secs(10), "server ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -83,7 +74,8 @@ impl Server {
     }
 
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.process.pid())).unwrap();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -94,7 +86,7 @@ impl Server {
 
     /// User plus system CPU time of the server so far, in clock ticks (1/100 s).
     fn cpu_ticks(&self) -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.process.pid())).unwrap();
         let fields: Vec<&str> = stat
             .rsplit(')')
             .next()
@@ -120,45 +112,6 @@ impl Server {
                 .expect("a normal request is answered");
         assert!(response.authenticated, "{:?}", response.denial);
     }
-}
-
-fn spawn(config: &Path, max_files: Option<u32>) -> Child {
-    let mut command = match max_files {
-        Some(limit) => {
-            let mut sh = Command::new("sh");
-            sh.arg("-c")
-                .arg(format!(
-                    "ulimit -n {limit} && exec \"$0\" serve --config \"$1\""
-                ))
-                .arg(BIN)
-                .arg(config);
-            sh
-        }
-        None => {
-            let mut bin = Command::new(BIN);
-            bin.arg("serve").arg("--config").arg(config);
-            bin
-        }
-    };
-    command
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the server binary starts")
-}
-
-/// A blocking HTTP/1.1 GET; the whole answer, or None when the connection fails.
-fn http_get(addr: &str, path: &str) -> Option<String> {
-    let mut stream = StdTcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    Some(answer)
 }
 
 /// A gRPC message frame header declaring `length` bytes, then `sent` of them.

@@ -3,16 +3,14 @@
 //! per subject, the Principal's fields, Authorize's required scopes, and hot reload of the
 //! key file including the Kubernetes Secret symlink swap.
 
-mod support;
-
 use std::{collections::HashMap, path::Path, time::Duration};
 
+use crate::support::*;
 use portcullis::{
     keys::api_keys::format,
     pb::{self, Reason},
 };
 use prost_types::value::Kind;
-use support::*;
 
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();

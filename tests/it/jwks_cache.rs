@@ -3,17 +3,15 @@
 //! cooldown, stale-if-error bounded by max_stale, bad documents never replacing good keys, and
 //! readiness waiting for the first load.
 
-mod support;
-
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use crate::support::*;
 use jsonwebtoken::Algorithm::{ES256, RS256};
 use portcullis::pb::Reason;
 use serde_json::json;
-use support::*;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };

@@ -2,15 +2,13 @@
 //! multi-issuer routing, Authorize's required scopes, reflection, and hot reload of the config
 //! and key files (valid changes swapped in, invalid ones refused).
 
-mod support;
-
 use std::{path::Path, time::Duration};
 
+use crate::support::*;
 use jsonwebtoken::Algorithm::*;
 use portcullis::pb::{self, Reason};
 use prost_types::value::Kind;
 use serde_json::json;
-use support::*;
 
 const AUD: &str = "api://orders";
 

@@ -1,25 +1,12 @@
 //! The `portcullis` binary as users run it: `check-config` (exit 64 with every error),
 //! `serve` with SIGTERM (NOT_SERVING, drain, exit 0), `authenticate` and `token inspect`.
 
-mod support;
-
 use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::support::process::{BIN, Options, ServerProcess, free_port};
 
 /// `keys generate` needs a subject and prints the format asked for.
 #[test]
@@ -154,16 +141,10 @@ fn check_config_reports_every_error_and_exits_64() {
     );
 }
 
-struct Server {
-    child: Child,
+/// The quickstart config served by the binary, and its gRPC port.
+struct Quickstart {
+    server: ServerProcess,
     grpc: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A secret written as a YAML number (all digits) is refused without being echoed, by
@@ -203,25 +184,16 @@ fn a_secret_that_is_not_a_string_is_never_echoed() {
     // A running server refuses the same change on reload, without echoing it either.
     std::fs::write(&path, with_secret("\"a-quoted-secret\"")).unwrap();
     // Killed (by PID) when dropped, also when an assertion below fails.
-    let mut server = Server {
-        child: Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-        grpc: 0,
-    };
+    let mut server = ServerProcess::spawn(
+        &path,
+        Options {
+            capture_logs: true,
+            ..Options::default()
+        },
+    );
     std::thread::sleep(Duration::from_millis(500));
     std::fs::write(&path, with_secret(DIGITS)).unwrap();
-    let stdout = server.child.stderr.take().unwrap();
-    let (lines_tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
+    let lines = server.log_lines();
     let started = Instant::now();
     let refused = loop {
         let line = lines
@@ -240,7 +212,7 @@ fn a_secret_that_is_not_a_string_is_never_echoed() {
     );
 }
 
-fn serve_quickstart() -> Server {
+fn serve_quickstart() -> Quickstart {
     let dir = env!("CARGO_MANIFEST_DIR");
     let grpc = free_port();
     let admin = free_port();
@@ -251,40 +223,15 @@ fn serve_quickstart() -> Server {
         .replace("path: keys/", &format!("path: {dir}/examples/keys/"));
     let path = std::env::temp_dir().join(format!("portcullis-cli-test-{grpc}.yaml"));
     std::fs::write(&path, config).unwrap();
-    let child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while reqwest::blocking_ready(admin).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "server did not become ready"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Server { child, grpc }
-}
-
-mod reqwest {
-    /// A tiny readiness probe over std (no HTTP client needed for one GET).
-    pub fn blocking_ready(port: u16) -> Result<(), ()> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|_| ())?;
-        stream
-            .write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            .map_err(|_| ())?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).map_err(|_| ())?;
-        if response.starts_with("HTTP/1.1 200") {
-            Ok(())
-        } else {
-            Err(())
-        }
-    }
+    let server = ServerProcess::spawn_ready(
+        &path,
+        &format!("127.0.0.1:{admin}"),
+        Options {
+            capture_logs: true,
+            ..Options::default()
+        },
+    );
+    Quickstart { server, grpc }
 }
 
 fn quickstart_token(extra: &[&str]) -> String {
@@ -435,37 +382,15 @@ fn sigterm_reports_not_serving_drains_and_exits_zero() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
-    let stderr = server.child.stderr.take().unwrap();
-    let pid = server.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let lines = server.server.log_lines();
+    let status = server.server.terminate();
     assert_eq!(status.code(), Some(0));
-    let logs: Vec<String> = BufReader::new(stderr)
-        .lines()
-        .map_while(Result::ok)
-        .collect();
+    let logs: Vec<String> = lines.iter().collect();
     assert!(logs.iter().any(|l| l.contains("shutting down")), "{logs:?}");
     assert!(
         logs.iter().all(|l| !l.contains(&token[token.len() - 20..])),
         "no token in logs"
     );
-    let _ = now(); // support is shared with other test crates
 }
 
 /// Relative paths in a config file are resolved against the file's directory, wherever

@@ -2,11 +2,9 @@
 //! must get. Keys are configured statically (a JWKS file and a PEM file), so every case runs
 //! the full gRPC path without network.
 
-mod support;
-
+use crate::support::*;
 use portcullis::pb::Reason;
 use serde_json::{Value, json};
-use support::*;
 
 const ISS: &str = "https://issuer.test";
 const AUD: &str = "api://orders";

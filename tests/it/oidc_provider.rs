@@ -6,12 +6,10 @@
 //! Needs `node` and tests/oidc/node_modules (scripts/provision/oidc.sh). Under CI=true a
 //! missing provider fails the test; elsewhere it is skipped with a message.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use portcullis::pb::Reason;
-use support::*;
 
 async fn client_credentials_token(issuer: &str, resource: &str, scope: &str) -> String {
     let response: serde_json::Value = reqwest::Client::new()

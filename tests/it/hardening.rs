@@ -4,8 +4,6 @@
 //! outbound calls that never follow an attacker (redirects, foreign discovery origins), and
 //! introspection answers for other kinds of tokens.
 
-mod support;
-
 use std::{
     collections::HashMap,
     path::Path,
@@ -15,6 +13,7 @@ use std::{
     },
 };
 
+use crate::support::*;
 use axum::{
     Router,
     extract::State,
@@ -35,7 +34,6 @@ use portcullis::{
     pb::{self, Reason},
 };
 use serde_json::{Value, json};
-use support::*;
 
 const ISS: &str = "https://a.test";
 const AUD: &str = "api://orders";
@@ -162,7 +160,7 @@ authorization:
     let expired = f.token(json!({"exp": now() - 3600}));
     let no_claim = f.token(json!({}));
     let bearer = |t: &str| format!("Bearer {t}");
-    let cases: Vec<(&str, &str, Option<String>, Expected)> = vec![
+    let cases: Vec<(&str, &str, Option<String>, Expected<'_>)> = vec![
         (
             "deny rule, valid token",
             "/public/internal/x",
@@ -328,7 +326,7 @@ authorization:
     let token = format!("Bearer {}", f.token(json!({})));
     let anonymous: &[(&str, &str)] = &[];
     let signed_in: &[(&str, &str)] = &[("authorization", &token)];
-    let cases: Vec<(&str, &str, &str, Headers, Expected)> = vec![
+    let cases: Vec<(&str, &str, &str, Headers<'_>, Expected<'_>)> = vec![
         (
             "encoded slash",
             "GET",
@@ -598,7 +596,7 @@ response:
     let real_header = format!("Bearer {real}");
     let forged_header = format!("Bearer {forged}");
 
-    let cases: Vec<(&str, CheckRequest, Expected)> = vec![
+    let cases: Vec<(&str, CheckRequest, Expected<'_>)> = vec![
         (
             "two authorization entries in header_map",
             header_map_request(

@@ -7,10 +7,8 @@
 //! Reads `PORTCULLIS_TEST_DATABASE_URL`; each test creates and drops its own database. Under
 //! CI=true a missing database fails the test; elsewhere it is skipped with a message.
 
-mod support;
-
 use std::{
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -19,9 +17,11 @@ use portcullis::{
     pb::{self, Reason, auth_client::AuthClient},
 };
 use sqlx::{Executor, PgPool};
-use support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+use crate::support::{
+    process::{BIN, Options, ServerProcess, free_port},
+    *,
+};
 
 /// A database of its own for one test, dropped by `drop_database`.
 struct TestDb {
@@ -127,35 +127,10 @@ async fn authenticate_key(
     reason(&response)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// A server process on the test database, and its gRPC port.
 struct Replica {
-    child: Child,
+    _process: ServerProcess,
     grpc: u16,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn ready(admin: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", admin)) else {
-        return false;
-    };
-    let _ = stream.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.1 200")
 }
 
 /// A `portcullis serve` process on the database; ready once its change listener listens.
@@ -169,23 +144,18 @@ fn replica(dir: &std::path::Path, url: &str) -> Replica {
         ),
     )
     .unwrap();
-    let child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("PORTCULLIS_REPLICA_DB", url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while !ready(admin) {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "replica not ready"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    let process = ServerProcess::spawn_ready(
+        &config,
+        &format!("127.0.0.1:{admin}"),
+        Options {
+            env: &[("PORTCULLIS_REPLICA_DB", url)],
+            ..Options::default()
+        },
+    );
+    Replica {
+        _process: process,
+        grpc,
     }
-    Replica { child, grpc }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

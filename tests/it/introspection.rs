@@ -8,8 +8,6 @@
 //! The real-provider test needs `node` and tests/oidc/node_modules
 //! (scripts/provision/oidc.sh); under CI=true their absence fails it, elsewhere it is skipped.
 
-mod support;
-
 use std::{
     sync::{
         Arc, Mutex,
@@ -18,12 +16,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::*;
 use axum::{
     Router, body::Bytes, extract::State, http::HeaderMap, response::IntoResponse, routing::post,
 };
 use portcullis::pb::{self, Reason, auth_client::AuthClient};
 use serde_json::{Value, json};
-use support::*;
 use tonic::transport::Channel;
 
 async fn call(
@@ -372,7 +370,7 @@ async fn introspection_faults_and_cache() {
 
     // client_secret_post puts the credentials in the form body instead.
     let running = fake_server(&fake, "client_secret_post").await;
-    let mut client = support::client(&running).await;
+    let mut client = crate::support::client(&running).await;
     fake.set(Mode::Answer(active(now() + 3600, "api://x")));
     assert_eq!(reason(&call(&mut client, "post-token", "").await), None);
     let (auth, body) = fake.last.lock().unwrap().clone();
