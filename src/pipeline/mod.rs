@@ -114,7 +114,7 @@ impl Pipeline {
             return deny(denial, None, String::new(), None);
         }
         let authn = self.authenticate(&presented, request.audience).await;
-        let verdict = rules.decide(authn.as_deref(), &resource, request.required_scopes);
+        let verdict = rules.decide(authn.as_deref(), request.required_scopes);
         self.shape(verdict, authn.ok(), &presented)
     }
 

@@ -11,7 +11,7 @@
 mod canonical;
 mod matcher;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{cell::Cell, collections::HashMap, sync::Arc};
 
 use serde_json::Value;
 use tracing::warn;
@@ -138,16 +138,15 @@ impl Policy {
         })
     }
 
-    /// The rules whose `match` applies to `resource`, enforced and shadow alike, each
-    /// matched once (deny rules also against the path with its trailing slash toggled).
-    pub fn matching<'p>(&'p self, resource: &Resource<'_>) -> Matched<'p> {
-        let mut bits = [0u64; MAX_RULES / 64];
-        for (i, rule) in self.rules.iter().enumerate() {
-            if rule.matcher.matches(resource, rule.effect == Effect::Deny) {
-                bits[i / 64] |= 1 << (i % 64);
-            }
+    /// The rules that match `resource`, enforced and shadow alike (deny rules also against
+    /// the path with its trailing slash toggled), found as the phases ask for them.
+    pub fn matching<'p, 'r>(&'p self, resource: &Resource<'r>) -> Matched<'p, 'r> {
+        Matched {
+            policy: self,
+            resource: *resource,
+            known: [const { Cell::new(0) }; MATCH_WORDS],
+            hits: [const { Cell::new(0) }; MATCH_WORDS],
         }
-        Matched { policy: self, bits }
     }
 
     /// Decides one request: [`Policy::matching`], then [`Matched::decide`].
@@ -157,18 +156,42 @@ impl Policy {
         resource: &Resource<'_>,
         required_scopes: &[String],
     ) -> Verdict {
-        self.matching(resource)
-            .decide(authn, resource, required_scopes)
+        self.matching(resource).decide(authn, required_scopes)
     }
 }
 
-/// The rules that match one request (a bit per rule, so finding them allocates nothing).
-pub struct Matched<'p> {
+/// Words of the bit sets that hold one bit per rule.
+const MATCH_WORDS: usize = MAX_RULES.div_ceil(64);
+
+/// The rules that match one request. Each rule's `match` is evaluated at most once, when a
+/// phase first asks about it (so the first satisfied allow rule still ends the search), and
+/// remembered in two bit sets on the stack: finding them allocates nothing.
+pub struct Matched<'p, 'r> {
     policy: &'p Policy,
-    bits: [u64; MAX_RULES / 64],
+    resource: Resource<'r>,
+    /// Rules whose `match` has been evaluated.
+    known: [Cell<u64>; MATCH_WORDS],
+    /// Of those, the ones that match.
+    hits: [Cell<u64>; MATCH_WORDS],
 }
 
-impl<'p> Matched<'p> {
+impl<'p> Matched<'p, '_> {
+    /// Whether rule `i` matches, evaluating its `match` the first time only.
+    fn matches(&self, i: usize, rule: &Rule) -> bool {
+        let (word, bit) = (i / 64, 1u64 << (i % 64));
+        let (known, hits) = (&self.known[word], &self.hits[word]);
+        if known.get() & bit == 0 {
+            known.set(known.get() | bit);
+            if rule
+                .matcher
+                .matches(&self.resource, rule.effect == Effect::Deny)
+            {
+                hits.set(hits.get() | bit);
+            }
+        }
+        hits.get() & bit != 0
+    }
+
     /// The matching rules of one mode and effect, in configuration order.
     fn rules(&self, mode: RuleMode, effect: Effect) -> impl Iterator<Item = &'p Rule> + '_ {
         self.policy
@@ -176,9 +199,7 @@ impl<'p> Matched<'p> {
             .iter()
             .enumerate()
             .filter(move |(i, rule)| {
-                self.bits[i / 64] & (1 << (i % 64)) != 0
-                    && rule.mode == mode
-                    && rule.effect == effect
+                rule.mode == mode && rule.effect == effect && self.matches(*i, rule)
             })
             .map(|(_, rule)| rule)
     }
@@ -187,9 +208,7 @@ impl<'p> Matched<'p> {
     /// rule that matches the request allows them.
     pub fn admit_query_credential(&self) -> Result<(), Denial> {
         let allowed = self.policy.rules.iter().enumerate().any(|(i, rule)| {
-            self.bits[i / 64] & (1 << (i % 64)) != 0
-                && rule.mode == RuleMode::Enforce
-                && rule.allow_query_credentials
+            rule.mode == RuleMode::Enforce && rule.allow_query_credentials && self.matches(i, rule)
         });
         if allowed {
             Ok(())
@@ -213,12 +232,11 @@ impl<'p> Matched<'p> {
     pub fn decide(
         &self,
         authn: Result<&Principal, &Denial>,
-        resource: &Resource<'_>,
         required_scopes: &[String],
     ) -> Verdict {
-        let verdict = self.evaluate(RuleMode::Enforce, authn, resource, required_scopes);
+        let verdict = self.evaluate(RuleMode::Enforce, authn, required_scopes);
         if self.policy.has_shadow {
-            let shadow = self.evaluate(RuleMode::Shadow, authn, resource, required_scopes);
+            let shadow = self.evaluate(RuleMode::Shadow, authn, required_scopes);
             let (allowed, rule) = match &shadow {
                 Verdict::Allow { rule } => (true, rule),
                 Verdict::Deny { rule, .. } => (false, rule),
@@ -234,9 +252,9 @@ impl<'p> Matched<'p> {
         &self,
         mode: RuleMode,
         authn: Result<&Principal, &Denial>,
-        resource: &Resource<'_>,
         required_scopes: &[String],
     ) -> Verdict {
+        let resource = &self.resource;
         let rules = |effect: Effect| self.rules(mode, effect);
         let cel_env = &self.policy.cel_env;
         // 1. Without a verified principal, only an anonymous rule can let the request on.
