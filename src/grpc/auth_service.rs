@@ -29,6 +29,25 @@ impl AuthService {
     }
 }
 
+/// What an Auth request carries: the message's credential, headers and certificate, and
+/// the TLS peer's certificates and address (no query string on this API).
+fn carried<'a>(
+    credential: Option<&'a pb::Credential>,
+    headers: &'a std::collections::HashMap<String, String>,
+    client_certificate_pem: &'a str,
+    peer_certificates: &'a [rustls_pki_types::CertificateDer<'static>],
+    peer_address: Option<std::net::IpAddr>,
+) -> Carried<'a> {
+    Carried {
+        credential,
+        headers,
+        query_credentials: &[],
+        client_certificate_pem,
+        peer_certificates,
+        peer_address,
+    }
+}
+
 fn check_headers(count: usize) -> Result<(), Status> {
     if count > MAX_HEADERS {
         return Err(Status::invalid_argument(format!(
@@ -52,14 +71,13 @@ impl pb::auth_server::Auth for AuthService {
         check_headers(request.headers.len())?;
         let pipeline = self.pipeline.load_full();
         let attrs = RequestAttrs {
-            carried: Carried {
-                credential: request.credential.as_ref(),
-                headers: &request.headers,
-                query_credentials: &[],
-                client_certificate_pem: &request.client_certificate_pem,
-                peer_certificates: peer.as_deref().map_or(&[], Vec::as_slice),
+            carried: carried(
+                request.credential.as_ref(),
+                &request.headers,
+                &request.client_certificate_pem,
+                peer.as_deref().map_or(&[], Vec::as_slice),
                 peer_address,
-            },
+            ),
             audience: &request.audience,
             required_scopes: &[],
             resource: Resource::default(),
@@ -96,14 +114,13 @@ impl pb::auth_server::Auth for AuthService {
         let pipeline = self.pipeline.load_full();
         let resource = request.resource.as_ref();
         let attrs = RequestAttrs {
-            carried: Carried {
-                credential: request.credential.as_ref(),
-                headers: &request.headers,
-                query_credentials: &[],
-                client_certificate_pem: &request.client_certificate_pem,
-                peer_certificates: peer.as_deref().map_or(&[], Vec::as_slice),
+            carried: carried(
+                request.credential.as_ref(),
+                &request.headers,
+                &request.client_certificate_pem,
+                peer.as_deref().map_or(&[], Vec::as_slice),
                 peer_address,
-            },
+            ),
             audience: &request.audience,
             required_scopes: &request.required_scopes,
             resource: Resource {
