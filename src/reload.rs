@@ -50,7 +50,8 @@ fn fingerprint(files: &BTreeSet<PathBuf>) -> [u8; 32] {
 /// Outcome of one reload attempt.
 #[derive(Debug)]
 pub enum ReloadOutcome {
-    Applied,
+    /// Serving now, as this generation.
+    Applied(u64),
     Refused(String),
 }
 
@@ -84,8 +85,7 @@ pub fn reload_now(config_path: &Path, shared: &Shared) -> ReloadOutcome {
             if let (Some(serving), Some(tls)) = (&shared.tls, tls) {
                 serving.store(tls);
             }
-            shared.pipeline.store(Arc::new(pipeline));
-            ReloadOutcome::Applied
+            ReloadOutcome::Applied(shared.install(pipeline))
         }
         Err(errors) => ReloadOutcome::Refused(errors.to_string()),
     }
@@ -188,8 +188,7 @@ pub fn spawn_watcher(
                 dirty = true;
             }
             match outcome {
-                ReloadOutcome::Applied => {
-                    let generation = shared.next_generation();
+                ReloadOutcome::Applied(generation) => {
                     telemetry::reload_finished(&shared.metrics, Ok(generation));
                     let now_watched = watched_files(&config_path, &shared.pipeline.load().config);
                     if now_watched != files {

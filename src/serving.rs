@@ -57,8 +57,11 @@ impl Shared {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Counts one applied reload; returns the new generation.
-    pub(crate) fn next_generation(&self) -> u64 {
-        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    /// Serves `pipeline` from now on, as the next generation (returned). The generation is
+    /// counted before the swap, so whoever sees the new pipeline sees its generation too.
+    pub(crate) fn install(&self, pipeline: Pipeline) -> u64 {
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.pipeline.store(Arc::new(pipeline));
+        generation
     }
 }
