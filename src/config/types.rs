@@ -389,6 +389,7 @@ pub struct AuthorizationConfig {
     /// What happens when no rule applies to a request.
     pub default: Effect,
     /// At most 1024 rules.
+    #[schemars(length(max = 1024))]
     pub rules: Vec<RuleConfig>,
 }
 
