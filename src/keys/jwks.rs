@@ -75,9 +75,11 @@ pub struct RemoteKeySource {
     loaded: ArcSwapOption<Loaded>,
     /// Serializes fetches (single-flight); holds the `jwks_uri` found by discovery.
     fetch: Mutex<Option<String>>,
-    /// Milliseconds since `epoch` of the last fetch attempt, for the unknown-kid cooldown.
-    last_attempt_ms: AtomicU64,
-    attempted: AtomicBool,
+    /// Milliseconds since `epoch` of the last refetch an unknown `kid` triggered: the
+    /// cooldown limits those only, so a key rotated in right after a scheduled fetch (or the
+    /// first load) is fetched at once.
+    last_unknown_kid_refetch_ms: AtomicU64,
+    refetched_for_unknown_kid: AtomicBool,
     epoch: Instant,
     ready: watch::Sender<bool>,
     pub stats: FetchStats,
@@ -110,8 +112,8 @@ impl RemoteKeySource {
             client,
             loaded: ArcSwapOption::empty(),
             fetch: Mutex::new(None),
-            last_attempt_ms: AtomicU64::new(0),
-            attempted: AtomicBool::new(false),
+            last_unknown_kid_refetch_ms: AtomicU64::new(0),
+            refetched_for_unknown_kid: AtomicBool::new(false),
             epoch: Instant::now(),
             ready: watch::channel(false).0,
             stats: FetchStats::default(),
@@ -165,11 +167,12 @@ impl RemoteKeySource {
         }
     }
 
+    /// Whether an unknown-kid refetch ran less than `refetch_cooldown` ago.
     fn cooling_down(&self) -> bool {
-        if !self.attempted.load(Ordering::Acquire) {
+        if !self.refetched_for_unknown_kid.load(Ordering::Acquire) {
             return false;
         }
-        let last = Duration::from_millis(self.last_attempt_ms.load(Ordering::Acquire));
+        let last = Duration::from_millis(self.last_unknown_kid_refetch_ms.load(Ordering::Acquire));
         self.epoch.elapsed().saturating_sub(last) < self.settings.refetch_cooldown
     }
 
@@ -187,6 +190,11 @@ impl RemoteKeySource {
         if self.cooling_down() {
             return None;
         }
+        let since_epoch = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_unknown_kid_refetch_ms
+            .store(since_epoch, Ordering::Release);
+        self.refetched_for_unknown_kid
+            .store(true, Ordering::Release);
         self.fetch_locked(&mut jwks_uri).await.ok()?;
         self.newer_than(seen)
     }
@@ -204,9 +212,6 @@ impl RemoteKeySource {
     }
 
     async fn fetch_locked(&self, jwks_uri: &mut Option<String>) -> Result<Duration, FetchError> {
-        let since_epoch = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_attempt_ms.store(since_epoch, Ordering::Release);
-        self.attempted.store(true, Ordering::Release);
         self.stats.fetches.fetch_add(1, Ordering::Relaxed);
         let span = info_span!("jwks_fetch", issuer = %self.issuer_name);
         let result = self.fetch_document(jwks_uri).instrument(span).await;

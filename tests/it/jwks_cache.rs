@@ -436,3 +436,29 @@ async fn shutdown_reports_not_serving_and_lets_in_flight_requests_finish() {
     );
     shutdown.await.unwrap().unwrap();
 }
+
+/// A key rotated in right after a fetch (the first load here) is fetched for the first token
+/// that names it: the cooldown only limits refetches that unknown kids trigger, so a second
+/// unknown kid right after is refused without another fetch.
+#[tokio::test]
+async fn a_key_rotated_in_right_after_start_up_is_accepted_at_once() {
+    let (old, rotated) = (TestKey::new(ES256, "k1"), TestKey::new(ES256, "k2"));
+    let jwks = FakeJwks::start(JwksMode::Down).await;
+    jwks.serve(&[&old]);
+    let running = start(&config(
+        &jwks.url,
+        "{refetch_cooldown: 30s, min_refresh: 1h, max_refresh: 1h}",
+    ))
+    .await;
+    wait_ready(&running).await;
+    assert_eq!(jwks.hits(), 1, "one initial load");
+    jwks.serve(&[&old, &rotated]);
+    let mut client = client(&running).await;
+    let response = authenticate(&mut client, &rotated.sign(&claims(ISS, AUD))).await;
+    assert_eq!(reason(&response), None, "{:?}", response.denial);
+    assert_eq!(jwks.hits(), 2, "one refetch for the unknown kid");
+    let response = authenticate(&mut client, &unknown_kid_token("k3")).await;
+    assert_eq!(reason(&response), Some(Reason::UnknownKey));
+    assert_eq!(jwks.hits(), 2, "within the cooldown, no second refetch");
+    running.shutdown().await.unwrap();
+}
