@@ -86,11 +86,9 @@ pub async fn check(pipeline: &Pipeline, request: &CheckRequest) -> CheckResponse
         }
     };
     if headers_ref.len() > MAX_HEADERS {
-        return denied(
-            &Denial::new(Reason::MalformedRequest, "too many request headers"),
-            "",
-            pipeline.realm(),
-        );
+        let denial = Denial::new(Reason::MalformedRequest, "too many request headers");
+        pipeline.refused(Surface::ext_authz, &denial);
+        return denied(&denial, "", pipeline.realm());
     }
     let method = http.map_or("", |h| h.method.as_str());
     let raw_path = http.map_or("", |h| h.path.as_str());

@@ -84,6 +84,13 @@ impl Pipeline {
         decision
     }
 
+    /// Records a request its surface refused before it could reach the pipeline (too many
+    /// headers for ext_authz), so that it is counted and audited like any other denial.
+    pub fn refused(&self, surface: Surface, denial: &Denial) {
+        let decision = deny(denial.clone(), None, String::new(), None);
+        telemetry::request_decided(&self.metrics, surface, &decision, std::time::Duration::ZERO);
+    }
+
     /// Authenticate: extract, authenticate, bind.
     async fn authenticate_only(&self, request: &RequestAttrs<'_>) -> Decision {
         let presented = credentials::extract(&request.carried, &self.extraction);

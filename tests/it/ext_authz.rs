@@ -226,3 +226,36 @@ async fn an_unreachable_key_source_is_a_503_deny_not_an_rpc_error() {
     let body: Value = serde_json::from_str(&denied.body).unwrap();
     assert_eq!(body["reason"], "UPSTREAM_UNAVAILABLE");
 }
+
+#[tokio::test]
+async fn a_check_with_too_many_headers_is_a_counted_400_deny() {
+    let config =
+        portcullis::config::load_str("authorization:\n  rules:\n    - name: all\n").unwrap();
+    let client = portcullis::outbound::http_client().unwrap();
+    let metrics = std::sync::Arc::new(portcullis::telemetry::metrics::Metrics::new(true));
+    let pipeline = portcullis::build::pipeline(
+        config,
+        &client,
+        &metrics,
+        None,
+        portcullis::build::BuildMode::Check,
+    )
+    .unwrap();
+    let names: Vec<String> = (0..300).map(|i| format!("x-h{i}")).collect();
+    let headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+    let response =
+        portcullis::grpc::ext_authz::check(&pipeline, &check_request("GET", "/x", &headers)).await;
+    let Some(HttpResponse::DeniedResponse(denied)) = response.http_response else {
+        panic!("a denied response")
+    };
+    assert_eq!(denied.status.unwrap().code, 400);
+    let body: Value = serde_json::from_str(&denied.body).unwrap();
+    assert_eq!(body["reason"], "MALFORMED_REQUEST");
+    let counted = metrics.render().lines().any(|line| {
+        line.starts_with("portcullis_requests_total{")
+            && line.contains("surface=\"ext_authz\"")
+            && line.contains("reason=\"MALFORMED_REQUEST\"")
+            && line.ends_with(" 1")
+    });
+    assert!(counted, "{}", metrics.render());
+}
