@@ -326,6 +326,10 @@ def parse_args(argv=None):
                      help="run only this scenario (repeatable; rows keep the table's order; "
                           "'vs floor' and 'expected' need the floor scenario too)")
     sel.add_argument("--list", action="store_true", help="print the scenarios and exit")
+    sel.add_argument("--perf", action="store_true",
+                     help="after each measured run, run the scenario once more under `perf record -g` "
+                          "on the server and write the top of `perf report` to OUT/SCENARIO.perf.txt "
+                          "(the measured figures stay free of perf's overhead)")
     sel.add_argument("--dry-run", action="store_true",
                      help="print what would be built, started and run, and for how long, then exit")
     where = p.add_argument_group("paths")
@@ -473,7 +477,7 @@ class Bench:
     # -- setup
     def prerequisites(self):
         a, plan = self.args, self.plan
-        needed = ["openssl", "psql"] + (["taskset"] if a.pin else [])
+        needed = ["openssl", "psql"] + (["taskset"] if a.pin else []) + (["perf"] if a.perf else [])
         missing = [t for t in needed if not shutil.which(t)]
         if missing:
             hint = " (taskset: util-linux; or --no-pin)" if "taskset" in missing else ""
@@ -723,7 +727,37 @@ class Bench:
             r["errors"] += h["errors"]
             r["teardown"] += h["teardown"]
             r["foreign_pct"] = max(r["foreign_pct"], h["foreign_pct"])
+        if a.perf:
+            self.profile(s)
         return r
+
+    def profile(self, s):
+        """One more run of scenario `s` while `perf record` samples the server's stacks; the
+        top of the report (self time, 1 % and up) goes to OUT/NAME.perf.txt."""
+        a, name = self.args, s["name"]
+        data = os.path.join(a.out, f"{name}.perf.data")
+        log(f"scenario {name}: profiling the server with perf ({a.duration})")
+        perf = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-o", data,
+                                 "-p", str(self.server[s["server"]].pid)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.processes.append(perf)
+        try:
+            self.run_ghz(s, os.path.join(a.out, f"{name}.perf.json"), ["-z", a.duration])
+        finally:
+            perf.send_signal(signal.SIGINT)
+            perf.wait(timeout=60)
+            self.processes.remove(perf)
+        sections = []
+        for title, sort in (("by shared object", "dso"), ("by symbol (self time)", "symbol")):
+            report = subprocess.run(["perf", "report", "--stdio", "--no-children", "-g", "none",
+                                     "--percent-limit", "0.5", "--sort", sort, "-i", data],
+                                    capture_output=True, text=True, timeout=300)
+            rows = [re.sub(r"\s+", " ", line).strip() for line in report.stdout.splitlines()
+                    if re.match(r"\s*\d+\.\d+%", line)]
+            sections.append(f"## {name}: {title}\n" + "\n".join(r.removesuffix(" - -") for r in rows))
+        with open(os.path.join(a.out, f"{name}.perf.txt"), "w") as f:
+            f.write("\n\n".join(sections) + "\n")
+        os.remove(data)
 
     def execute(self):
         a = self.args

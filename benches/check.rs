@@ -1,0 +1,139 @@
+//! Micro-benchmarks of one request after verification is cached: the pipeline alone
+//! (Authenticate and Check through `Pipeline::run`) and the whole Envoy Check translation
+//! (`ext_authz::check`: request to `CheckResponse`), on the quickstart config. The gap
+//! between them is the translation; the gap to the gRPC floor is what issue 11 works on.
+
+use std::{collections::HashMap, hint::black_box, path::Path, sync::Arc};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use portcullis::{
+    build::{self, BuildMode},
+    credentials::Carried,
+    grpc::ext_authz,
+    pipeline::{Pipeline, RequestAttrs},
+    policy::Resource,
+    telemetry::metrics::{Metrics, Surface},
+};
+use serde_json::json;
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+
+fn pipeline() -> Pipeline {
+    let config = portcullis::config::load_file(Path::new(&format!("{EXAMPLES}/quickstart.yaml")))
+        .expect("the quickstart config is valid");
+    let client = portcullis::outbound::http_client().unwrap();
+    let metrics = Arc::new(Metrics::new(true));
+    build::pipeline(config, &client, &metrics, None, BuildMode::Check).unwrap()
+}
+
+/// A quickstart token (the throwaway key in examples/keys) with `orders:read`.
+fn token() -> String {
+    let key = std::fs::read(format!("{EXAMPLES}/keys/quickstart-es256.key.pem")).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("quickstart-es256".to_owned());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({
+        "iss": "https://quickstart.portcullis.invalid", "aud": "api://quickstart",
+        "sub": "alice", "email": "alice@example.com", "scope": "orders:read",
+        "iat": now, "exp": now + 3600,
+    });
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(&key).unwrap();
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+/// An Envoy Check as Envoy sends it: a handful of ordinary headers and the token.
+fn check_request(
+    authorization: &str,
+    method: &str,
+    path: &str,
+) -> envoy_types::ext_authz::v3::pb::CheckRequest {
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
+    let headers: HashMap<String, String> = [
+        (":authority", "api.example.com"),
+        (":method", method),
+        (":path", path),
+        ("accept", "application/json"),
+        ("user-agent", "curl/8.5.0"),
+        ("x-request-id", "6f1c1b4e-7b0e-4f39-9d2a-3b7f0f4f2a11"),
+        ("x-forwarded-proto", "https"),
+        ("authorization", authorization),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    envoy_types::ext_authz::v3::pb::CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: method.into(),
+                    path: path.into(),
+                    host: "api.example.com".into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn bench_cached(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pipeline = pipeline();
+    let authorization = format!("Bearer {}", token());
+    let headers = HashMap::from([("authorization".to_owned(), authorization.clone())]);
+    let authenticate = RequestAttrs {
+        carried: Carried {
+            credential: None,
+            headers: &headers,
+            query_credentials: &[],
+            client_certificate_pem: "",
+            peer_certificates: &[],
+            peer_address: None,
+        },
+        audience: "",
+        required_scopes: &[],
+        resource: Resource::default(),
+    };
+    let allow = check_request(&authorization, "GET", "/orders/7");
+    let deny = check_request(&authorization, "DELETE", "/orders/7");
+    // Warm the verification cache, and check the answers before timing them.
+    runtime.block_on(async {
+        let decision = pipeline.run(Surface::authenticate, authenticate).await;
+        assert!(matches!(
+            decision,
+            portcullis::decision::Decision::Allow { .. }
+        ));
+        let allowed = ext_authz::check(&pipeline, &allow).await;
+        assert_eq!(allowed.status.unwrap().code, 0);
+        let denied = ext_authz::check(&pipeline, &deny).await;
+        assert_eq!(
+            denied.status.unwrap().code,
+            tonic::Code::PermissionDenied as i32
+        );
+    });
+
+    c.bench_function("pipeline/authenticate_cached", |b| {
+        b.iter(|| runtime.block_on(pipeline.run(Surface::authenticate, black_box(authenticate))))
+    });
+    c.bench_function("ext_authz/check_allow_cached", |b| {
+        b.iter(|| runtime.block_on(ext_authz::check(&pipeline, black_box(&allow))))
+    });
+    c.bench_function("ext_authz/check_deny_cached", |b| {
+        b.iter(|| runtime.block_on(ext_authz::check(&pipeline, black_box(&deny))))
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(50).measurement_time(std::time::Duration::from_secs(3));
+    targets = bench_cached
+}
+criterion_main!(benches);
