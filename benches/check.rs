@@ -18,9 +18,21 @@ use serde_json::json;
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
 
+/// The quickstart config, plus a CEL rule on `/reports/**` like the load benchmark's.
 fn pipeline() -> Pipeline {
-    let config = portcullis::config::load_file(Path::new(&format!("{EXAMPLES}/quickstart.yaml")))
-        .expect("the quickstart config is valid");
+    let mut config =
+        portcullis::config::load_file(Path::new(&format!("{EXAMPLES}/quickstart.yaml")))
+            .expect("the quickstart config is valid");
+    let cel: portcullis::config::AuthorizationConfig = serde_norway::from_str(
+        r#"
+rules:
+  - name: reports-cel
+    match: { http: { paths: ["/reports/**"] } }
+    require: { cel: "claims.sub == 'alice' && request.http.method == 'GET' && claims.aud == 'api://quickstart'" }
+"#,
+    )
+    .unwrap();
+    config.authorization.rules.extend(cel.rules);
     let client = portcullis::outbound::http_client().unwrap();
     let metrics = Arc::new(Metrics::new(true));
     build::pipeline(config, &client, &metrics, None, BuildMode::Check).unwrap()
@@ -103,6 +115,7 @@ fn bench_cached(c: &mut Criterion) {
         resource: Resource::default(),
     };
     let allow = check_request(&authorization, "GET", "/orders/7");
+    let cel = check_request(&authorization, "GET", "/reports/7");
     let deny = check_request(&authorization, "DELETE", "/orders/7");
     // Warm the verification cache, and check the answers before timing them.
     runtime.block_on(async {
@@ -113,6 +126,8 @@ fn bench_cached(c: &mut Criterion) {
         ));
         let allowed = ext_authz::check(&pipeline, &allow).await;
         assert_eq!(allowed.status.unwrap().code, 0);
+        let by_cel = ext_authz::check(&pipeline, &cel).await;
+        assert_eq!(by_cel.status.unwrap().code, 0, "the CEL rule allows");
         let denied = ext_authz::check(&pipeline, &deny).await;
         assert_eq!(
             denied.status.unwrap().code,
@@ -125,6 +140,9 @@ fn bench_cached(c: &mut Criterion) {
     });
     c.bench_function("ext_authz/check_allow_cached", |b| {
         b.iter(|| runtime.block_on(ext_authz::check(&pipeline, black_box(&allow))))
+    });
+    c.bench_function("ext_authz/check_cel_allow_cached", |b| {
+        b.iter(|| runtime.block_on(ext_authz::check(&pipeline, black_box(&cel))))
     });
     c.bench_function("ext_authz/check_deny_cached", |b| {
         b.iter(|| runtime.block_on(ext_authz::check(&pipeline, black_box(&deny))))

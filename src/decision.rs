@@ -281,6 +281,17 @@ pub struct Principal {
     /// The principal as Envoy dynamic metadata, built on first use by an ext_authz Check and
     /// then reused for as long as the principal is cached.
     envoy_metadata: std::sync::OnceLock<envoy_types::pb::google::protobuf::Value>,
+    /// The principal as CEL rules see it, made on the first CEL evaluation and then reused
+    /// for as long as the principal is cached.
+    cel_variables: std::sync::OnceLock<Result<CelVariables, String>>,
+}
+
+/// The `claims` and `principal` variables of a CEL rule, for one principal. Values share
+/// their contents (reference-counted), so handing them to each evaluation copies nothing.
+#[derive(Debug, Clone)]
+pub struct CelVariables {
+    pub claims: cel::Value,
+    pub principal: cel::Value,
 }
 
 impl Principal {
@@ -312,7 +323,20 @@ impl Principal {
             key_id,
             proto,
             envoy_metadata: std::sync::OnceLock::new(),
+            cel_variables: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The principal's CEL variables, made by `make` the first time (a conversion that failed
+    /// stays failed: the claims do not change).
+    pub fn cel_variables(
+        &self,
+        make: impl FnOnce(&Self) -> Result<CelVariables, String>,
+    ) -> Result<&CelVariables, &str> {
+        self.cel_variables
+            .get_or_init(|| make(self))
+            .as_ref()
+            .map_err(String::as_str)
     }
 
     /// The principal as an Envoy `google.protobuf.Value` (a struct), built once.

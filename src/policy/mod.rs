@@ -23,7 +23,7 @@ use crate::{
     config::{
         Anonymous, AuthorizationConfig, ConfigError, Effect, MAX_RULES, RuleConfig, RuleMode,
     },
-    decision::{CredentialType, Denial, Principal, Reason},
+    decision::{CelVariables, CredentialType, Denial, Principal, Reason},
     telemetry::{self, metrics::Metrics},
 };
 
@@ -523,15 +523,10 @@ fn claim_matches(
     }
 }
 
-fn eval_cel(
-    program: &cel::Program,
-    env: &std::sync::Arc<cel::Env>,
-    principal: &Principal,
-    resource: &Resource<'_>,
-) -> Result<bool, String> {
-    let mut context = cel::Context::with_env(env.clone());
+/// `claims` and `principal` for CEL, converted once per principal (see
+/// [`Principal::cel_variables`]).
+fn cel_variables(principal: &Principal) -> Result<CelVariables, String> {
     let claims = cel::to_value(&principal.claims).map_err(|err| err.to_string())?;
-    context.add_variable_from_value("claims", claims);
     let principal_value = serde_json::json!({
         "subject": principal.subject,
         "issuer": principal.issuer,
@@ -539,19 +534,52 @@ fn eval_cel(
         "scopes": principal.scopes,
         "key_id": principal.key_id,
     });
-    context.add_variable_from_value(
-        "principal",
-        cel::to_value(&principal_value).map_err(|err| err.to_string())?,
-    );
-    let request = serde_json::json!({
-        "grpc": {"service": resource.grpc_service, "method": resource.grpc_method},
-        "http": {"method": resource.http_method, "host": resource.host, "path": resource.path},
-        "context_extensions": resource.context_extensions.cloned().unwrap_or_default(),
-    });
-    context.add_variable_from_value(
-        "request",
-        cel::to_value(&request).map_err(|err| err.to_string())?,
-    );
+    let principal = cel::to_value(&principal_value).map_err(|err| err.to_string())?;
+    Ok(CelVariables { claims, principal })
+}
+
+/// `request` for CEL: `grpc.{service,method}`, `http.{method,host,path}` and
+/// `context_extensions`, built directly (no JSON in between).
+fn cel_request(resource: &Resource<'_>) -> cel::Value {
+    let text = |value: &str| cel::Value::from(value);
+    let grpc = HashMap::from([
+        ("service".to_owned(), text(resource.grpc_service)),
+        ("method".to_owned(), text(resource.grpc_method)),
+    ]);
+    let http = HashMap::from([
+        ("method".to_owned(), text(resource.http_method)),
+        ("host".to_owned(), text(resource.host)),
+        ("path".to_owned(), text(resource.path)),
+    ]);
+    let extensions: HashMap<String, cel::Value> = resource
+        .context_extensions
+        .into_iter()
+        .flatten()
+        .map(|(key, value)| (key.clone(), text(value)))
+        .collect();
+    cel::Value::from(HashMap::from([
+        ("grpc".to_owned(), cel::Value::from(grpc)),
+        ("http".to_owned(), cel::Value::from(http)),
+        (
+            "context_extensions".to_owned(),
+            cel::Value::from(extensions),
+        ),
+    ]))
+}
+
+fn eval_cel(
+    program: &cel::Program,
+    env: &std::sync::Arc<cel::Env>,
+    principal: &Principal,
+    resource: &Resource<'_>,
+) -> Result<bool, String> {
+    let mut context = cel::Context::with_env(env.clone());
+    let variables = principal
+        .cel_variables(cel_variables)
+        .map_err(str::to_owned)?;
+    context.add_variable_from_value("claims", variables.claims.clone());
+    context.add_variable_from_value("principal", variables.principal.clone());
+    context.add_variable_from_value("request", cel_request(resource));
     match program.execute(&context) {
         Ok(cel::Value::Bool(result)) => Ok(result),
         Ok(_) => Err("the expression did not yield a boolean".to_owned()),
