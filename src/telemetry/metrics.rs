@@ -2,6 +2,8 @@
 //! `portcullis_*` with units; every label value comes from a closed set (surfaces, decisions,
 //! reason codes, credential types) or from configuration (issuer and rule names).
 
+use std::sync::OnceLock;
+
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -95,6 +97,64 @@ pub struct Metrics {
     pub requests_shed: Counter,
     pub introspection_duration: Family<IssuerLabels, Histogram>,
     pub shadow_decisions: Family<ShadowLabels, Counter>,
+    /// The per-request series, resolved once each (see [`RequestSeries`]).
+    request_series: RequestSeries,
+}
+
+/// Handles of the per-request series, each resolved from its family on first use: recording
+/// a request is then an atomic load and an increment, with no label hashing and no lock.
+struct RequestSeries {
+    /// By surface, outcome, reason (or none) and credential type (or none).
+    counters: Box<[OnceLock<Counter>]>,
+    /// By surface.
+    durations: [OnceLock<Histogram>; SURFACES.len()],
+}
+
+const SURFACES: [Surface; 3] = [
+    Surface::authenticate,
+    Surface::authorize,
+    Surface::ext_authz,
+];
+
+impl RequestSeries {
+    const REASONS: usize = Reason::ALL.len() + 1;
+    const CREDENTIALS: usize = CredentialType::ALL.len() + 1;
+
+    fn new() -> Self {
+        let count = SURFACES.len() * 2 * Self::REASONS * Self::CREDENTIALS;
+        Self {
+            counters: (0..count).map(|_| OnceLock::new()).collect(),
+            durations: [const { OnceLock::new() }; SURFACES.len()],
+        }
+    }
+
+    fn surface_index(surface: Surface) -> usize {
+        match surface {
+            Surface::authenticate => 0,
+            Surface::authorize => 1,
+            Surface::ext_authz => 2,
+        }
+    }
+
+    fn counter_index(
+        surface: Surface,
+        allowed: bool,
+        reason: Option<Reason>,
+        credential_type: Option<CredentialType>,
+    ) -> usize {
+        let reason = reason.map_or(0, |reason| {
+            1 + Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0)
+        });
+        let credential = credential_type.map_or(0, |kind| {
+            1 + CredentialType::ALL
+                .iter()
+                .position(|k| *k == kind)
+                .unwrap_or(0)
+        });
+        ((Self::surface_index(surface) * 2 + usize::from(allowed)) * Self::REASONS + reason)
+            * Self::CREDENTIALS
+            + credential
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -235,6 +295,7 @@ impl Metrics {
             requests_shed,
             introspection_duration,
             shadow_decisions,
+            request_series: RequestSeries::new(),
         }
     }
 
@@ -257,20 +318,30 @@ impl Metrics {
         if !self.per_request {
             return;
         }
-        self.requests
-            .get_or_create(&RequestLabels {
-                surface,
-                decision: if allowed {
-                    Outcome::allow
-                } else {
-                    Outcome::deny
-                },
-                reason: reason.map_or("none", Reason::as_str),
-                credential_type: credential_type.map_or("none", CredentialType::as_str),
+        let series = &self.request_series;
+        let index = RequestSeries::counter_index(surface, allowed, reason, credential_type);
+        series.counters[index]
+            .get_or_init(|| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        surface,
+                        decision: if allowed {
+                            Outcome::allow
+                        } else {
+                            Outcome::deny
+                        },
+                        reason: reason.map_or("none", Reason::as_str),
+                        credential_type: credential_type.map_or("none", CredentialType::as_str),
+                    })
+                    .clone()
             })
             .inc();
-        self.request_duration
-            .get_or_create(&SurfaceLabels { surface })
+        series.durations[RequestSeries::surface_index(surface)]
+            .get_or_init(|| {
+                self.request_duration
+                    .get_or_create(&SurfaceLabels { surface })
+                    .clone()
+            })
             .observe(seconds);
     }
 
@@ -284,5 +355,76 @@ impl Metrics {
                 result: if hit { "hit" } else { "miss" },
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_request_series_has_its_own_handle() {
+        let mut seen = std::collections::HashSet::new();
+        let reasons = std::iter::once(None).chain(Reason::ALL.into_iter().map(Some));
+        for surface in SURFACES {
+            for allowed in [false, true] {
+                for reason in reasons.clone() {
+                    let kinds = std::iter::once(None).chain(CredentialType::ALL.map(Some));
+                    for kind in kinds {
+                        let index = RequestSeries::counter_index(surface, allowed, reason, kind);
+                        assert!(index < RequestSeries::new().counters.len());
+                        assert!(
+                            seen.insert(index),
+                            "{surface:?} {allowed} {reason:?} {kind:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn recorded_requests_are_exported_with_their_labels() {
+        let metrics = Metrics::new(true);
+        for _ in 0..2 {
+            metrics.record_request(
+                Surface::ext_authz,
+                false,
+                Some(Reason::Expired),
+                Some(CredentialType::Jwt),
+                0.000_1,
+            );
+        }
+        metrics.record_request(Surface::authenticate, true, None, None, 0.000_1);
+        let text = metrics.render();
+        let value = |labels: &[&str]| {
+            text.lines()
+                .find(|line| {
+                    line.starts_with("portcullis_requests_total{")
+                        && labels.iter().all(|label| line.contains(label))
+                })
+                .and_then(|line| line.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        let expired = [
+            "surface=\"ext_authz\"",
+            "decision=\"deny\"",
+            "reason=\"EXPIRED\"",
+            "credential_type=\"JWT\"",
+        ];
+        assert_eq!(value(&expired).as_deref(), Some("2"), "{text}");
+        let allowed = [
+            "surface=\"authenticate\"",
+            "decision=\"allow\"",
+            "reason=\"none\"",
+        ];
+        assert_eq!(value(&allowed).as_deref(), Some("1"), "{text}");
+        assert!(
+            text.contains("portcullis_request_duration_seconds_count{surface=\"ext_authz\"} 2"),
+            "{text}"
+        );
+        let off = Metrics::new(false);
+        off.record_request(Surface::authenticate, true, None, None, 0.1);
+        assert!(!off.render().contains("portcullis_requests_total{"));
     }
 }
