@@ -108,6 +108,8 @@ struct RequestSeries {
     counters: Box<[OnceLock<Counter>]>,
     /// By surface.
     durations: [OnceLock<Histogram>; SURFACES.len()],
+    /// Verified-JWT cache lookups: miss, hit.
+    jwt_cache: [OnceLock<Counter>; 2],
 }
 
 const SURFACES: [Surface; 3] = [
@@ -125,6 +127,7 @@ impl RequestSeries {
         Self {
             counters: (0..count).map(|_| OnceLock::new()).collect(),
             durations: [const { OnceLock::new() }; SURFACES.len()],
+            jwt_cache: [const { OnceLock::new() }; 2],
         }
     }
 
@@ -345,14 +348,19 @@ impl Metrics {
             .observe(seconds);
     }
 
-    pub fn record_cache(&self, cache: &'static str, hit: bool) {
+    /// Counts one lookup in the verified-JWT cache.
+    pub fn record_jwt_cache(&self, hit: bool) {
         if !self.per_request {
             return;
         }
-        self.cache_lookups
-            .get_or_create(&CacheLabels {
-                cache,
-                result: if hit { "hit" } else { "miss" },
+        self.request_series.jwt_cache[usize::from(hit)]
+            .get_or_init(|| {
+                self.cache_lookups
+                    .get_or_create(&CacheLabels {
+                        cache: "jwt",
+                        result: if hit { "hit" } else { "miss" },
+                    })
+                    .clone()
             })
             .inc();
     }
@@ -396,7 +404,14 @@ mod tests {
             );
         }
         metrics.record_request(Surface::authenticate, true, None, None, 0.000_1);
+        metrics.record_jwt_cache(true);
+        metrics.record_jwt_cache(false);
+        metrics.record_jwt_cache(true);
         let text = metrics.render();
+        assert!(
+            text.contains("portcullis_cache_lookups_total{cache=\"jwt\",result=\"hit\"} 2"),
+            "{text}"
+        );
         let value = |labels: &[&str]| {
             text.lines()
                 .find(|line| {

@@ -115,7 +115,7 @@ impl JwtVerifier {
         let digest = token_digest(token);
         let now = unix_now();
         let cached = self.cache.get(&digest);
-        self.metrics.record_cache("jwt", cached.is_some());
+        self.metrics.record_jwt_cache(cached.is_some());
         if let Some(cached) = cached {
             if cached.issuer.keys.current()?.contains(&cached.key) {
                 cached
