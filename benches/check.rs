@@ -14,7 +14,6 @@ use portcullis::{
     policy::Resource,
     telemetry::metrics::{Metrics, Surface},
 };
-use serde_json::json;
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
 
@@ -36,24 +35,6 @@ rules:
     let client = portcullis::outbound::http_client().unwrap();
     let metrics = Arc::new(Metrics::new(true));
     build::pipeline(config, &client, &metrics, None, BuildMode::Check).unwrap()
-}
-
-/// A quickstart token (the throwaway key in examples/keys) with `orders:read`.
-fn token() -> String {
-    let key = std::fs::read(format!("{EXAMPLES}/keys/quickstart-es256.key.pem")).unwrap();
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    header.kid = Some("quickstart-es256".to_owned());
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let claims = json!({
-        "iss": "https://quickstart.portcullis.invalid", "aud": "api://quickstart",
-        "sub": "alice", "email": "alice@example.com", "scope": "orders:read",
-        "iat": now, "exp": now + 3600,
-    });
-    let key = jsonwebtoken::EncodingKey::from_ec_pem(&key).unwrap();
-    jsonwebtoken::encode(&header, &claims, &key).unwrap()
 }
 
 /// An Envoy Check as Envoy sends it: a handful of ordinary headers and the token.
@@ -99,7 +80,10 @@ fn bench_cached(c: &mut Criterion) {
         .build()
         .unwrap();
     let pipeline = pipeline();
-    let authorization = format!("Bearer {}", token());
+    let authorization = format!(
+        "Bearer {}",
+        portcullis_test_support::quickstart_token("orders:read")
+    );
     let headers = HashMap::from([("authorization".to_owned(), authorization.clone())]);
     let authenticate = RequestAttrs {
         carried: Carried {

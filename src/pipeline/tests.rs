@@ -35,28 +35,7 @@ rules:
 }
 
 fn token(scope: &str) -> String {
-    let key = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/examples/keys/quickstart-es256.key.pem"
-    ))
-    .unwrap();
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    header.kid = Some("quickstart-es256".to_owned());
-    let now = crate::verify::unix_now();
-    let claims = json!({
-        "iss": "https://quickstart.portcullis.invalid",
-        "aud": "api://quickstart",
-        "sub": "alice",
-        "scope": scope,
-        "iat": now,
-        "exp": now + 300,
-    });
-    jsonwebtoken::encode(
-        &header,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_ec_pem(&key).unwrap(),
-    )
-    .unwrap()
+    portcullis_test_support::quickstart_token(scope)
 }
 
 /// What a decision says, for comparing: allowed or the reason, and the rule.

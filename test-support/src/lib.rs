@@ -182,3 +182,24 @@ pub fn claims(iss: &str, aud: &str) -> Value {
     let now = now();
     json!({"iss": iss, "aud": aud, "sub": "alice", "iat": now, "exp": now + 3600, "scope": "orders:read orders:write"})
 }
+
+/// A token for the quickstart issuer (`examples/quickstart.yaml`), signed with its throwaway
+/// key from `examples/keys`: subject `alice`, audience `api://quickstart`, this `scope`,
+/// valid for an hour.
+pub fn quickstart_token(scope: &str) -> String {
+    let key = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/keys/quickstart-es256.key.pem"
+    ))
+    .expect("the quickstart key is in the repository");
+    let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+    header.kid = Some("quickstart-es256".to_owned());
+    let now = now();
+    let claims = json!({
+        "iss": "https://quickstart.portcullis.invalid", "aud": "api://quickstart",
+        "sub": "alice", "email": "alice@example.com", "scope": scope,
+        "iat": now, "exp": now + 3600,
+    });
+    let key = EncodingKey::from_ec_pem(&key).expect("a PEM EC key");
+    jsonwebtoken::encode(&header, &claims, &key).expect("signs")
+}
