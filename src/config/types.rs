@@ -25,8 +25,10 @@ pub struct Config {
 }
 
 impl Config {
-    /// Every file the config reads besides itself (key files, `file:` secrets the config
-    /// watcher follows, TLS files): what a change to must trigger a reload.
+    /// The files a change to must trigger a reload: key files, the issuers' `file:` secrets
+    /// (HMAC and introspection), the API key and htpasswd files, client CAs and TLS files.
+    /// A `file:` PostgreSQL URL is not among them: the store is kept across reloads while
+    /// its settings are unchanged, so a new URL needs a restart.
     pub fn files(&self) -> BTreeSet<PathBuf> {
         let mut files = BTreeSet::new();
         for issuer in &self.issuers {

@@ -24,7 +24,7 @@ use crate::{
         metrics::{Metrics, Surface},
     },
     upstream::UpstreamHeaders,
-    verify::{Verifiers, certificate, introspection::Introspector, jwt::JwtVerifier},
+    verify::{Verifiers, certificate, jwt::JwtVerifier},
 };
 
 /// One request, as every surface hands it to the pipeline.
@@ -161,11 +161,6 @@ impl Pipeline {
         }
     }
 
-    /// The extraction settings (for tests that extract as the pipeline does).
-    pub fn extraction(&self) -> &Extraction {
-        &self.extraction
-    }
-
     pub(crate) fn verifiers(&self) -> &Verifiers {
         &self.verifiers
     }
@@ -186,11 +181,6 @@ impl Pipeline {
             .filter_map(|keys| keys.postgres.as_ref())
             .map(|store| store.ready())
             .collect()
-    }
-
-    /// The introspection for opaque tokens, if any (for metrics and tests).
-    pub fn opaque_introspector(&self) -> Option<&Introspector> {
-        self.verifiers.opaque.as_ref()
     }
 
     /// Remote key sources, for readiness and metrics.

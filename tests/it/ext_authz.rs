@@ -195,13 +195,15 @@ async fn go_control_plane_client_conforms() {
     running.shutdown().await.unwrap();
 }
 
-#[tokio::test]
-async fn an_unreachable_key_source_is_a_503_deny_not_an_rpc_error() {
-    let key = TestKey::new(ES256, "k1");
-    let yaml = format!(
-        "issuers:\n  - name: remote\n    issuer: {ISS}\n    jwks_uri: http://127.0.0.1:9/jwks\n    jwks: {{timeout: 200ms}}\nauthorization:\n  rules:\n    - name: all\n"
-    );
-    let config = portcullis::config::load_str(&yaml).unwrap();
+/// A pipeline built from `yaml` as `check-config` builds it (nothing fetched, nothing
+/// started), with metrics of its own.
+fn pipeline_of(
+    yaml: &str,
+) -> (
+    portcullis::pipeline::Pipeline,
+    std::sync::Arc<portcullis::telemetry::metrics::Metrics>,
+) {
+    let config = portcullis::config::load_str(yaml).unwrap();
     let client = portcullis::outbound::http_client().unwrap();
     let metrics = std::sync::Arc::new(portcullis::telemetry::metrics::Metrics::new(true));
     let pipeline = portcullis::build::pipeline(
@@ -212,6 +214,16 @@ async fn an_unreachable_key_source_is_a_503_deny_not_an_rpc_error() {
         portcullis::build::BuildMode::Check,
     )
     .unwrap();
+    (pipeline, metrics)
+}
+
+#[tokio::test]
+async fn an_unreachable_key_source_is_a_503_deny_not_an_rpc_error() {
+    let key = TestKey::new(ES256, "k1");
+    let yaml = format!(
+        "issuers:\n  - name: remote\n    issuer: {ISS}\n    jwks_uri: http://127.0.0.1:9/jwks\n    jwks: {{timeout: 200ms}}\nauthorization:\n  rules:\n    - name: all\n"
+    );
+    let (pipeline, _) = pipeline_of(&yaml);
     let authorization = format!("Bearer {}", key.sign(&claims(ISS, AUD)));
     let request = check_request("GET", "/x", &[("authorization", &authorization)]);
     let response = portcullis::grpc::ext_authz::check(&pipeline, &request).await;
@@ -229,18 +241,7 @@ async fn an_unreachable_key_source_is_a_503_deny_not_an_rpc_error() {
 
 #[tokio::test]
 async fn a_check_with_too_many_headers_is_a_counted_400_deny() {
-    let config =
-        portcullis::config::load_str("authorization:\n  rules:\n    - name: all\n").unwrap();
-    let client = portcullis::outbound::http_client().unwrap();
-    let metrics = std::sync::Arc::new(portcullis::telemetry::metrics::Metrics::new(true));
-    let pipeline = portcullis::build::pipeline(
-        config,
-        &client,
-        &metrics,
-        None,
-        portcullis::build::BuildMode::Check,
-    )
-    .unwrap();
+    let (pipeline, metrics) = pipeline_of("authorization:\n  rules:\n    - name: all\n");
     let names: Vec<String> = (0..300).map(|i| format!("x-h{i}")).collect();
     let headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
     let response =
