@@ -35,7 +35,7 @@ step "cargo test"
 cargo test --locked
 
 step "helm chart, container image, release workflow, docs and bench script tests (pytest)"
-PORTCULLIS_BIN="$REPO/target/debug/portcullis" "$REPO/.tools/venv/bin/python" -m pytest -q \
+PORTCULLIS_BIN="${CARGO_TARGET_DIR:-$REPO/target}/debug/portcullis" "$REPO/.tools/venv/bin/python" -m pytest -q \
   tests/helm tests/image tests/release tests/docs tests/scripts
 
 step "Envoy and Istio examples (go test, tests/examples-validation)"
