@@ -1,8 +1,13 @@
 //! What a request ends as: a verified [`Principal`] or a [`Denial`] with a stable [`Reason`],
 //! and the table that maps each reason to its HTTP status and RFC 6750 / RFC 7617 challenge.
 
-use std::{fmt, sync::Arc};
+use std::{
+    fmt,
+    sync::{Arc, OnceLock},
+};
 
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::pb;
@@ -264,9 +269,10 @@ impl CredentialType {
     }
 }
 
-/// A verified identity. Built once per verification and shared (cached) behind an `Arc`; the
-/// protobuf form is built at the same time so that cache hits do not convert claims again.
-#[derive(Debug, Clone)]
+/// A verified identity. Built once per verification and shared (cached) behind an `Arc`.
+/// The claims are kept once, as JSON; the wire forms the surfaces answer with are encoded
+/// on first use and then reused for as long as the principal is cached.
+#[derive(Debug)]
 pub struct Principal {
     pub subject: String,
     /// The configured issuer or store name that accepted the credential.
@@ -277,13 +283,12 @@ pub struct Principal {
     /// Seconds since the Unix epoch.
     pub expires_at: Option<i64>,
     pub key_id: String,
-    proto: pb::Principal,
-    /// The principal as Envoy dynamic metadata, built on first use by an ext_authz Check and
-    /// then reused for as long as the principal is cached.
-    envoy_metadata: std::sync::OnceLock<envoy_types::pb::google::protobuf::Value>,
-    /// The principal as CEL rules see it, made on the first CEL evaluation and then reused
-    /// for as long as the principal is cached.
-    cel_variables: std::sync::OnceLock<Result<CelVariables, String>>,
+    /// The encoded `portcullis.v1.Principal` (Authenticate and Authorize).
+    encoded: OnceLock<Bytes>,
+    /// The last ext_authz allow rendered for this principal.
+    check_allow: ArcSwapOption<CheckAllowParts>,
+    /// The principal as CEL rules see it, made on the first CEL evaluation.
+    cel_variables: OnceLock<Result<CelVariables, String>>,
 }
 
 /// The `claims` and `principal` variables of a CEL rule, for one principal. Values share
@@ -292,6 +297,18 @@ pub struct Principal {
 pub struct CelVariables {
     pub claims: cel::Value,
     pub principal: cel::Value,
+}
+
+/// The parts of an ext_authz allow that depend only on the principal, the pipeline (its
+/// `claims_to_headers`) and the rule that allowed, encoded (see `grpc::wire`).
+#[derive(Debug)]
+pub struct CheckAllowParts {
+    pub pipeline: u64,
+    pub rule: Box<str>,
+    /// An encoded `OkHttpResponse`: identity headers and `headers_to_remove`.
+    pub ok_response: Bytes,
+    /// An encoded `google.protobuf.Struct`: decision, rule and principal.
+    pub dynamic_metadata: Bytes,
 }
 
 impl Principal {
@@ -304,15 +321,6 @@ impl Principal {
         expires_at: Option<i64>,
         key_id: String,
     ) -> Self {
-        let proto = pb::Principal {
-            subject: subject.clone(),
-            issuer: issuer.clone(),
-            credential_type: credential_type.to_proto() as i32,
-            claims: Some(json_object_to_struct(&claims)),
-            scopes: scopes.clone(),
-            expires_at: expires_at.map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
-            key_id: key_id.clone(),
-        };
         Self {
             subject,
             issuer,
@@ -321,9 +329,9 @@ impl Principal {
             scopes,
             expires_at,
             key_id,
-            proto,
-            envoy_metadata: std::sync::OnceLock::new(),
-            cel_variables: std::sync::OnceLock::new(),
+            encoded: OnceLock::new(),
+            check_allow: ArcSwapOption::empty(),
+            cel_variables: OnceLock::new(),
         }
     }
 
@@ -339,65 +347,50 @@ impl Principal {
             .map_err(String::as_str)
     }
 
-    /// The principal as an Envoy `google.protobuf.Value` (a struct), built once.
-    pub fn envoy_metadata(&self) -> &envoy_types::pb::google::protobuf::Value {
-        self.envoy_metadata.get_or_init(|| {
-            use prost::Message;
-            // Both types are google.protobuf.Value: build it once with prost-types, transcode.
-            let as_struct = prost_types::Struct {
-                fields: [
-                    (
-                        "subject",
-                        prost_types::value::Kind::StringValue(self.subject.clone()),
-                    ),
-                    (
-                        "issuer",
-                        prost_types::value::Kind::StringValue(self.issuer.clone()),
-                    ),
-                    (
-                        "credential_type",
-                        prost_types::value::Kind::StringValue(
-                            self.credential_type.as_str().to_owned(),
-                        ),
-                    ),
-                    (
-                        "key_id",
-                        prost_types::value::Kind::StringValue(self.key_id.clone()),
-                    ),
-                    (
-                        "scopes",
-                        prost_types::value::Kind::ListValue(prost_types::ListValue {
-                            values: self
-                                .scopes
-                                .iter()
-                                .map(|s| prost_types::Value {
-                                    kind: Some(prost_types::value::Kind::StringValue(s.clone())),
-                                })
-                                .collect(),
-                        }),
-                    ),
-                    (
-                        "claims",
-                        prost_types::value::Kind::StructValue(
-                            self.proto.claims.clone().unwrap_or_default(),
-                        ),
-                    ),
-                ]
-                .into_iter()
-                .map(|(k, kind)| (k.to_owned(), prost_types::Value { kind: Some(kind) }))
-                .collect(),
-            };
-            let value = prost_types::Value {
-                kind: Some(prost_types::value::Kind::StructValue(as_struct)),
-            };
-            envoy_types::pb::google::protobuf::Value::decode(value.encode_to_vec().as_slice())
-                .unwrap_or_default()
-        })
+    /// The principal as an encoded `portcullis.v1.Principal`, encoded once.
+    pub fn encoded(&self) -> Bytes {
+        self.encoded
+            .get_or_init(|| {
+                use prost::Message;
+                self.to_proto().encode_to_vec().into()
+            })
+            .clone()
     }
 
-    /// The protobuf form, built once at verification time.
-    pub fn proto(&self) -> &pb::Principal {
-        &self.proto
+    /// The protobuf form (built on each call: surfaces answer with [`Self::encoded`]).
+    pub fn to_proto(&self) -> pb::Principal {
+        pb::Principal {
+            subject: self.subject.clone(),
+            issuer: self.issuer.clone(),
+            credential_type: self.credential_type.to_proto() as i32,
+            claims: Some(json_object_to_struct(&self.claims)),
+            scopes: self.scopes.clone(),
+            expires_at: self
+                .expires_at
+                .map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
+            key_id: self.key_id.clone(),
+        }
+    }
+
+    /// The ext_authz allow parts for `pipeline` and `rule`: the last ones rendered if they
+    /// are for the same pipeline and rule, else `render`'s (kept for the next request). A
+    /// principal allowed by alternating rules renders each time, as if nothing were kept.
+    pub fn check_allow(
+        &self,
+        pipeline: u64,
+        rule: &str,
+        render: impl FnOnce() -> CheckAllowParts,
+    ) -> Arc<CheckAllowParts> {
+        let last = self.check_allow.load();
+        if let Some(parts) = &*last
+            && parts.pipeline == pipeline
+            && *parts.rule == *rule
+        {
+            return parts.clone();
+        }
+        let parts = Arc::new(render());
+        self.check_allow.store(Some(parts.clone()));
+        parts
     }
 
     /// Scopes of `required` that this principal lacks, in the order asked.
@@ -417,8 +410,6 @@ pub enum Decision {
         /// None for an anonymous (public-route) allow.
         principal: Option<Arc<Principal>>,
         rule: String,
-        /// Identity headers to set upstream (`response.claims_to_headers`).
-        upstream_headers: Vec<(String, String)>,
         /// The kind of credential the request presented, if one was recognised.
         credential: Option<CredentialType>,
     },
@@ -531,6 +522,59 @@ mod tests {
             };
             assert!(documented, "{name} challenge: {challenge}");
         }
+    }
+
+    #[test]
+    fn check_allow_parts_are_reused_only_for_the_same_pipeline_and_rule() {
+        let principal = Principal::new(
+            "alice".into(),
+            "corp".into(),
+            CredentialType::Jwt,
+            Map::new(),
+            Vec::new(),
+            None,
+            String::new(),
+        );
+        let renders = std::cell::Cell::new(0);
+        let parts = |pipeline: u64, rule: &str| {
+            principal.check_allow(pipeline, rule, || {
+                renders.set(renders.get() + 1);
+                CheckAllowParts {
+                    pipeline,
+                    rule: rule.into(),
+                    ok_response: Bytes::from(format!("{pipeline}/{rule}")),
+                    dynamic_metadata: Bytes::new(),
+                }
+            })
+        };
+        let asked = [(1, "a"), (1, "a"), (2, "a"), (2, "b"), (2, "b"), (1, "b")];
+        for (pipeline, rule) in asked {
+            let got = parts(pipeline, rule);
+            assert_eq!(got.ok_response, format!("{pipeline}/{rule}").as_bytes());
+        }
+        assert_eq!(renders.get(), 4, "rendered once per new (pipeline, rule)");
+    }
+
+    #[test]
+    fn the_encoded_principal_is_the_api_message() {
+        use prost::Message;
+        let claims = serde_json::json!({"sub": "alice", "n": 3, "roles": ["a"]});
+        let Value::Object(claims) = claims else {
+            unreachable!()
+        };
+        let principal = Principal::new(
+            "alice".into(),
+            "corp".into(),
+            CredentialType::Jwt,
+            claims,
+            vec!["read".into()],
+            Some(1_900_000_000),
+            "k1".into(),
+        );
+        let decoded = pb::Principal::decode(principal.encoded()).expect("decodes");
+        assert_eq!(decoded, principal.to_proto());
+        assert_eq!(decoded.subject, "alice");
+        assert_eq!(decoded.expires_at.map(|t| t.seconds), Some(1_900_000_000));
     }
 
     #[test]

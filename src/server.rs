@@ -5,7 +5,6 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use axum::{Router, extract::State, http::StatusCode, routing::get};
-use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tonic_health::ServingStatus;
 use tracing::{error, info};
@@ -169,12 +168,16 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
         .add_service(reflection_v1.max_decoding_message_size(max_request))
         .add_service(reflection_v1alpha.max_decoding_message_size(max_request))
         .add_service(
-            pb::auth_server::AuthServer::new(AuthService::new(shared.pipeline.clone()))
-                .max_decoding_message_size(max_request),
+            crate::grpc::wire::auth_server::AuthServer::new(AuthService::new(
+                shared.pipeline.clone(),
+            ))
+            .max_decoding_message_size(max_request),
         )
         .add_service(
-            AuthorizationServer::new(ExtAuthzService::new(shared.pipeline.clone()))
-                .max_decoding_message_size(max_request),
+            crate::grpc::wire::authorization_server::AuthorizationServer::new(
+                ExtAuthzService::new(shared.pipeline.clone()),
+            )
+            .max_decoding_message_size(max_request),
         );
 
     let admin = admin_router(shared.clone());

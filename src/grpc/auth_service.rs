@@ -10,11 +10,13 @@ use tracing::Instrument;
 use crate::{
     credentials::Carried,
     decision::Decision,
-    pb::{self, AuthenticateRequest, AuthenticateResponse, AuthorizeRequest, AuthorizeResponse},
+    pb::{self, AuthenticateRequest, AuthorizeRequest},
     pipeline::{Pipeline, RequestAttrs},
     policy::Resource,
     telemetry::{self, metrics::Surface},
 };
+
+use super::wire::{AuthenticateReply, AuthorizeReply, auth_server::Auth};
 
 /// Largest number of headers accepted in one request message.
 const MAX_HEADERS: usize = 256;
@@ -58,11 +60,11 @@ fn check_headers(count: usize) -> Result<(), Status> {
 }
 
 #[tonic::async_trait]
-impl pb::auth_server::Auth for AuthService {
+impl Auth for AuthService {
     async fn authenticate(
         &self,
         request: Request<AuthenticateRequest>,
-    ) -> Result<Response<AuthenticateResponse>, Status> {
+    ) -> Result<Response<AuthenticateReply>, Status> {
         let span = telemetry::request_span("authenticate");
         telemetry::set_parent_from_metadata(&span, request.metadata());
         let peer = request.peer_certs();
@@ -87,12 +89,12 @@ impl pb::auth_server::Auth for AuthService {
             .instrument(span)
             .await;
         let response = match decision {
-            Decision::Allow { principal, .. } => AuthenticateResponse {
+            Decision::Allow { principal, .. } => AuthenticateReply {
                 authenticated: true,
-                principal: principal.map(|p| p.proto().clone()),
+                principal: principal.map(|p| p.encoded()),
                 denial: None,
             },
-            Decision::Deny { denial, .. } => AuthenticateResponse {
+            Decision::Deny { denial, .. } => AuthenticateReply {
                 authenticated: false,
                 principal: None,
                 denial: Some(denial.to_proto(pipeline.realm_for(&denial))),
@@ -104,7 +106,7 @@ impl pb::auth_server::Auth for AuthService {
     async fn authorize(
         &self,
         request: Request<AuthorizeRequest>,
-    ) -> Result<Response<AuthorizeResponse>, Status> {
+    ) -> Result<Response<AuthorizeReply>, Status> {
         let span = telemetry::request_span("authorize");
         telemetry::set_parent_from_metadata(&span, request.metadata());
         let peer = request.peer_certs();
@@ -139,25 +141,27 @@ impl pb::auth_server::Auth for AuthService {
             .await
         {
             Decision::Allow {
-                principal,
-                rule,
-                upstream_headers,
-                ..
-            } => AuthorizeResponse {
+                principal, rule, ..
+            } => AuthorizeReply {
                 allowed: true,
-                principal: principal.map(|p| p.proto().clone()),
+                upstream_headers: principal
+                    .as_deref()
+                    .map(|p| pipeline.upstream_headers(p))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+                principal: principal.map(|p| p.encoded()),
                 denial: None,
                 rule,
-                upstream_headers: upstream_headers.into_iter().collect(),
             },
             Decision::Deny {
                 denial,
                 principal,
                 rule,
                 ..
-            } => AuthorizeResponse {
+            } => AuthorizeReply {
                 allowed: false,
-                principal: principal.map(|p| p.proto().clone()),
+                principal: principal.map(|p| p.encoded()),
                 denial: Some(denial.to_proto(pipeline.realm_for(&denial))),
                 rule,
                 upstream_headers: Default::default(),

@@ -11,23 +11,28 @@
 use std::{collections::HashMap, sync::Arc};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use envoy_types::{
     ext_authz::v3::pb::{
-        Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
-        HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+        CheckRequest, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
+        HttpStatus, OkHttpResponse,
     },
-    pb::google::{protobuf, rpc},
+    pb::google::rpc,
 };
+use prost::Message;
+use prost_types::value::Kind;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::{
     credentials::Carried,
-    decision::{Decision, Denial, Reason},
+    decision::{CheckAllowParts, Decision, Denial, Principal, Reason, json_object_to_struct},
     pipeline::{Pipeline, RequestAttrs},
     policy::Resource,
     telemetry::{self, metrics::Surface},
 };
+
+use super::wire::{CheckReply, authorization_server::Authorization};
 
 pub struct ExtAuthzService {
     pipeline: Arc<ArcSwap<Pipeline>>,
@@ -44,10 +49,7 @@ const MAX_HEADERS: usize = 256;
 
 #[tonic::async_trait]
 impl Authorization for ExtAuthzService {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckReply>, Status> {
         let span = telemetry::request_span("ext_authz");
         if !telemetry::set_parent_from_metadata(&span, request.metadata())
             && let Some(headers) = request
@@ -68,7 +70,7 @@ impl Authorization for ExtAuthzService {
 }
 
 /// Runs one Check through the pipeline and renders Envoy's answer.
-pub async fn check(pipeline: &Pipeline, request: &CheckRequest) -> CheckResponse {
+pub async fn check(pipeline: &Pipeline, request: &CheckRequest) -> CheckReply {
     let attributes = request.attributes.as_ref();
     let http = attributes
         .and_then(|a| a.request.as_ref())
@@ -129,52 +131,116 @@ pub async fn check(pipeline: &Pipeline, request: &CheckRequest) -> CheckResponse
     };
     match pipeline.run(Surface::ext_authz, attrs).await {
         Decision::Allow {
-            principal,
+            principal: Some(principal),
             rule,
-            upstream_headers,
             ..
         } => {
-            let set: Vec<HeaderValueOption> = upstream_headers
-                .iter()
-                .map(|(name, value)| {
-                    header(name, value, HeaderAppendAction::OverwriteIfExistsOrAdd)
-                })
-                .collect();
-            let mut headers_to_remove: Vec<String> = pipeline
-                .upstream_header_names()
-                .filter(|name| !upstream_headers.iter().any(|(set, _)| set == name))
-                .chain(pipeline.upstream_header_aliases())
-                .map(str::to_owned)
-                .collect();
-            if principal.is_none() {
-                // An anonymous allow: a credential that failed (`allow_failed`) must not reach
-                // an upstream that would read it as verified.
-                headers_to_remove.push("authorization".to_owned());
-                headers_to_remove
-                    .extend(pipeline.config.credentials.api_key_headers.iter().cloned());
-            }
-            let mut metadata = vec![
-                ("decision", string_value("allow")),
-                ("rule", string_value(&rule)),
-            ];
-            if let Some(principal) = &principal {
-                metadata.push(("principal", principal.envoy_metadata().clone()));
-            }
-            CheckResponse {
-                status: Some(rpc::Status {
-                    code: tonic::Code::Ok as i32,
-                    message: String::new(),
-                    details: Vec::new(),
-                }),
-                dynamic_metadata: Some(struct_of(metadata)),
-                http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-                    headers: set,
-                    headers_to_remove,
-                    ..Default::default()
-                })),
-            }
+            let parts = principal.check_allow(pipeline.id(), &rule, || {
+                let (ok_response, dynamic_metadata) =
+                    allow_parts(pipeline, Some(&principal), &rule);
+                CheckAllowParts {
+                    pipeline: pipeline.id(),
+                    rule: rule.as_str().into(),
+                    ok_response,
+                    dynamic_metadata,
+                }
+            });
+            allowed(parts.ok_response.clone(), parts.dynamic_metadata.clone())
+        }
+        Decision::Allow {
+            principal: None,
+            rule,
+            ..
+        } => {
+            let (ok_response, dynamic_metadata) = allow_parts(pipeline, None, &rule);
+            allowed(ok_response, dynamic_metadata)
         }
         Decision::Deny { denial, rule, .. } => denied(&denial, &rule, pipeline.realm_for(&denial)),
+    }
+}
+
+fn allowed(ok_response: Bytes, dynamic_metadata: Bytes) -> CheckReply {
+    CheckReply {
+        status: Some(rpc::Status {
+            code: tonic::Code::Ok as i32,
+            message: String::new(),
+            details: Vec::new(),
+        }),
+        denied_response: None,
+        ok_response: Some(ok_response),
+        dynamic_metadata: Some(dynamic_metadata),
+    }
+}
+
+/// An allow's `OkHttpResponse` and dynamic metadata, encoded: the identity headers set over
+/// any incoming copies, every other name Portcullis can set removed, and the decision, rule
+/// and principal as metadata. `None`: an anonymous (public-route) allow.
+fn allow_parts(pipeline: &Pipeline, principal: Option<&Principal>, rule: &str) -> (Bytes, Bytes) {
+    let upstream_headers = principal
+        .map(|p| pipeline.upstream_headers(p))
+        .unwrap_or_default();
+    let set: Vec<HeaderValueOption> = upstream_headers
+        .iter()
+        .map(|(name, value)| header(name, value, HeaderAppendAction::OverwriteIfExistsOrAdd))
+        .collect();
+    let mut headers_to_remove: Vec<String> = pipeline
+        .upstream_header_names()
+        .filter(|name| !upstream_headers.iter().any(|(set, _)| set == name))
+        .chain(pipeline.upstream_header_aliases())
+        .map(str::to_owned)
+        .collect();
+    if principal.is_none() {
+        // An anonymous allow: a credential that failed (`allow_failed`) must not reach
+        // an upstream that would read it as verified.
+        headers_to_remove.push("authorization".to_owned());
+        headers_to_remove.extend(pipeline.config.credentials.api_key_headers.iter().cloned());
+    }
+    let ok_response = OkHttpResponse {
+        headers: set,
+        headers_to_remove,
+        ..Default::default()
+    };
+    let mut metadata = vec![
+        ("decision", text_value("allow")),
+        ("rule", text_value(rule)),
+    ];
+    if let Some(principal) = principal {
+        metadata.push(("principal", principal_metadata(principal)));
+    }
+    (
+        ok_response.encode_to_vec().into(),
+        metadata_struct(metadata).encode_to_vec().into(),
+    )
+}
+
+/// The principal as Envoy dynamic metadata: a struct of its fields and claims.
+fn principal_metadata(principal: &Principal) -> prost_types::Value {
+    let scopes = prost_types::ListValue {
+        values: principal.scopes.iter().map(|s| text_value(s)).collect(),
+    };
+    let fields = metadata_struct(vec![
+        ("subject", text_value(&principal.subject)),
+        ("issuer", text_value(&principal.issuer)),
+        (
+            "credential_type",
+            text_value(principal.credential_type.as_str()),
+        ),
+        ("key_id", text_value(&principal.key_id)),
+        (
+            "scopes",
+            prost_types::Value {
+                kind: Some(Kind::ListValue(scopes)),
+            },
+        ),
+        (
+            "claims",
+            prost_types::Value {
+                kind: Some(Kind::StructValue(json_object_to_struct(&principal.claims))),
+            },
+        ),
+    ]);
+    prost_types::Value {
+        kind: Some(Kind::StructValue(fields)),
     }
 }
 
@@ -222,7 +288,7 @@ fn join_header_map<'a>(entries: impl Iterator<Item = &'a HeaderValue>) -> HashMa
 }
 
 /// The answer to a Check that load shedding turns away: a 503 deny with reason OVERLOADED.
-pub fn overloaded() -> CheckResponse {
+pub fn overloaded() -> CheckReply {
     denied(
         &Denial::new(Reason::Overloaded, "too many requests in flight"),
         "",
@@ -230,7 +296,7 @@ pub fn overloaded() -> CheckResponse {
     )
 }
 
-fn denied(denial: &Denial, rule: &str, realm: &str) -> CheckResponse {
+fn denied(denial: &Denial, rule: &str, realm: &str) -> CheckReply {
     let row = denial.reason.row();
     let (status, grpc_code) = (row.http_status, row.grpc_code);
     let mut headers = vec![header(
@@ -248,24 +314,26 @@ fn denied(denial: &Denial, rule: &str, realm: &str) -> CheckResponse {
     }
     let body = serde_json::json!({"reason": denial.reason.as_str(), "message": denial.message})
         .to_string();
-    CheckResponse {
+    let metadata = metadata_struct(vec![
+        ("decision", text_value("deny")),
+        ("reason", text_value(denial.reason.as_str())),
+        ("rule", text_value(rule)),
+    ]);
+    CheckReply {
         status: Some(rpc::Status {
             code: grpc_code as i32,
             message: denial.reason.as_str().to_owned(),
             details: Vec::new(),
         }),
-        dynamic_metadata: Some(struct_of(vec![
-            ("decision", string_value("deny")),
-            ("reason", string_value(denial.reason.as_str())),
-            ("rule", string_value(rule)),
-        ])),
-        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+        denied_response: Some(DeniedHttpResponse {
             status: Some(HttpStatus {
                 code: i32::from(status),
             }),
             headers,
             body,
-        })),
+        }),
+        ok_response: None,
+        dynamic_metadata: Some(metadata.encode_to_vec().into()),
     }
 }
 
@@ -281,21 +349,163 @@ fn header(name: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOpt
     }
 }
 
-fn string_value(text: &str) -> protobuf::Value {
-    protobuf::Value {
-        kind: Some(protobuf::value::Kind::StringValue(text.to_owned())),
+fn text_value(text: &str) -> prost_types::Value {
+    prost_types::Value {
+        kind: Some(Kind::StringValue(text.to_owned())),
     }
 }
 
-fn struct_of(fields: Vec<(&str, protobuf::Value)>) -> protobuf::Struct {
-    protobuf::Struct {
+fn metadata_struct(fields: Vec<(&str, prost_types::Value)>) -> prost_types::Struct {
+    prost_types::Struct {
         fields: fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use envoy_types::{
+        ext_authz::v3::pb::{CheckResponse, HttpResponse},
+        pb::{
+            envoy::service::auth::v3::{AttributeContext, attribute_context},
+            google::protobuf::{Struct, value::Kind as EnvoyKind},
+        },
+    };
+
     use super::*;
+    use crate::{
+        build::{self, BuildMode},
+        telemetry::metrics::Metrics,
+    };
+
+    /// The quickstart config plus a second rule that allows the same principal elsewhere.
+    fn pipeline() -> Pipeline {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+        let mut config =
+            crate::config::load_file(std::path::Path::new(&format!("{dir}/quickstart.yaml")))
+                .expect("the quickstart config is valid");
+        let extra: crate::config::AuthorizationConfig = serde_norway::from_str(
+            r#"
+rules:
+  - name: reports-read
+    match: { http: { methods: [GET], paths: ["/reports/**"] } }
+    require: { scopes_all: ["orders:read"] }
+"#,
+        )
+        .unwrap();
+        config.authorization.rules.extend(extra.rules);
+        let client = crate::outbound::http_client().unwrap();
+        build::pipeline(
+            config,
+            &client,
+            &Arc::new(Metrics::new(true)),
+            None,
+            BuildMode::Check,
+        )
+        .expect("builds")
+    }
+
+    fn request(path: &str, authorization: Option<&str>) -> CheckRequest {
+        let headers = authorization
+            .map(|value| ("authorization".to_owned(), value.to_owned()))
+            .into_iter()
+            .chain([("x-user-id".to_owned(), "forged".to_owned())])
+            .collect();
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(attribute_context::Request {
+                    http: Some(attribute_context::HttpRequest {
+                        method: "GET".into(),
+                        path: path.into(),
+                        host: "api.example.com".into(),
+                        headers,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// The reply as Envoy decodes it: Envoy's own `CheckResponse` type.
+    async fn envoy_reads(pipeline: &Pipeline, request: &CheckRequest) -> CheckResponse {
+        let reply = check(pipeline, request).await;
+        CheckResponse::decode(reply.encode_to_vec().as_slice()).expect("a CheckResponse")
+    }
+
+    fn text<'a>(fields: &'a Struct, name: &str) -> &'a str {
+        match fields.fields.get(name).and_then(|v| v.kind.as_ref()) {
+            Some(EnvoyKind::StringValue(text)) => text,
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+
+    fn ok(response: &CheckResponse) -> &OkHttpResponse {
+        match &response.http_response {
+            Some(HttpResponse::OkResponse(ok)) => ok,
+            other => panic!("an allow: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cached_principal_is_answered_from_parts_rendered_for_its_rule() {
+        let pipeline = pipeline();
+        let token = format!(
+            "Bearer {}",
+            portcullis_test_support::quickstart_token("orders:read")
+        );
+        let rules = ["orders-read", "orders-read", "reports-read", "orders-read"];
+        let paths = ["/orders/1", "/orders/2", "/reports/1", "/orders/3"];
+        for (path, rule) in paths.into_iter().zip(rules) {
+            let response = envoy_reads(&pipeline, &request(path, Some(&token))).await;
+            assert_eq!(response.status.as_ref().map(|s| s.code), Some(0), "{path}");
+            let ok = ok(&response);
+            let set: Vec<(&str, &str)> = ok
+                .headers
+                .iter()
+                .filter_map(|option| option.header.as_ref())
+                .map(|h| (h.key.as_str(), h.value.as_str()))
+                .collect();
+            assert!(set.contains(&("x-user-id", "alice")), "{path}: {set:?}");
+            assert!(set.contains(&("x-user-email", "alice@example.com")));
+            assert!(ok.headers_to_remove.contains(&"x_user_id".to_owned()));
+            let metadata = response.dynamic_metadata.as_ref().expect("metadata");
+            assert_eq!(text(metadata, "decision"), "allow");
+            assert_eq!(text(metadata, "rule"), rule, "{path}");
+            let Some(EnvoyKind::StructValue(principal)) = metadata
+                .fields
+                .get("principal")
+                .and_then(|v| v.kind.as_ref())
+            else {
+                panic!("the principal in the metadata")
+            };
+            assert_eq!(text(principal, "subject"), "alice");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_anonymous_allow_and_a_deny_read_as_envoys_check_response() {
+        let pipeline = pipeline();
+        let response = envoy_reads(&pipeline, &request("/healthz", None)).await;
+        let ok = ok(&response);
+        assert!(ok.headers.is_empty());
+        for stripped in ["authorization", "x-user-id", "x-user-email", "x_user_id"] {
+            assert!(
+                ok.headers_to_remove.iter().any(|name| name == stripped),
+                "{stripped}: {:?}",
+                ok.headers_to_remove
+            );
+        }
+        let response = envoy_reads(&pipeline, &request("/orders/1", None)).await;
+        let Some(HttpResponse::DeniedResponse(denied)) = &response.http_response else {
+            panic!("a deny")
+        };
+        assert_eq!(denied.status.as_ref().map(|s| s.code), Some(401));
+        let metadata = response.dynamic_metadata.as_ref().expect("metadata");
+        assert_eq!(text(metadata, "reason"), "MISSING_CREDENTIAL");
+    }
 
     #[test]
     fn repeated_headers_are_joined_not_overwritten() {

@@ -3,3 +3,4 @@
 
 pub mod auth_service;
 pub mod ext_authz;
+pub mod wire;

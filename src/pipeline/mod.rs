@@ -9,7 +9,13 @@
 
 mod target;
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
 
 pub use target::Target;
 
@@ -40,8 +46,13 @@ pub struct RequestAttrs<'a> {
     pub resource: Resource<'a>,
 }
 
+/// Identifies each pipeline built in this process (see [`Pipeline::id`]).
+static NEXT_PIPELINE_ID: AtomicU64 = AtomicU64::new(1);
+
 /// Verification and decision for one config generation.
 pub struct Pipeline {
+    /// Unique in this process: what a principal's rendered answers are keyed by.
+    id: u64,
     pub config: Arc<Config>,
     extraction: Extraction,
     verifiers: Verifiers,
@@ -62,6 +73,7 @@ impl Pipeline {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            id: NEXT_PIPELINE_ID.fetch_add(1, Ordering::Relaxed),
             config,
             extraction,
             verifiers,
@@ -99,7 +111,6 @@ impl Pipeline {
                 credential: Some(principal.credential_type),
                 principal: Some(principal),
                 rule: String::new(),
-                upstream_headers: Vec::new(),
             },
             Err(denial) => deny(denial, None, String::new(), Some(&presented)),
         }
@@ -137,7 +148,7 @@ impl Pipeline {
         Ok(principal)
     }
 
-    /// The decision for a verdict: an allow carries the identity headers to set upstream.
+    /// The decision for a verdict.
     fn shape(
         &self,
         verdict: Verdict,
@@ -146,10 +157,6 @@ impl Pipeline {
     ) -> Decision {
         match verdict {
             Verdict::Allow { rule } => Decision::Allow {
-                upstream_headers: principal
-                    .as_deref()
-                    .map(|p| self.upstream.render(p))
-                    .unwrap_or_default(),
                 credential: principal
                     .as_ref()
                     .map(|p| p.credential_type)
@@ -159,6 +166,17 @@ impl Pipeline {
             },
             Verdict::Deny { denial, rule } => deny(denial, principal, rule, Some(presented)),
         }
+    }
+
+    /// This pipeline's process-unique id: answers rendered for it are reused only by it.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The identity headers an allow of `principal` sets upstream
+    /// (`response.claims_to_headers`); a surface renders them when it answers.
+    pub fn upstream_headers(&self, principal: &Principal) -> Vec<(String, String)> {
+        self.upstream.render(principal)
     }
 
     pub(crate) fn verifiers(&self) -> &Verifiers {

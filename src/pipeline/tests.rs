@@ -214,7 +214,7 @@ async fn a_decision_carries_what_telemetry_and_the_upstream_need() {
         },
     };
     let Decision::Allow {
-        upstream_headers,
+        principal: Some(principal),
         credential,
         ..
     } = pipeline.run(Surface::ext_authz, request("/orders/1")).await
@@ -222,6 +222,7 @@ async fn a_decision_carries_what_telemetry_and_the_upstream_need() {
         panic!("allowed")
     };
     assert_eq!(credential, Some(CredentialType::Jwt));
+    let upstream_headers = pipeline.upstream_headers(&principal);
     assert!(upstream_headers.contains(&("x-user-id".to_owned(), "alice".to_owned())));
     let Decision::Deny {
         credential,

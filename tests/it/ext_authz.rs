@@ -8,7 +8,6 @@
 use std::{path::Path, process::Command};
 
 use crate::support::*;
-use envoy_types::ext_authz::v3::pb::HttpResponse;
 use jsonwebtoken::Algorithm::ES256;
 use serde_json::{Value, json};
 
@@ -231,7 +230,7 @@ async fn an_unreachable_key_source_is_a_503_deny_not_an_rpc_error() {
         response.status.unwrap().code,
         tonic::Code::Unavailable as i32
     );
-    let Some(HttpResponse::DeniedResponse(denied)) = response.http_response else {
+    let Some(denied) = response.denied_response else {
         panic!("a denied response")
     };
     assert_eq!(denied.status.unwrap().code, 503);
@@ -246,7 +245,7 @@ async fn a_check_with_too_many_headers_is_a_counted_400_deny() {
     let headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
     let response =
         portcullis::grpc::ext_authz::check(&pipeline, &check_request("GET", "/x", &headers)).await;
-    let Some(HttpResponse::DeniedResponse(denied)) = response.http_response else {
+    let Some(denied) = response.denied_response else {
         panic!("a denied response")
     };
     assert_eq!(denied.status.unwrap().code, 400);
