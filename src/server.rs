@@ -366,7 +366,15 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl axum::response::IntoResponse {
     let metrics = &shared.metrics;
-    for source in shared.pipeline.load().remote_sources() {
+    let pipeline = shared.pipeline.load();
+    let (entries, bytes) = pipeline.jwt().cache_size();
+    metrics
+        .jwt_cache_entries
+        .set(i64::try_from(entries).unwrap_or(i64::MAX));
+    metrics
+        .jwt_cache_bytes
+        .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    for source in pipeline.remote_sources() {
         let labels = crate::telemetry::metrics::IssuerLabels {
             issuer: source.issuer_name().to_owned(),
         };

@@ -25,9 +25,16 @@ pub struct ClaimPolicy {
 #[derive(Debug, Clone)]
 pub struct CheckedClaims {
     pub subject: String,
-    pub expires_at: Option<i64>,
-    pub audiences: Vec<String>,
     pub scopes: Vec<String>,
+    pub recheck: Recheck,
+}
+
+/// What a cached verification re-checks on every hit: expiry and audiences. A cache keeps
+/// this alone; subject and scopes live in the principal.
+#[derive(Debug, Clone)]
+pub struct Recheck {
+    pub expires_at: Option<i64>,
+    pub audiences: Box<[String]>,
 }
 
 impl ClaimPolicy {
@@ -99,16 +106,18 @@ impl ClaimPolicy {
         };
         Ok(CheckedClaims {
             subject,
-            expires_at,
-            audiences,
             scopes: scopes(claims)?,
+            recheck: Recheck {
+                expires_at,
+                audiences: audiences.into(),
+            },
         })
     }
 
     /// Re-checks a cached verification: expiry and the per-request audience.
     pub fn recheck(
         &self,
-        checked: &CheckedClaims,
+        checked: &Recheck,
         now: i64,
         requested_audience: &str,
     ) -> Result<(), Denial> {

@@ -8,7 +8,7 @@ mod token;
 
 pub use crate::vocabulary::Algorithm;
 
-pub use claims::{CheckedClaims, ClaimPolicy};
+pub use claims::{CheckedClaims, ClaimPolicy, Recheck};
 pub use json::parse_strict_object;
 pub use keys::{KeyError, KeyLookup, KeySet, VerifyingKey, hmac_key, pem_key};
 pub use token::{

@@ -86,6 +86,9 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<SurfaceLabels, Histogram>,
     pub cache_lookups: Family<CacheLabels, Counter>,
+    /// Set when scraped: entries in the verified-JWT cache, and their estimated memory.
+    pub jwt_cache_entries: Gauge,
+    pub jwt_cache_bytes: Gauge,
     pub jwks_fetches: Family<FetchLabels, Counter>,
     pub jwks_keys: Family<IssuerLabels, Gauge>,
     pub jwks_key_age: Family<IssuerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -211,6 +214,19 @@ impl Metrics {
             "Verified-credential cache lookups by cache and result (hit, miss)",
             cache_lookups.clone(),
         );
+        let jwt_cache_entries = Gauge::default();
+        registry.register(
+            "jwt_cache_entries",
+            "Verified JWTs cached now (bounded by cache.max_entries)",
+            jwt_cache_entries.clone(),
+        );
+        let jwt_cache_bytes = Gauge::default();
+        registry.register_with_unit(
+            "jwt_cache",
+            "Estimated memory of the verified-JWT cache (bounded by cache.max_bytes)",
+            Unit::Bytes,
+            jwt_cache_bytes.clone(),
+        );
         let jwks_fetches = Family::default();
         registry.register(
             "jwks_fetches",
@@ -287,6 +303,8 @@ impl Metrics {
             requests,
             request_duration,
             cache_lookups,
+            jwt_cache_entries,
+            jwt_cache_bytes,
             jwks_fetches,
             jwks_keys,
             jwks_key_age,

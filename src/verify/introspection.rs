@@ -46,7 +46,7 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 enum Introspected {
     Active {
         principal: Arc<Principal>,
-        checked: crate::jwt::CheckedClaims,
+        recheck: crate::jwt::Recheck,
         ttl: Duration,
         bytes: u32,
     },
@@ -188,10 +188,10 @@ impl Introspector {
             .map_err(|denial| (*denial).clone())?;
         match &*entry {
             Introspected::Active {
-                principal, checked, ..
+                principal, recheck, ..
             } => {
                 self.policy
-                    .recheck(checked, unix_now(), requested_audience)?;
+                    .recheck(recheck, unix_now(), requested_audience)?;
                 Ok(principal.clone())
             }
             Introspected::Refused { denial, .. } => Err(denial.clone()),
@@ -329,7 +329,7 @@ impl Introspector {
             Ok(subject) => subject,
             Err(denial) => return self.refused(denial),
         };
-        let ttl = match checked.expires_at {
+        let ttl = match checked.recheck.expires_at {
             Some(exp) => {
                 Duration::from_secs(u64::try_from(exp - now).unwrap_or(0)).min(self.cache_ttl)
             }
@@ -341,13 +341,13 @@ impl Introspector {
             self.issuer_name.clone(),
             CredentialType::OpaqueToken,
             claims,
-            checked.scopes.clone(),
-            checked.expires_at,
+            checked.scopes,
+            checked.recheck.expires_at,
             String::new(),
         ));
         Ok(Arc::new(Introspected::Active {
             principal,
-            checked,
+            recheck: checked.recheck,
             ttl,
             bytes,
         }))

@@ -19,8 +19,8 @@ use crate::{
     cache::{Ttl, TtlFromEntry, Weight, estimated_bytes, weigher},
     decision::{CredentialType, Denial, Principal, Reason},
     jwt::{
-        Algorithm, CheckedClaims, ClaimPolicy, KeyLookup, KeySet, VerifyingKey, parse_compact,
-        token_digest,
+        Algorithm, ClaimPolicy, KeyLookup, KeySet, VerifyingKey, parse_compact,
+        Recheck, token_digest,
     },
     keys::KeySource,
     telemetry::metrics::Metrics,
@@ -40,7 +40,7 @@ pub struct IssuerVerifier {
 struct CachedToken {
     issuer: Arc<IssuerVerifier>,
     key: Arc<VerifyingKey>,
-    checked: CheckedClaims,
+    recheck: Recheck,
     principal: Arc<Principal>,
     ttl: Duration,
     bytes: u32,
@@ -102,8 +102,13 @@ impl JwtVerifier {
 
     /// Verified tokens currently cached (approximate; for metrics and tests).
     pub fn cached_tokens(&self) -> u64 {
+        self.cache_size().0
+    }
+
+    /// The cache's entries and their estimated bytes (what `cache.max_bytes` bounds).
+    pub fn cache_size(&self) -> (u64, u64) {
         self.cache.run_pending_tasks();
-        self.cache.entry_count()
+        (self.cache.entry_count(), self.cache.weighted_size())
     }
 
     /// Verifies a compact JWS. `requested_audience` (may be empty) must be in `aud` too.
@@ -121,7 +126,7 @@ impl JwtVerifier {
                 cached
                     .issuer
                     .policy
-                    .recheck(&cached.checked, now, requested_audience)?;
+                    .recheck(&cached.recheck, now, requested_audience)?;
                 return Ok(cached.principal.clone());
             }
             self.cache.invalidate(&digest);
@@ -164,15 +169,16 @@ impl JwtVerifier {
 
         let key_id = token.kid.or_else(|| key.kid.clone()).unwrap_or_default();
         let principal = Arc::new(Principal::new(
-            checked.subject.clone(),
+            checked.subject,
             issuer.name.clone(),
             CredentialType::Jwt,
             token.claims,
-            checked.scopes.clone(),
-            checked.expires_at,
+            checked.scopes,
+            checked.recheck.expires_at,
             key_id,
         ));
-        let ttl = match checked.expires_at {
+        let recheck = checked.recheck;
+        let ttl = match recheck.expires_at {
             Some(exp) => {
                 Duration::from_secs(u64::try_from(exp - now).unwrap_or(0)).min(self.max_ttl)
             }
@@ -184,7 +190,7 @@ impl JwtVerifier {
                 Arc::new(CachedToken {
                     issuer: issuer.clone(),
                     key,
-                    checked,
+                    recheck,
                     principal: principal.clone(),
                     ttl,
                     bytes,

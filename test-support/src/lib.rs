@@ -183,23 +183,48 @@ pub fn claims(iss: &str, aud: &str) -> Value {
     json!({"iss": iss, "aud": aud, "sub": "alice", "iat": now, "exp": now + 3600, "scope": "orders:read orders:write"})
 }
 
-/// A token for the quickstart issuer (`examples/quickstart.yaml`), signed with its throwaway
-/// key from `examples/keys`: subject `alice`, audience `api://quickstart`, this `scope`,
-/// valid for an hour.
+/// The quickstart issuer's throwaway signing key from `examples/keys` (see
+/// `examples/quickstart.yaml`), read once.
+pub struct QuickstartSigner {
+    key: EncodingKey,
+    header: jsonwebtoken::Header,
+}
+
+impl QuickstartSigner {
+    pub fn new() -> Self {
+        let key = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/keys/quickstart-es256.key.pem"
+        ))
+        .expect("the quickstart key is in the repository");
+        let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+        header.kid = Some("quickstart-es256".to_owned());
+        Self {
+            key: EncodingKey::from_ec_pem(&key).expect("a PEM EC key"),
+            header,
+        }
+    }
+
+    /// A quickstart token for `subject` with this `scope` and `jti`, valid for an hour.
+    pub fn token(&self, subject: &str, scope: &str, jti: &str) -> String {
+        let now = now();
+        let claims = json!({
+            "iss": "https://quickstart.portcullis.invalid", "aud": "api://quickstart",
+            "sub": subject, "email": format!("{subject}@example.com"), "scope": scope,
+            "iat": now, "exp": now + 3600, "jti": jti,
+        });
+        jsonwebtoken::encode(&self.header, &claims, &self.key).expect("signs")
+    }
+}
+
+impl Default for QuickstartSigner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A token for the quickstart issuer: subject `alice`, audience `api://quickstart`, this
+/// `scope`, valid for an hour.
 pub fn quickstart_token(scope: &str) -> String {
-    let key = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/keys/quickstart-es256.key.pem"
-    ))
-    .expect("the quickstart key is in the repository");
-    let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
-    header.kid = Some("quickstart-es256".to_owned());
-    let now = now();
-    let claims = json!({
-        "iss": "https://quickstart.portcullis.invalid", "aud": "api://quickstart",
-        "sub": "alice", "email": "alice@example.com", "scope": scope,
-        "iat": now, "exp": now + 3600,
-    });
-    let key = EncodingKey::from_ec_pem(&key).expect("a PEM EC key");
-    jsonwebtoken::encode(&header, &claims, &key).expect("signs")
+    QuickstartSigner::new().token("alice", scope, "quickstart")
 }

@@ -349,6 +349,12 @@ async fn spans_are_exported_with_parents_and_attributes_and_no_secrets() {
         ) >= 2.0
     );
     assert_eq!(value("portcullis_jwks_keys", &[("issuer", "corp")]), 2.0);
+    assert_eq!(
+        value("portcullis_jwt_cache_entries", &[]),
+        1.0,
+        "one token verified and cached"
+    );
+    assert!(value("portcullis_jwt_cache_bytes", &[]) >= 1024.0);
     assert!(metrics.contains("# UNIT portcullis_request_duration_seconds seconds"));
     assert!(!metrics.contains(&valid[valid.len() - 20..]));
     running.shutdown().await.unwrap();
