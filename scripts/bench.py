@@ -62,6 +62,11 @@ SERVERS = {
                      " otlp_endpoint: 'http://127.0.0.1:$otlp_port'}",
         "note": "the same with trace_sample_ratio 0.1",
     },
+    "telemetry-default": {
+        "cache": CACHE_ON,
+        "telemetry": "{}",
+        "note": "the default telemetry: JSON logs at info, metrics, no trace export",
+    },
     "telemetry-off": {
         "cache": CACHE_ON,
         "telemetry": "{log_level: 'off', metrics: false}",
@@ -121,6 +126,7 @@ SCENARIOS = [
                  "resource": {"http_method": "GET", "path": "/reports/7"}},
      "expect": {"allowed": True, "rule": "reports-cel"}},
     {"name": "telemetry-off", "server": "telemetry-off", "method": AUTHN, "request": ES256},
+    {"name": "telemetry-default", "server": "telemetry-default", "method": AUTHN, "request": ES256},
     {"name": "telemetry-on", "server": "telemetry-on", "method": AUTHN, "request": ES256},
     {"name": "telemetry-sampled", "server": "telemetry-sampled", "method": AUTHN, "request": ES256},
 ]

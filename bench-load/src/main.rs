@@ -19,9 +19,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clap::{Parser, ValueEnum};
 use bytes::Bytes;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, attribute_context};
+use clap::{Parser, ValueEnum};
+use envoy_types::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, attribute_context,
+};
 use hdrhistogram::Histogram;
 use portcullis::pb::{AuthenticateRequest, Credential, auth_client::AuthClient, credential};
 use prost::Message;

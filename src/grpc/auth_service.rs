@@ -13,7 +13,7 @@ use crate::{
     pb::{self, AuthenticateRequest, AuthorizeRequest},
     pipeline::{Pipeline, RequestAttrs},
     policy::Resource,
-    telemetry::{self, metrics::Surface},
+    telemetry::{self, TraceCarrier, metrics::Surface},
 };
 
 use super::wire::{AuthenticateReply, AuthorizeReply, auth_server::Auth};
@@ -65,8 +65,10 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateReply>, Status> {
-        let span = telemetry::request_span("authenticate");
-        telemetry::set_parent_from_metadata(&span, request.metadata());
+        let span = telemetry::request_span(
+            "authenticate",
+            &[TraceCarrier::Metadata(request.metadata())],
+        );
         let peer = request.peer_certs();
         let peer_address = request.remote_addr().map(|a| a.ip());
         let request = request.get_ref();
@@ -107,8 +109,8 @@ impl Auth for AuthService {
         &self,
         request: Request<AuthorizeRequest>,
     ) -> Result<Response<AuthorizeReply>, Status> {
-        let span = telemetry::request_span("authorize");
-        telemetry::set_parent_from_metadata(&span, request.metadata());
+        let span =
+            telemetry::request_span("authorize", &[TraceCarrier::Metadata(request.metadata())]);
         let peer = request.peer_certs();
         let peer_address = request.remote_addr().map(|a| a.ip());
         let request = request.get_ref();

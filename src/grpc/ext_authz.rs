@@ -29,7 +29,7 @@ use crate::{
     decision::{CheckAllowParts, Decision, Denial, Principal, Reason, json_object_to_struct},
     pipeline::{Pipeline, RequestAttrs},
     policy::Resource,
-    telemetry::{self, metrics::Surface},
+    telemetry::{self, TraceCarrier, metrics::Surface},
 };
 
 use super::wire::{CheckReply, authorization_server::Authorization};
@@ -50,18 +50,25 @@ const MAX_HEADERS: usize = 256;
 #[tonic::async_trait]
 impl Authorization for ExtAuthzService {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckReply>, Status> {
-        let span = telemetry::request_span("ext_authz");
-        if !telemetry::set_parent_from_metadata(&span, request.metadata())
-            && let Some(headers) = request
-                .get_ref()
-                .attributes
-                .as_ref()
-                .and_then(|a| a.request.as_ref())
-                .and_then(|r| r.http.as_ref())
-                .map(|h| &h.headers)
-        {
-            telemetry::set_remote_parent(&span, headers);
-        }
+        let forwarded = request
+            .get_ref()
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+            .map(|h| &h.headers);
+        let span = match forwarded {
+            Some(headers) => telemetry::request_span(
+                "ext_authz",
+                &[
+                    TraceCarrier::Metadata(request.metadata()),
+                    TraceCarrier::Headers(headers),
+                ],
+            ),
+            None => {
+                telemetry::request_span("ext_authz", &[TraceCarrier::Metadata(request.metadata())])
+            }
+        };
         let pipeline = self.pipeline.load_full();
         Ok(Response::new(
             check(&pipeline, request.get_ref()).instrument(span).await,

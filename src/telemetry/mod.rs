@@ -12,9 +12,13 @@ pub use events::{
     shadow_evaluated, short_digest,
 };
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::OnceLock};
 
-use opentelemetry::{KeyValue, propagation::TextMapPropagator, trace::TracerProvider as _};
+use opentelemetry::{
+    KeyValue,
+    propagation::TextMapPropagator,
+    trace::{TraceContextExt as _, TracerProvider as _},
+};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{
     Resource,
@@ -92,25 +96,43 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
                 .with_service_name("portcullis")
                 .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
                 .build();
-            // Follow the caller's sampling decision; sample root spans at the configured ratio.
-            let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                config.trace_sample_ratio,
-            )));
+            // Follow the caller's sampling decision; sample root spans at the configured ratio
+            // (decided here, or by `request_span` before a span is made: see `SpanPolicy`).
+            let root = match SpanPolicy::of(config) {
+                SpanPolicy::Sampled(_) => Sampler::AlwaysOn,
+                SpanPolicy::Always | SpanPolicy::Never => {
+                    Sampler::TraceIdRatioBased(config.trace_sample_ratio)
+                }
+            };
+            let sampler = Sampler::ParentBased(Box::new(root));
             let provider = SdkTracerProvider::builder()
                 .with_sampler(sampler)
                 .with_batch_exporter(exporter)
                 .with_resource(resource)
                 .build();
-            let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("portcullis"));
+            // A request span carries what `request_span` records, nothing per poll: no busy/
+            // idle timing, source location, thread or target attributes, and no OTel context
+            // made current on each poll (no outbound call propagates it).
+            let layer = tracing_opentelemetry::layer()
+                .with_tracked_inactivity(false)
+                .with_location(false)
+                .with_threads(false)
+                .with_target(false)
+                .with_context_activation(false)
+                .with_tracer(provider.tracer("portcullis"));
             (Some(layer), Some(provider))
         }
         None => (None, None),
     };
-    let _ = tracing_subscriber::registry()
+    if tracing_subscriber::registry()
         .with(filter)
         .with(fmt)
         .with(otel)
-        .try_init();
+        .try_init()
+        .is_ok()
+    {
+        let _ = SPAN_POLICY.set(SpanPolicy::of(config));
+    }
     Ok(TelemetryGuard { provider })
 }
 
@@ -127,40 +149,97 @@ impl<'writer> FormatFields<'writer> for NoSpanFields {
     }
 }
 
-/// Makes the W3C trace context in `carrier` (gRPC metadata or HTTP headers, lower-case
-/// names) the parent of `span`. Without a valid `traceparent` nothing changes.
-pub fn set_remote_parent(span: &tracing::Span, carrier: &HashMap<String, String>) {
-    if !carrier.contains_key("traceparent") {
-        return;
-    }
-    let context = TraceContextPropagator::new().extract(&Carrier(carrier));
-    let _ = span.set_parent(context);
+/// Which requests get a span, decided once by [`init`] (before it: every request).
+static SPAN_POLICY: OnceLock<SpanPolicy> = OnceLock::new();
+
+/// Which requests get a span. A span that nothing reads is not made: without an OTLP
+/// exporter JSON logs show no span fields, and with one, an unsampled root span is never
+/// exported. Text logs show the request span's fields on each line, so with them every
+/// request keeps its span (and the exporter's sampler decides).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SpanPolicy {
+    Always,
+    Never,
+    /// A root span with this probability; a child of a remote parent if that was sampled.
+    Sampled(f64),
 }
 
-/// Parents `span` on the W3C trace context in gRPC request metadata, if there is one.
-pub fn set_parent_from_metadata(
-    span: &tracing::Span,
-    metadata: &tonic::metadata::MetadataMap,
-) -> bool {
-    if metadata.get("traceparent").is_none() {
-        return false;
+impl SpanPolicy {
+    fn of(config: &TelemetryConfig) -> Self {
+        match (&config.otlp_endpoint, config.log_format) {
+            (None, LogFormat::Json) => SpanPolicy::Never,
+            (Some(_), LogFormat::Json) if config.trace_sample_ratio < 1.0 => {
+                SpanPolicy::Sampled(config.trace_sample_ratio)
+            }
+            _ => SpanPolicy::Always,
+        }
     }
-    let carrier: HashMap<String, String> = ["traceparent", "tracestate"]
-        .into_iter()
-        .filter_map(|name| {
-            Some((
-                name.to_owned(),
-                metadata.get(name)?.to_str().ok()?.to_owned(),
-            ))
-        })
-        .collect();
-    set_remote_parent(span, &carrier);
-    true
+
+    /// Whether to make a span, given the remote parent's sampled flag (if there is one) and
+    /// a uniform roll in [0, 1).
+    fn makes_span(self, parent_sampled: Option<bool>, roll: f64) -> bool {
+        match self {
+            SpanPolicy::Always => true,
+            SpanPolicy::Never => false,
+            SpanPolicy::Sampled(ratio) => parent_sampled.unwrap_or(roll < ratio),
+        }
+    }
 }
 
-/// The span every request runs in; the pipeline records the decision fields into it.
-pub fn request_span(surface: &'static str) -> tracing::Span {
-    tracing::info_span!(
+/// Where a request's W3C trace context may travel: gRPC metadata, or (ext_authz) the HTTP
+/// headers Envoy forwards (lower-case names).
+#[derive(Clone, Copy)]
+pub enum TraceCarrier<'a> {
+    Metadata(&'a tonic::metadata::MetadataMap),
+    Headers(&'a HashMap<String, String>),
+}
+
+impl TraceCarrier<'_> {
+    /// The remote parent context, if this carrier has a `traceparent`.
+    fn remote_parent(self) -> Option<opentelemetry::Context> {
+        let carrier: HashMap<String, String>;
+        let headers = match self {
+            TraceCarrier::Headers(headers) => {
+                if !headers.contains_key("traceparent") {
+                    return None;
+                }
+                headers
+            }
+            TraceCarrier::Metadata(metadata) => {
+                metadata.get("traceparent")?;
+                carrier = ["traceparent", "tracestate"]
+                    .into_iter()
+                    .filter_map(|name| {
+                        Some((
+                            name.to_owned(),
+                            metadata.get(name)?.to_str().ok()?.to_owned(),
+                        ))
+                    })
+                    .collect();
+                &carrier
+            }
+        };
+        Some(TraceContextPropagator::new().extract(&Carrier(headers)))
+    }
+}
+
+/// The span a request runs in, parented on the first carrier's `traceparent` (a caller's
+/// sampling decision is followed); the pipeline records the decision fields into it. A
+/// disabled span when no one would see it (see [`SpanPolicy`]).
+pub fn request_span(surface: &'static str, carriers: &[TraceCarrier<'_>]) -> tracing::Span {
+    let policy = SPAN_POLICY.get().copied().unwrap_or(SpanPolicy::Always);
+    if policy == SpanPolicy::Never {
+        return tracing::Span::none();
+    }
+    let parent = carriers.iter().find_map(|carrier| carrier.remote_parent());
+    let parent_sampled = parent.as_ref().and_then(|context| {
+        let span_context = context.span().span_context().clone();
+        span_context.is_valid().then(|| span_context.is_sampled())
+    });
+    if !policy.makes_span(parent_sampled, fastrand::f64()) {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
         "request",
         otel.name = surface,
         otel.kind = "server",
@@ -170,7 +249,11 @@ pub fn request_span(surface: &'static str) -> tracing::Span {
         credential_type = tracing::field::Empty,
         issuer = tracing::field::Empty,
         rule = tracing::field::Empty,
-    )
+    );
+    if let Some(context) = parent {
+        let _ = span.set_parent(context);
+    }
+    span
 }
 
 struct Carrier<'a>(&'a HashMap<String, String>);
@@ -182,5 +265,57 @@ impl opentelemetry::propagation::Extractor for Carrier<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(String::as_str).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> TelemetryConfig {
+        serde_norway::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn spans_are_made_only_where_something_reads_them() {
+        let of = |yaml| SpanPolicy::of(&config(yaml));
+        assert_eq!(
+            of("{log_format: text}"),
+            SpanPolicy::Always,
+            "text logs show span fields"
+        );
+        assert_eq!(
+            of("{}"),
+            SpanPolicy::Never,
+            "the default: JSON logs, no export"
+        );
+        assert_eq!(
+            of("{log_format: json, otlp_endpoint: 'http://127.0.0.1:4317'}"),
+            SpanPolicy::Always
+        );
+        assert_eq!(
+            of(
+                "{log_format: json, otlp_endpoint: 'http://127.0.0.1:4317', trace_sample_ratio: 0.1}"
+            ),
+            SpanPolicy::Sampled(0.1)
+        );
+        assert_eq!(
+            of(
+                "{log_format: text, otlp_endpoint: 'http://127.0.0.1:4317', trace_sample_ratio: 0.1}"
+            ),
+            SpanPolicy::Always,
+            "text logs keep every span; the exporter's sampler decides"
+        );
+    }
+
+    #[test]
+    fn a_sampled_policy_follows_the_caller_then_the_ratio() {
+        let sampled = SpanPolicy::Sampled(0.1);
+        assert!(sampled.makes_span(Some(true), 0.99), "a sampled caller");
+        assert!(!sampled.makes_span(Some(false), 0.0), "an unsampled caller");
+        assert!(sampled.makes_span(None, 0.05));
+        assert!(!sampled.makes_span(None, 0.1));
+        assert!(!SpanPolicy::Never.makes_span(Some(true), 0.0));
+        assert!(SpanPolicy::Always.makes_span(Some(false), 0.99));
     }
 }

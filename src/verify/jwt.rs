@@ -19,8 +19,8 @@ use crate::{
     cache::{Ttl, TtlFromEntry, Weight, estimated_bytes, weigher},
     decision::{CredentialType, Denial, Principal, Reason},
     jwt::{
-        Algorithm, ClaimPolicy, KeyLookup, KeySet, VerifyingKey, parse_compact,
-        Recheck, token_digest,
+        Algorithm, ClaimPolicy, KeyLookup, KeySet, Recheck, VerifyingKey, parse_compact,
+        token_digest,
     },
     keys::KeySource,
     telemetry::metrics::Metrics,
