@@ -74,12 +74,18 @@ SERVERS = {
 
 # name: server kind, rpc (openloop --rpc), token placeholder.
 SCENARIOS = [
+    {"name": "floor", "server": "cached", "rpc": "health", "token": "es256"},
     {"name": "check-cached", "server": "cached", "rpc": "check", "token": "es256"},
     {"name": "authenticate-cached", "server": "cached", "rpc": "authenticate", "token": "es256"},
     {"name": "uncached-es256", "server": "uncached", "rpc": "authenticate", "token": "es256"},
     {"name": "uncached-rs256", "server": "uncached", "rpc": "authenticate", "token": "rs256"},
 ]
 LOADS = (0.25, 0.50, 0.75)
+# A fixed low rate most deployments see, where per-request wake-ups dominate (cached rows).
+LOW_RATE = 2000
+# Overload: this multiple of the peak is offered to the uncached rows (load shedding answers
+# what the server cannot admit).
+OVERLOAD = 2.0
 
 
 def log(message):
@@ -156,6 +162,7 @@ class Tail:
         if out.returncode != 0:
             die(f"openloop failed: {out.stderr.strip()[-500:]}")
         result = json.loads(out.stdout)
+        result["rss_mib"] = round(rss_bytes(pid) / 2**20, 1)
         if result["errors"] or result["wrong"]:
             die(f"{scenario['name']}: {result['errors']} errors, {result['wrong']} wrong answers")
         # Server CPU over the whole run (warm-up included) per request sent in it.
@@ -184,11 +191,16 @@ class Tail:
             peak = self.openloop(s, token, "--rate", "0", "--in-flight", "64")
             self.save(f"{s['name']}.peak", peak)
             log(f"{s['name']}: peak {peak['throughput_rps']:.0f} rps (closed loop, 64 in flight)")
-            for load in LOADS:
-                rate = max(1, round(peak["throughput_rps"] * load))
+            loads = [(load, max(1, round(peak["throughput_rps"] * load))) for load in LOADS]
+            if s["server"] == "cached" and s["name"] != "floor":
+                loads.append((LOW_RATE / peak["throughput_rps"], LOW_RATE))
+            if s["server"] == "uncached":
+                loads.append((OVERLOAD, round(peak["throughput_rps"] * OVERLOAD)))
+            for load, rate in loads:
                 r = self.openloop(s, token, "--rate", str(rate))
-                self.save(f"{s['name']}.{int(load * 100)}", r)
-                log(f"{s['name']} at {load:.0%} ({rate} rps): p99 {r['p99_us']} µs")
+                self.save(f"{s['name']}.{rate}", r)
+                log(f"{s['name']} at {load:.0%} ({rate} rps): p99 {r['p99_us']} µs, "
+                    f"server {r['server_cpu_us']} µs/req")
                 rows.append((s, peak, load, r))
         return rows
 
@@ -284,19 +296,23 @@ def report(args, rows, readings, token_chars):
     lines = [f"## Tail latency and cache memory ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%MZ})",
              "", f"- commit: {head.stdout.strip() or 'unknown'}",
              f"- {'server on CPU 0, openloop on CPU 1 (taskset)' if args.pin else 'no pinning'}; "
-             f"{args.warmup_seconds:g} s warm-up, then {args.seconds:g} s measured per run; 4 HTTP/2 connections",
+             f"{args.warmup_seconds:g} s warm-up, then {args.seconds:g} s measured per run; 4 HTTP/2 connections; "
+             f"cached rows also at a fixed {LOW_RATE} rps",
              ""]
     if rows:
         lines += ["| scenario | peak rps (closed loop) | load | offered rps | p50 µs | p99 µs | p99.9 µs | max µs "
-                  "| server p99 ms (≤ bucket) | server CPU µs/req | late sends |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| server p99 ms (≤ bucket) | server CPU µs/req | late sends | shed (p99 µs) | RSS MiB |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for s, peak, load, r in rows:
+            shed = f"{r.get('shed', 0)} ({r.get('shed_p99_us', 0)})" if r.get("shed") else "0"
             lines.append(f"| {s['name']} | {peak['throughput_rps']:.0f} | {load:.0%} | {r['offered_rps']:.0f} "
                          f"| {r['p50_us']} | {r['p99_us']} | {r['p999_us']} | {r['max_us']} | {r['server_p99_ms']} "
-                         f"| {r['server_cpu_us']} | {r['late_sends']} |")
-        lines += ["", "Latency counts from each request's scheduled send time. late sends: requests the "
-                      "generator sent more than 1 ms after their scheduled time (its own lag; their delay "
-                      "is in the latency).", ""]
+                         f"| {r['server_cpu_us']} | {r['late_sends']} | {shed} | {r.get('rss_mib', '–')} |")
+        lines += ["", "Latency counts from each request's scheduled send time (admitted requests; shed ones "
+                      "are counted apart with their own p99). late sends: requests the generator sent more "
+                      "than 1 ms after their scheduled time (its own lag; their delay is in the latency). "
+                      "Server CPU counts the warm-up too, per request sent. RSS: the server's, after the run.",
+                      ""]
     if readings:
         per = slope([(n, rss) for n, rss, _ in readings])
         lines += ["| distinct tokens | RSS MiB | cached entries |", "|---:|---:|---:|"]

@@ -1,5 +1,5 @@
 //! `openloop`: drives one Portcullis RPC (an Envoy Check or an Authenticate with a bearer
-//! token) at a constant arrival rate, the way independent clients do, and reports latency
+//! token, or the health check as the floor) at a constant arrival rate, the way independent clients do, and reports latency
 //! percentiles measured from each request's *scheduled* send time. A server that falls
 //! behind therefore shows its queueing in the figures instead of slowing the generator down
 //! (no coordinated omission). With `--rate 0` it runs closed-loop instead, `--in-flight`
@@ -39,6 +39,8 @@ enum Rpc {
     Check,
     /// `portcullis.v1.Auth/Authenticate`
     Authenticate,
+    /// `grpc.health.v1.Health/Check`, the floor: the cheapest RPC the server answers
+    Health,
 }
 
 #[derive(Debug, Parser)]
@@ -50,8 +52,12 @@ struct Args {
     #[arg(long, value_enum)]
     rpc: Rpc,
     /// The bearer token every request presents.
-    #[arg(long, default_value = "", required_unless_present = "distinct_tokens")]
+    #[arg(long, default_value = "", required_unless_present_any = ["distinct_tokens", "token_file"])]
     token: String,
+    /// Open loop: read the token from this file, and again whenever the file changes (a key
+    /// rotation during a soak run hands the generator a token of the new key this way).
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
     /// Present this many different quickstart tokens, each once (Authenticate).
     #[arg(long)]
     distinct_tokens: Option<u64>,
@@ -82,11 +88,14 @@ struct Args {
     max_outstanding: usize,
 }
 
-/// What the requests' answers added up to.
+/// What the requests' answers added up to. Latency is recorded for expected answers only.
 struct Tally {
     latency_us: Histogram<u64>,
     errors: u64,
     wrong: u64,
+    /// Turned away by load shedding (OVERLOADED / RESOURCE_EXHAUSTED), with their latency.
+    shed: u64,
+    shed_latency_us: Histogram<u64>,
 }
 
 impl Tally {
@@ -95,6 +104,11 @@ impl Tally {
             Answer::Expected => {
                 let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
                 self.latency_us.saturating_record(micros.max(1));
+            }
+            Answer::Shed => {
+                self.shed += 1;
+                let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+                self.shed_latency_us.saturating_record(micros.max(1));
             }
             Answer::Wrong => self.wrong += 1,
             Answer::Error => self.errors += 1,
@@ -105,6 +119,8 @@ impl Tally {
 #[derive(Debug, Clone, Copy)]
 enum Answer {
     Expected,
+    /// Load shedding answered at once (a 503 OVERLOADED Check, RESOURCE_EXHAUSTED).
+    Shed,
     Wrong,
     Error,
 }
@@ -136,6 +152,13 @@ struct AuthenticateVerdict {
     authenticated: bool,
 }
 
+/// `grpc.health.v1.HealthCheckResponse`: its status (1 = SERVING).
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthVerdict {
+    #[prost(int32, tag = "1")]
+    status: i32,
+}
+
 /// One connection's client, able to send the configured request.
 #[derive(Clone)]
 struct Client {
@@ -157,10 +180,11 @@ impl Client {
                 match self.grpc.unary(request, path, codec).await {
                     Ok(response) => {
                         let verdict = response.into_inner();
-                        if verdict.status.is_some_and(|s| s.code == 0)
-                            && verdict.ok_response.is_some()
-                        {
+                        let code = verdict.status.map(|s| s.code);
+                        if code == Some(0) && verdict.ok_response.is_some() {
                             Answer::Expected
+                        } else if code == Some(tonic::Code::Unavailable as i32) {
+                            Answer::Shed
                         } else {
                             Answer::Wrong
                         }
@@ -174,6 +198,16 @@ impl Client {
                 match self.grpc.unary(request, path, codec).await {
                     Ok(response) if response.get_ref().authenticated => Answer::Expected,
                     Ok(_) => Answer::Wrong,
+                    Err(status) if status.code() == tonic::Code::ResourceExhausted => Answer::Shed,
+                    Err(_) => Answer::Error,
+                }
+            }
+            Rpc::Health => {
+                let path = PathAndQuery::from_static("/grpc.health.v1.Health/Check");
+                let codec = ProstCodec::<Preencoded, HealthVerdict>::default();
+                match self.grpc.unary(request, path, codec).await {
+                    Ok(response) if response.get_ref().status == 1 => Answer::Expected,
+                    Ok(_) => Answer::Wrong,
                     Err(_) => Answer::Error,
                 }
             }
@@ -181,14 +215,14 @@ impl Client {
     }
 }
 
-fn check_request(args: &Args) -> CheckRequest {
+fn check_request(args: &Args, token: &str) -> CheckRequest {
     let headers = [
         (":authority", "bench.example"),
         (":method", args.http_method.as_str()),
         (":path", args.path.as_str()),
         ("accept", "application/json"),
         ("user-agent", "openloop"),
-        ("authorization", &format!("Bearer {}", args.token)),
+        ("authorization", &format!("Bearer {token}")),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -210,20 +244,27 @@ fn check_request(args: &Args) -> CheckRequest {
     }
 }
 
-async fn clients(args: &Args) -> Result<Vec<Client>, tonic::transport::Error> {
+/// The pre-encoded request for `token`.
+fn preencoded(args: &Args, token: &str) -> Preencoded {
     let field = match args.rpc {
-        Rpc::Check => check_request(args)
+        Rpc::Check => check_request(args, token)
             .attributes
             .unwrap_or_default()
             .encode_to_vec(),
         Rpc::Authenticate => Credential {
-            kind: Some(credential::Kind::BearerToken(args.token.clone())),
+            kind: Some(credential::Kind::BearerToken(token.to_owned())),
         }
         .encode_to_vec(),
+        // `HealthCheckRequest { service: "" }`: no fields on the wire.
+        Rpc::Health => Vec::new(),
     };
-    let request = Preencoded {
+    Preencoded {
         field: field.into(),
-    };
+    }
+}
+
+async fn clients(args: &Args, token: &str) -> Result<Vec<Client>, tonic::transport::Error> {
+    let request = preencoded(args, token);
     let mut clients = Vec::with_capacity(args.connections);
     for _ in 0..args.connections.max(1) {
         let channel = Endpoint::from_shared(format!("http://{}", args.target))?
@@ -249,7 +290,9 @@ const SPIN: Duration = Duration::from_micros(20);
 /// sleeping: tokio's timer rounds to the millisecond, and a pacing thread's wake-ups added
 /// 100-200 µs to every latency here. The generator's core is therefore always busy (pin it
 /// away from the server's).
-async fn open_loop(args: &Args, clients: Vec<Client>, tally: Arc<Mutex<Tally>>) -> u64 {
+async fn open_loop(args: &Args, mut clients: Vec<Client>, tally: Arc<Mutex<Tally>>) -> u64 {
+    let mut token_file = args.token_file.as_deref().map(TokenFile::new);
+    let mut next_look = Instant::now();
     let total = ((args.warmup_seconds + args.seconds) * args.rate) as u64;
     let first_recorded = (args.warmup_seconds * args.rate) as u64;
     let outstanding = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -257,6 +300,17 @@ async fn open_loop(args: &Args, clients: Vec<Client>, tally: Arc<Mutex<Tally>>) 
     let mut next: u64 = 0;
     let mut late_sends: u64 = 0;
     while next < total {
+        if let Some(file) = token_file.as_mut()
+            && Instant::now() >= next_look
+        {
+            next_look = Instant::now() + Duration::from_millis(100);
+            if let Some(token) = file.changed() {
+                let request = preencoded(args, &token);
+                for client in &mut clients {
+                    client.request = request.clone();
+                }
+            }
+        }
         let due = ((origin.elapsed().as_secs_f64() * args.rate) as u64 + 1).min(total);
         while next < due
             && outstanding.load(std::sync::atomic::Ordering::Relaxed) < args.max_outstanding
@@ -290,6 +344,32 @@ async fn open_loop(args: &Args, clients: Vec<Client>, tally: Arc<Mutex<Tally>>) 
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     late_sends
+}
+
+/// A token file watched for changes (by modification time and contents).
+struct TokenFile {
+    path: std::path::PathBuf,
+    last: String,
+}
+
+impl TokenFile {
+    fn new(path: &std::path::Path) -> Self {
+        Self {
+            path: path.to_owned(),
+            last: String::new(),
+        }
+    }
+
+    /// The token, if it differs from the last one read (an unreadable or empty file keeps
+    /// the last token).
+    fn changed(&mut self) -> Option<String> {
+        let token = std::fs::read_to_string(&self.path).ok()?.trim().to_owned();
+        if token.is_empty() || token == self.last {
+            return None;
+        }
+        self.last.clone_from(&token);
+        Some(token)
+    }
 }
 
 /// `in_flight` workers, each sending its next request when the last is answered.
@@ -384,6 +464,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
         errors: 0,
         wrong: 0,
+        shed: 0,
+        shed_latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
     }));
     let mut token_chars = args.token.len();
     let late_sends = runtime.block_on(async {
@@ -391,7 +473,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             token_chars = distinct_tokens(&args, count, tally.clone()).await;
             return Ok(None);
         }
-        let clients = clients(&args).await?;
+        let token = match &args.token_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map(|token| token.trim().to_owned())
+                .unwrap_or_default(),
+            None => args.token.clone(),
+        };
+        let clients = clients(&args, &token).await?;
         Ok::<_, tonic::transport::Error>(if args.rate > 0.0 {
             Some(open_loop(&args, clients, tally.clone()).await)
         } else {
@@ -414,6 +502,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "throughput_rps": histogram.len() as f64 / args.seconds,
         "errors": tally.errors,
         "wrong": tally.wrong,
+        "shed": tally.shed,
+        "shed_p99_us": tally.shed_latency_us.value_at_quantile(0.99),
         "late_sends": late_sends,
         "token_chars": token_chars,
         "p50_us": quantile(0.50),

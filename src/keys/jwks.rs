@@ -181,6 +181,12 @@ impl RemoteKeySource {
     /// or `None` when nothing newer could be had.
     pub async fn refetch_for_unknown_kid(&self, seen: &Arc<KeySet>) -> Option<Arc<KeySet>> {
         if self.cooling_down() {
+            // The cooldown starts when a refetch does: one may be running now (or a
+            // scheduled refresh). Wait for it and use what it loaded; with none running, the
+            // lock is free and this returns at once.
+            if self.fetch.try_lock().is_err() {
+                drop(self.fetch.lock().await);
+            }
             return self.newer_than(seen);
         }
         let mut jwks_uri = self.fetch.lock().await;

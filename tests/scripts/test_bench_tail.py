@@ -47,10 +47,12 @@ def test_report_has_a_row_per_run_and_the_memory_slope(tail):
     scenario = tail.SCENARIOS[0]
     peak = {"throughput_rps": 1000.0}
     run = {"offered_rps": 500.0, "p50_us": 90, "p99_us": 400, "p999_us": 900, "max_us": 1200,
-           "server_p99_ms": "0.025", "server_cpu_us": 20.5, "late_sends": 0}
+           "server_p99_ms": "0.025", "server_cpu_us": 20.5, "late_sends": 0, "shed": 7, "shed_p99_us": 80,
+           "rss_mib": 21.5}
     readings = [(0, 10 * 2**20, 0), (1000, 10 * 2**20 + 2_000_000, 1000)]
     text = tail.report(args, [(scenario, peak, 0.5, run)], readings, 426)
-    assert f"| {scenario['name']} | 1000 | 50% | 500 | 90 | 400 | 900 | 1200 | 0.025 | 20.5 | 0 |" in text
+    assert (f"| {scenario['name']} | 1000 | 50% | 500 | 90 | 400 | 900 | 1200 | 0.025 | 20.5 | 0 | 7 (80) "
+            "| 21.5 |") in text
     assert "**2000 bytes per cached verification**" in text
     assert "426 characters" in text
 
@@ -58,7 +60,7 @@ def test_report_has_a_row_per_run_and_the_memory_slope(tail):
 def test_scenarios_name_known_servers_and_rpcs(tail):
     for scenario in tail.SCENARIOS:
         assert scenario["server"] in tail.SERVERS
-        assert scenario["rpc"] in ("check", "authenticate")
+        assert scenario["rpc"] in ("check", "authenticate", "health")
         assert scenario["token"] in ("es256", "rs256")
 
 

@@ -104,6 +104,11 @@ pub enum JwksMode {
     Down,
     Hang,
     Garbage,
+    /// Serves `body` after `delay`.
+    Slow {
+        body: String,
+        delay: Duration,
+    },
 }
 
 /// An in-process JWKS endpoint whose answers a test controls, counting requests.
@@ -168,6 +173,10 @@ async fn serve_jwks(State((mode, hits)): State<FakeState>) -> axum::response::Re
             StatusCode::OK.into_response()
         }
         JwksMode::Garbage => "<html>not json".into_response(),
+        JwksMode::Slow { body, delay } => {
+            tokio::time::sleep(delay).await;
+            body.into_response()
+        }
     }
 }
 
