@@ -36,7 +36,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib  # noqa: E402
@@ -691,31 +690,7 @@ class Bench:
         return m
 
     def histogram(self, server):
-        """The server's own decision-latency histogram (portcullis_request_duration_seconds,
-        all surfaces summed): {le: cumulative count}; {} without metrics."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port[server]}/metrics", timeout=10) as r:
-                text = r.read().decode()
-        except OSError:
-            return {}
-        buckets = {}
-        for line in text.splitlines():
-            if line.startswith("portcullis_request_duration_seconds_bucket"):
-                le = re.search(r'le="([^"]+)"', line)
-                if le:
-                    buckets[le.group(1)] = buckets.get(le.group(1), 0) + float(line.rsplit(None, 1)[1])
-        return buckets
-
-    @staticmethod
-    def server_p99(before, after):
-        """The upper bound (ms) of the bucket holding the 99th percentile of the requests
-        decided between two histogram snapshots."""
-        les = sorted(set(before) & set(after), key=float)
-        deltas = [after[le] - before[le] for le in les]
-        if not deltas or deltas[-1] <= 0:
-            return "–"
-        le = next(le for le, d in zip(les, deltas) if d >= 0.99 * deltas[-1])
-        return f"{float(le) * 1000:.3f}"
+        return benchlib.decision_histogram(self.admin_port[server])
 
     def scenario(self, s):
         a, name, out = self.args, s["name"], self.args.out
@@ -728,7 +703,7 @@ class Bench:
             before = self.histogram(s["server"])
             h = self.measure(s, os.path.join(out, f"{name}.half.json"), ["-z", a.duration, "--rps", str(rate)],
                              a.half_concurrency)
-            r["half_server_p99"] = self.server_p99(before, self.histogram(s["server"]))
+            r["half_server_p99"] = benchlib.server_p99(before, self.histogram(s["server"]))
             r["half_rps"], r["half_p99"], r["half_cpu_us"] = h["rps"], h["p99"], h["cpu_us"]
             r["errors"] += h["errors"]
             r["teardown"] += h["teardown"]

@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -168,20 +167,11 @@ class Tail:
         # Server CPU over the whole run (warm-up included) per request sent in it.
         sent = result["completed"] * (seconds + self.args.warmup_seconds) / seconds
         result["server_cpu_us"] = round((t1 - t0) / benchlib.CLK_TCK * 1e6 / max(sent, 1), 1)
-        result["server_p99_ms"] = server_p99(before, self.histogram(scenario["server"]))
+        result["server_p99_ms"] = benchlib.server_p99(before, self.histogram(scenario["server"]))
         return result
 
     def histogram(self, server):
-        _, _, admin_port = self.servers[server]
-        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=10) as r:
-            text = r.read().decode()
-        buckets = {}
-        for line in text.splitlines():
-            if line.startswith("portcullis_request_duration_seconds_bucket"):
-                le = re.search(r'le="([^"]+)"', line)
-                if le:
-                    buckets[le.group(1)] = buckets.get(le.group(1), 0) + float(line.rsplit(None, 1)[1])
-        return buckets
+        return benchlib.decision_histogram(self.servers[server][2])
 
     def latency(self, tokens):
         rows = []
@@ -258,15 +248,6 @@ class Tail:
         sys.stdout.write(markdown)
         with open(os.path.join(self.args.out, "tail.md"), "w") as f:
             f.write(markdown)
-
-
-def server_p99(before, after):
-    les = sorted(set(before) & set(after), key=float)
-    deltas = [after[le] - before[le] for le in les]
-    if not deltas or deltas[-1] <= 0:
-        return "–"
-    le = next(le for le, d in zip(les, deltas) if d >= 0.99 * deltas[-1])
-    return f"{float(le) * 1000:.3f}"
 
 
 def rss_bytes(pid):

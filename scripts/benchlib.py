@@ -131,3 +131,31 @@ def stop(processes, grace=5.0):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def decision_histogram(admin_port):
+    """The server's decision-latency histogram (portcullis_request_duration_seconds, all
+    surfaces summed) from its admin port: {le: cumulative count}; {} without metrics."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    buckets = {}
+    for line in text.splitlines():
+        if line.startswith("portcullis_request_duration_seconds_bucket"):
+            le = re.search(r'le="([^"]+)"', line)
+            if le:
+                buckets[le.group(1)] = buckets.get(le.group(1), 0) + float(line.rsplit(None, 1)[1])
+    return buckets
+
+
+def server_p99(before, after):
+    """The upper bound (ms, as text) of the bucket holding the 99th percentile of the
+    requests decided between two histogram snapshots; "–" when none were."""
+    les = sorted(set(before) & set(after), key=float)
+    deltas = [after[le] - before[le] for le in les]
+    if not deltas or deltas[-1] <= 0:
+        return "–"
+    le = next(le for le, d in zip(les, deltas) if d >= 0.99 * deltas[-1])
+    return f"{float(le) * 1000:.3f}"

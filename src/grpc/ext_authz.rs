@@ -370,8 +370,6 @@ fn metadata_struct(fields: Vec<(&str, prost_types::Value)>) -> prost_types::Stru
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use envoy_types::{
         ext_authz::v3::pb::{CheckResponse, HttpResponse},
         pb::{
@@ -381,18 +379,10 @@ mod tests {
     };
 
     use super::*;
-    use crate::{
-        build::{self, BuildMode},
-        telemetry::metrics::Metrics,
-    };
 
     /// The quickstart config plus a second rule that allows the same principal elsewhere.
     fn pipeline() -> Pipeline {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
-        let mut config =
-            crate::config::load_file(std::path::Path::new(&format!("{dir}/quickstart.yaml")))
-                .expect("the quickstart config is valid");
-        let extra: crate::config::AuthorizationConfig = serde_norway::from_str(
+        crate::pipeline::quickstart_with_rules(
             r#"
 rules:
   - name: reports-read
@@ -400,17 +390,6 @@ rules:
     require: { scopes_all: ["orders:read"] }
 "#,
         )
-        .unwrap();
-        config.authorization.rules.extend(extra.rules);
-        let client = crate::outbound::http_client().unwrap();
-        build::pipeline(
-            config,
-            &client,
-            &Arc::new(Metrics::new(true)),
-            None,
-            BuildMode::Check,
-        )
-        .expect("builds")
     }
 
     fn request(path: &str, authorization: Option<&str>) -> CheckRequest {

@@ -277,5 +277,28 @@ fn deny(
     }
 }
 
+/// The quickstart config with `rules` (YAML, an `AuthorizationConfig`) appended to its own,
+/// built for serving: what the unit tests of the pipeline and its surfaces run on.
+#[cfg(test)]
+pub(crate) fn quickstart_with_rules(rules: &str) -> Pipeline {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let mut config =
+        crate::config::load_file(std::path::Path::new(&format!("{dir}/quickstart.yaml")))
+            .expect("the quickstart config is valid");
+    let extra: crate::config::AuthorizationConfig =
+        serde_norway::from_str(rules).expect("rules in YAML");
+    config.authorization.rules.extend(extra.rules);
+    let client = crate::outbound::http_client().expect("an HTTP client");
+    let metrics = Arc::new(Metrics::new(true));
+    crate::build::pipeline(
+        config,
+        &client,
+        &metrics,
+        None,
+        crate::build::BuildMode::Check,
+    )
+    .expect("builds")
+}
+
 #[cfg(test)]
 mod tests;

@@ -6,17 +6,10 @@ use std::collections::HashMap;
 use serde_json::json;
 
 use super::*;
-use crate::{
-    build::{self, BuildMode},
-    decision::Reason,
-};
+use crate::decision::Reason;
 
 fn pipeline() -> Pipeline {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
-    let mut config =
-        crate::config::load_file(std::path::Path::new(&format!("{dir}/quickstart.yaml")))
-            .expect("the quickstart config is valid");
-    let extra: crate::config::AuthorizationConfig = serde_norway::from_str(
+    super::quickstart_with_rules(
         r#"
 rules:
   - name: no-internal
@@ -27,11 +20,6 @@ rules:
     allow_query_credentials: true
 "#,
     )
-    .unwrap();
-    config.authorization.rules.extend(extra.rules);
-    let client = crate::outbound::http_client().unwrap();
-    let metrics = Arc::new(Metrics::new(true));
-    build::pipeline(config, &client, &metrics, None, BuildMode::Check).expect("builds")
 }
 
 fn token(scope: &str) -> String {

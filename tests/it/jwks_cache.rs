@@ -440,8 +440,9 @@ async fn shutdown_reports_not_serving_and_lets_in_flight_requests_finish() {
 /// A key rotated in right after a fetch (the first load here) is fetched for the first token
 /// that names it: the cooldown only limits refetches that unknown kids trigger, so a second
 /// unknown kid right after is refused without another fetch.
-#[tokio::test]
-async fn a_key_rotated_in_right_after_start_up_is_accepted_at_once() {
+/// A server whose JWKS serves `k1` of keys `k1` and `k2`, loaded once and not refreshed
+/// for an hour; unknown kids refetch at most every 30 s.
+async fn serving_one_of_two_keys() -> (TestKey, TestKey, FakeJwks, portcullis::server::Running) {
     let (old, rotated) = (TestKey::new(ES256, "k1"), TestKey::new(ES256, "k2"));
     let jwks = FakeJwks::start(JwksMode::Down).await;
     jwks.serve(&[&old]);
@@ -451,6 +452,12 @@ async fn a_key_rotated_in_right_after_start_up_is_accepted_at_once() {
     ))
     .await;
     wait_ready(&running).await;
+    (old, rotated, jwks, running)
+}
+
+#[tokio::test]
+async fn a_key_rotated_in_right_after_start_up_is_accepted_at_once() {
+    let (old, rotated, jwks, running) = serving_one_of_two_keys().await;
     assert_eq!(jwks.hits(), 1, "one initial load");
     jwks.serve(&[&old, &rotated]);
     let mut client = client(&running).await;
@@ -469,15 +476,7 @@ async fn a_key_rotated_in_right_after_start_up_is_accepted_at_once() {
 /// rotation before.)
 #[tokio::test]
 async fn requests_arriving_during_an_unknown_kid_refetch_wait_for_it() {
-    let (old, rotated) = (TestKey::new(ES256, "k1"), TestKey::new(ES256, "k2"));
-    let jwks = FakeJwks::start(JwksMode::Down).await;
-    jwks.serve(&[&old]);
-    let running = start(&config(
-        &jwks.url,
-        "{refetch_cooldown: 30s, min_refresh: 1h, max_refresh: 1h}",
-    ))
-    .await;
-    wait_ready(&running).await;
+    let (old, rotated, jwks, running) = serving_one_of_two_keys().await;
     jwks.set(JwksMode::Slow {
         body: portcullis_test_support::jwks(&[&old, &rotated]).to_string(),
         delay: Duration::from_millis(400),

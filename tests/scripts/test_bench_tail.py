@@ -38,8 +38,8 @@ def test_slope_is_the_least_squares_fit(tail):
 def test_server_p99_is_the_bucket_holding_the_99th_percentile(tail):
     before = {"0.000025": 0, "0.0001": 0, "0.001": 0, "+Inf": 0}
     after = {"0.000025": 90, "0.0001": 99, "0.001": 100, "+Inf": 100}
-    assert tail.server_p99(before, after) == "0.100"
-    assert tail.server_p99(after, after) == "–"
+    assert tail.benchlib.server_p99(before, after) == "0.100"
+    assert tail.benchlib.server_p99(after, after) == "–"
 
 
 def test_report_has_a_row_per_run_and_the_memory_slope(tail):
