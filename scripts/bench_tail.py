@@ -41,6 +41,7 @@ CONFIG = """\
 server:
   grpc_listen: 127.0.0.1:{grpc_port}
   admin_listen: 127.0.0.1:{admin_port}
+  limits: {limits}
 issuers:
   - name: quickstart
     issuer: {qs_issuer}
@@ -105,6 +106,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=4, help="RSS readings after the first, evenly spaced")
     p.add_argument("--only", action="append", default=[], metavar="SCENARIO",
                    help="run only this latency scenario (repeatable); --only none skips them")
+    p.add_argument("--max-queue-delay", default=None,
+                   help="the servers' server.limits.max_queue_delay (default: the server's own)")
     p.add_argument("--skip-build", action="store_true",
                    help="use target/release/{portcullis,openloop} as they are")
     p.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
@@ -137,7 +140,7 @@ class Tail:
         with open(config, "w") as f:
             f.write(CONFIG.format(name=name, grpc_port=grpc_port, admin_port=admin_port, qs_issuer=QS_ISSUER,
                                   qs_pub=QS_PUB, qs_kid=QS_KID, aud=QS_AUD, rs_issuer=RS_ISSUER, rs_pub=rs_pub,
-                                  rs_kid=RS_KID, cache=SERVERS[name]))
+                                  rs_kid=RS_KID, cache=SERVERS[name], limits=self.limits()))
         log_file = open(os.path.join(tmp, f"{name}.log"), "w")
         process = subprocess.Popen(self.server_prefix + [self.bin, "serve", "--config", config],
                                    stdout=log_file, stderr=subprocess.STDOUT)
@@ -146,6 +149,10 @@ class Tail:
             die(f"server {name} did not become ready (log: {log_file.name})")
         self.servers[name] = (process, grpc_port, admin_port)
         log(f"server {name} ready (pid {process.pid})")
+
+    def limits(self):
+        delay = self.args.max_queue_delay
+        return "{}" if delay is None else f"{{max_queue_delay: {delay}}}"
 
     def openloop(self, scenario, token, *extra, seconds=None):
         _, grpc_port, _ = self.servers[scenario["server"]]
@@ -278,7 +285,8 @@ def report(args, rows, readings, token_chars):
              "", f"- commit: {head.stdout.strip() or 'unknown'}",
              f"- {'server on CPU 0, openloop on CPU 1 (taskset)' if args.pin else 'no pinning'}; "
              f"{args.warmup_seconds:g} s warm-up, then {args.seconds:g} s measured per run; 4 HTTP/2 connections; "
-             f"cached rows also at a fixed {LOW_RATE} rps",
+             f"cached rows also at a fixed {LOW_RATE} rps; server.limits: "
+             f"{'defaults' if args.max_queue_delay is None else 'max_queue_delay ' + args.max_queue_delay}",
              ""]
     if rows:
         lines += ["| scenario | peak rps (closed loop) | load | offered rps | p50 µs | p99 µs | p99.9 µs | max µs "

@@ -1,18 +1,27 @@
 //! Load shedding (SPEC §2 RESOURCE_EXHAUSTED / OVERLOADED): at most `max_in_flight`
 //! requests are served at once over all connections, counted from the moment a request's
-//! headers arrive (so reading its message counts too). Beyond that a request is answered at
+//! headers arrive (so reading its message counts too), and none is admitted while work waits
+//! longer than `max_queue_delay` in the runtime's queue. Beyond that a request is answered at
 //! once, before its message is read: `RESOURCE_EXHAUSTED` for the Auth API, and for Envoy's
 //! Check an OK RPC carrying a 503 deny with reason OVERLOADED (an RPC error would let
 //! `failure_mode_allow` deployments through). Unary health checks are never shed.
+//!
+//! The in-flight count alone cannot keep admitted requests fast: HTTP/2 stream limits keep
+//! requests queued in the clients, so a few connections never reach `max_in_flight`, and the
+//! wait happens in the run queue before a request's task first runs. A probe task measures
+//! that wait instead: it asks to wake every [`PROBE_INTERVAL`] and records how late it ran.
+//! Two late probes in a row are needed to shed: one stall (a pause of the whole process)
+//! delays work once and is over, a queue that the server cannot drain delays every probe.
 
 use std::{
     convert::Infallible,
     pin::Pin,
     sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
+        Arc, Weak,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -32,10 +41,18 @@ const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 /// Unary health checks are never shed (a Watch stream is, like any other request).
 const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 
+/// How often the queue-delay probe measures.
+const PROBE_INTERVAL: Duration = Duration::from_millis(10);
+
 struct InFlight {
     metrics: Arc<Metrics>,
     current: AtomicUsize,
     max: usize,
+    /// How late the probe ran, in microseconds, the lesser of its last two runs: how long
+    /// work has been waiting to run.
+    queue_delay_us: AtomicU64,
+    /// Shed while `queue_delay_us` is above this; 0: never.
+    max_queue_delay_us: u64,
     /// The gRPC message of an overloaded Check answer, framed once.
     check_overloaded: Bytes,
 }
@@ -47,20 +64,53 @@ pub struct LoadShedLayer {
 }
 
 impl LoadShedLayer {
-    pub fn new(max_in_flight: usize, metrics: Arc<Metrics>) -> Self {
+    /// Must be made inside a Tokio runtime when `max_queue_delay` is not zero: it starts the
+    /// probe, which ends when the layer and every service made from it are gone.
+    pub fn new(max_in_flight: usize, max_queue_delay: Duration, metrics: Arc<Metrics>) -> Self {
         let message = crate::grpc::ext_authz::overloaded().encode_to_vec();
         let mut framed = Vec::with_capacity(5 + message.len());
         framed.push(0); // not compressed
         framed.extend_from_slice(&u32::try_from(message.len()).unwrap_or(0).to_be_bytes());
         framed.extend_from_slice(&message);
-        Self {
-            state: Arc::new(InFlight {
-                metrics,
-                current: AtomicUsize::new(0),
-                max: max_in_flight,
-                check_overloaded: Bytes::from(framed),
-            }),
+        let state = Arc::new(InFlight {
+            metrics,
+            current: AtomicUsize::new(0),
+            max: max_in_flight,
+            queue_delay_us: AtomicU64::new(0),
+            max_queue_delay_us: u64::try_from(max_queue_delay.as_micros()).unwrap_or(u64::MAX),
+            check_overloaded: Bytes::from(framed),
+        });
+        if !max_queue_delay.is_zero() {
+            tokio::spawn(probe(Arc::downgrade(&state)));
         }
+        Self { state }
+    }
+}
+
+/// Measures, every [`PROBE_INTERVAL`], how late the runtime runs a task that asked to wake:
+/// the time work waits in its queue.
+async fn probe(state: Weak<InFlight>) {
+    let mut last_late_us = 0;
+    loop {
+        let asked = Instant::now();
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        let late = asked.elapsed().saturating_sub(PROBE_INTERVAL);
+        let late_us = u64::try_from(late.as_micros()).unwrap_or(u64::MAX);
+        state
+            .queue_delay_us
+            .store(late_us.min(last_late_us), Ordering::Relaxed);
+        last_late_us = late_us;
+    }
+}
+
+impl InFlight {
+    /// Whether work waits longer than allowed to run.
+    fn queue_too_slow(&self) -> bool {
+        self.max_queue_delay_us != 0
+            && self.queue_delay_us.load(Ordering::Relaxed) > self.max_queue_delay_us
     }
 }
 
@@ -111,7 +161,8 @@ where
         if path == HEALTH_CHECK {
             return Box::pin(self.inner.call(request));
         }
-        let admitted = self.state.current.fetch_add(1, Ordering::AcqRel) < self.state.max;
+        let admitted = self.state.current.fetch_add(1, Ordering::AcqRel) < self.state.max
+            && !self.state.queue_too_slow();
         let slot = Slot(self.state.clone());
         self.state.metrics.requests_in_flight.inc();
         if !admitted {
@@ -175,5 +226,127 @@ impl http_body::Body for OneMessage {
             return Poll::Ready(Some(Ok(Frame::data(message))));
         }
         Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stands for the gRPC services: answers 200 to whatever is admitted.
+    #[derive(Clone)]
+    struct Admitted;
+
+    impl Service<http::Request<Body>> for Admitted {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<http::Response<Body>, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+            std::future::ready(Ok(http::Response::new(Body::empty())))
+        }
+    }
+
+    fn grpc_status(response: &http::Response<Body>) -> Option<&str> {
+        response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+    }
+
+    async fn call(service: &mut LoadShed<Admitted>, path: &str) -> http::Response<Body> {
+        let request = http::Request::builder()
+            .uri(format!("http://portcullis{path}"))
+            .body(Body::empty())
+            .unwrap();
+        service.call(request).await.unwrap()
+    }
+
+    /// Work held up in the run queue (here: the only thread blocked, twice) makes the probe
+    /// late, and requests are shed while it is; one stall alone sheds nothing; once the
+    /// queue moves again they are admitted.
+    #[tokio::test(flavor = "current_thread")]
+    async fn requests_are_shed_while_work_waits_too_long_to_run() {
+        let layer = LoadShedLayer::new(
+            1024,
+            Duration::from_millis(100),
+            Arc::new(Metrics::new(true)),
+        );
+        let mut service = layer.layer(Admitted);
+        assert_eq!(
+            Arc::weak_count(&layer.state),
+            1,
+            "the probe watches the state"
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(!layer.state.queue_too_slow(), "an idle runtime is on time");
+        assert_eq!(
+            call(&mut service, "/portcullis.v1.Auth/Authenticate")
+                .await
+                .status(),
+            200
+        );
+
+        // Hold the only thread for 300 ms: the probe's wake-up waits behind it. Once is a
+        // stall, not a queue.
+        std::thread::sleep(Duration::from_millis(300));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::task::yield_now().await;
+        assert!(!layer.state.queue_too_slow(), "one stall sheds nothing");
+        assert_eq!(
+            call(&mut service, "/portcullis.v1.Auth/Authenticate")
+                .await
+                .status(),
+            200
+        );
+        // Again, right after: the probe is late twice in a row.
+        std::thread::sleep(Duration::from_millis(300));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::task::yield_now().await;
+        assert!(layer.state.queue_too_slow(), "the probe saw the wait twice");
+        let shed = call(&mut service, "/portcullis.v1.Auth/Authenticate").await;
+        assert_eq!(grpc_status(&shed), Some("8"), "RESOURCE_EXHAUSTED");
+        let check = call(&mut service, CHECK_PATH).await;
+        assert_eq!(grpc_status(&check), None, "a Check is an OK RPC ...");
+        assert_eq!(
+            check.headers().get(http::header::CONTENT_TYPE).unwrap(),
+            "application/grpc",
+            "... carrying the OVERLOADED deny"
+        );
+        assert_eq!(
+            call(&mut service, HEALTH_CHECK).await.status(),
+            200,
+            "health checks are never shed"
+        );
+
+        // The queue moves again: the next probe is on time.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!layer.state.queue_too_slow());
+        assert_eq!(
+            call(&mut service, "/portcullis.v1.Auth/Authenticate")
+                .await
+                .status(),
+            200
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_zero_queue_delay_turns_the_probe_off() {
+        let layer = LoadShedLayer::new(1024, Duration::ZERO, Arc::new(Metrics::new(true)));
+        let mut service = layer.layer(Admitted);
+        std::thread::sleep(Duration::from_millis(50));
+        tokio::task::yield_now().await;
+        assert!(!layer.state.queue_too_slow());
+        assert_eq!(
+            call(&mut service, "/portcullis.v1.Auth/Authenticate")
+                .await
+                .status(),
+            200
+        );
+        assert_eq!(Arc::weak_count(&layer.state), 0, "no probe was started");
     }
 }

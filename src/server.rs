@@ -162,6 +162,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     let router = builder
         .layer(LoadShedLayer::new(
             limits.max_in_flight,
+            limits.max_queue_delay,
             shared.metrics.clone(),
         ))
         .add_service(health_service.max_decoding_message_size(MAX_HEALTH_REQUEST_BYTES))

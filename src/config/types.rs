@@ -129,6 +129,11 @@ pub struct LimitsConfig {
     /// Requests being served at once over all connections; beyond it a request is answered
     /// at once with RESOURCE_EXHAUSTED (Check: a 503 deny with reason OVERLOADED).
     pub max_in_flight: usize,
+    /// Requests are shed the same way while work waits longer than this to run (the
+    /// server is past its capacity); `0s` turns it off.
+    #[schemars(schema_with = "duration_schema")]
+    #[serde(deserialize_with = "duration")]
+    pub max_queue_delay: Duration,
     /// Longest time one request may take, reading its message included.
     #[schemars(schema_with = "duration_schema")]
     #[serde(deserialize_with = "duration")]
@@ -162,6 +167,7 @@ impl Default for LimitsConfig {
             max_request_bytes: 128 * 1024,
             max_header_list_bytes: 16 * 1024,
             max_in_flight: 1024,
+            max_queue_delay: Duration::from_millis(200),
             request_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
