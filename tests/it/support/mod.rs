@@ -24,21 +24,27 @@ use portcullis::{
 };
 use tonic::transport::Channel;
 
-/// Starts an in-process server from YAML (listeners are forced to 127.0.0.1:0).
+/// Starts an in-process server from YAML (listeners are forced to 127.0.0.1:0). It shares
+/// the test's runtime, whose thread the test itself blocks at times (hashing passwords,
+/// writing files), so shedding by queue delay is off here: `load_shed`'s unit tests and the
+/// release binary in `limits` cover it.
 pub async fn start(yaml: &str) -> Running {
     let mut config = config::load_str(yaml).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
     config.server.grpc_listen = "127.0.0.1:0".parse().unwrap();
     config.server.admin_listen = "127.0.0.1:0".parse().unwrap();
     config.server.shutdown_grace = Duration::from_secs(2);
+    config.server.limits.max_queue_delay = Duration::ZERO;
     server::start(config, None).await.expect("server starts")
 }
 
-/// Writes `yaml` (listeners on 127.0.0.1:0) to `path` and starts a server that watches it
-/// and the files it names for hot reload.
+/// Writes `yaml` (listeners on 127.0.0.1:0, no shedding by queue delay: see [`start`]) to
+/// `path` and starts a server that watches it and the files it names for hot reload.
 pub async fn start_watching(path: &std::path::Path, yaml: &str) -> Running {
     std::fs::write(
         path,
-        format!("server: {{grpc_listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0}}\n{yaml}"),
+        format!(
+            "server: {{grpc_listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0, limits: {{max_queue_delay: 0s}}}}\n{yaml}"
+        ),
     )
     .unwrap();
     let config = config::load_file(path).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
