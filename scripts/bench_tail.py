@@ -172,7 +172,8 @@ class Tail:
         if result["errors"] or result["wrong"]:
             die(f"{scenario['name']}: {result['errors']} errors, {result['wrong']} wrong answers")
         # Server CPU over the whole run (warm-up included) per request sent in it.
-        sent = result["completed"] * (seconds + self.args.warmup_seconds) / seconds
+        answered = result["completed"] + result.get("shed", 0)
+        sent = answered * (seconds + self.args.warmup_seconds) / seconds
         result["server_cpu_us"] = round((t1 - t0) / benchlib.CLK_TCK * 1e6 / max(sent, 1), 1)
         result["server_p99_ms"] = benchlib.server_p99(before, self.histogram(scenario["server"]))
         return result

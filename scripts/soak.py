@@ -12,8 +12,8 @@ sends Authenticate at --load (default 80 %) of it for --minutes. Meanwhile:
   --overlap seconds;
 - every 10 s the server's RSS and open file descriptors are read.
 
-It passes when the generator saw no error and no wrong answer (each answer is checked:
-authenticated), every reload was applied, and RSS and FDs stayed flat after warm-up: of the
+It passes when the generator saw no error, no wrong answer (each answer is checked:
+authenticated) and nothing shed, every reload was applied, and RSS and FDs stayed flat after warm-up: of the
 readings after the first rotation, the second half's peak is within --max-growth of the
 first half's. Report: Markdown on stdout and in OUT/soak.md, raw readings in OUT/soak.json.
 Python 3 standard library and the openssl command only.
@@ -254,8 +254,8 @@ def verdict(args, soak):
     """The failed checks (empty: passed)."""
     failures = []
     r = soak["result"]
-    if r["errors"] or r["wrong"]:
-        failures.append(f"{r['errors']} errors and {r['wrong']} wrong answers")
+    if r["errors"] or r["wrong"] or r["shed"]:
+        failures.append(f"{r['errors']} errors, {r['wrong']} wrong answers and {r['shed']} shed")
     if not soak["server_alive"]:
         failures.append("the server exited")
     if soak["reloads_applied"] < soak["reloads_written"]:

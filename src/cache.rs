@@ -33,10 +33,11 @@ pub trait Weight {
 /// Estimated memory of a verification whose credential or claims text is `text_len` bytes
 /// long: the parsed claims, the answers encoded from them once (the principal, an ext_authz
 /// allow's headers and metadata) and the cache's bookkeeping. Measured with
-/// `scripts/bench_tail.py` (RSS over 200,000 distinct quickstart tokens of 426 characters):
-/// about 2.5 KB each; this estimate (3.2 KB for them) stays above it.
+/// `scripts/bench_tail.py` (RSS over 200,000 distinct quickstart tokens of 426 characters,
+/// Authenticate): about 2.5 KB each; an ext_authz allow adds its encoded parts (about as
+/// large as the claims again). This estimate (4.0 KB for them) stays above both.
 pub fn estimated_bytes(text_len: usize) -> u32 {
-    u32::try_from(text_len.saturating_mul(5).saturating_add(1024)).unwrap_or(u32::MAX)
+    u32::try_from(text_len.saturating_mul(7).saturating_add(1024)).unwrap_or(u32::MAX)
 }
 
 /// The weigher of a cache whose capacity is `max_bytes` of estimated memory: every entry

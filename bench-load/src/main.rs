@@ -180,10 +180,13 @@ impl Client {
                 match self.grpc.unary(request, path, codec).await {
                     Ok(response) => {
                         let verdict = response.into_inner();
+                        let overloaded = verdict.status.as_ref().is_some_and(|s| {
+                            s.code == tonic::Code::Unavailable as i32 && s.message == "OVERLOADED"
+                        });
                         let code = verdict.status.map(|s| s.code);
                         if code == Some(0) && verdict.ok_response.is_some() {
                             Answer::Expected
-                        } else if code == Some(tonic::Code::Unavailable as i32) {
+                        } else if overloaded {
                             Answer::Shed
                         } else {
                             Answer::Wrong

@@ -80,6 +80,8 @@ pub struct RemoteKeySource {
     /// first load) is fetched at once.
     last_unknown_kid_refetch_ms: AtomicU64,
     refetched_for_unknown_kid: AtomicBool,
+    /// An unknown-kid refetch is running now (requests that need it wait for it).
+    unknown_kid_fetch_running: AtomicBool,
     epoch: Instant,
     ready: watch::Sender<bool>,
     pub stats: FetchStats,
@@ -114,6 +116,7 @@ impl RemoteKeySource {
             fetch: Mutex::new(None),
             last_unknown_kid_refetch_ms: AtomicU64::new(0),
             refetched_for_unknown_kid: AtomicBool::new(false),
+            unknown_kid_fetch_running: AtomicBool::new(false),
             epoch: Instant::now(),
             ready: watch::channel(false).0,
             stats: FetchStats::default(),
@@ -181,10 +184,11 @@ impl RemoteKeySource {
     /// or `None` when nothing newer could be had.
     pub async fn refetch_for_unknown_kid(&self, seen: &Arc<KeySet>) -> Option<Arc<KeySet>> {
         if self.cooling_down() {
-            // The cooldown starts when a refetch does: one may be running now (or a
-            // scheduled refresh). Wait for it and use what it loaded; with none running, the
-            // lock is free and this returns at once.
-            if self.fetch.try_lock().is_err() {
+            // The cooldown starts when an unknown-kid refetch does: while that refetch runs
+            // (bounded by `jwks.timeout`, at most one per cooldown), wait for it and use what
+            // it loaded. A scheduled refresh is not waited for: an attacker's random kids
+            // must not make requests queue behind retries during an outage.
+            if self.unknown_kid_fetch_running.load(Ordering::Acquire) {
                 drop(self.fetch.lock().await);
             }
             return self.newer_than(seen);
@@ -201,7 +205,13 @@ impl RemoteKeySource {
             .store(since_epoch, Ordering::Release);
         self.refetched_for_unknown_kid
             .store(true, Ordering::Release);
-        self.fetch_locked(&mut jwks_uri).await.ok()?;
+        self.unknown_kid_fetch_running
+            .store(true, Ordering::Release);
+        // Cleared however the fetch ends, the caller giving up included.
+        let running = ClearOnDrop(&self.unknown_kid_fetch_running);
+        let fetched = self.fetch_locked(&mut jwks_uri).await;
+        drop(running);
+        fetched.ok()?;
         self.newer_than(seen)
     }
 
@@ -388,6 +398,15 @@ fn parse_max_age(value: &str) -> Option<Duration> {
         }
     }
     max_age
+}
+
+/// Clears a flag when dropped.
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 #[cfg(test)]

@@ -14,11 +14,7 @@ pub use events::{
 
 use std::{collections::HashMap, sync::OnceLock};
 
-use opentelemetry::{
-    KeyValue,
-    propagation::TextMapPropagator,
-    trace::{TraceContextExt as _, TracerProvider as _},
-};
+use opentelemetry::{KeyValue, propagation::TextMapPropagator, trace::TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{
     Resource,
@@ -96,15 +92,10 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
                 .with_service_name("portcullis")
                 .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
                 .build();
-            // Follow the caller's sampling decision; sample root spans at the configured ratio
-            // (decided here, or by `request_span` before a span is made: see `SpanPolicy`).
-            let root = match SpanPolicy::of(config) {
-                SpanPolicy::Sampled(_) => Sampler::AlwaysOn,
-                SpanPolicy::Always | SpanPolicy::Never => {
-                    Sampler::TraceIdRatioBased(config.trace_sample_ratio)
-                }
-            };
-            let sampler = Sampler::ParentBased(Box::new(root));
+            // Follow the caller's sampling decision; sample root spans at the configured ratio.
+            let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                config.trace_sample_ratio,
+            )));
             let provider = SdkTracerProvider::builder()
                 .with_sampler(sampler)
                 .with_batch_exporter(exporter)
@@ -153,35 +144,20 @@ impl<'writer> FormatFields<'writer> for NoSpanFields {
 static SPAN_POLICY: OnceLock<SpanPolicy> = OnceLock::new();
 
 /// Which requests get a span. A span that nothing reads is not made: without an OTLP
-/// exporter JSON logs show no span fields, and with one, an unsampled root span is never
-/// exported. Text logs show the request span's fields on each line, so with them every
-/// request keeps its span (and the exporter's sampler decides).
+/// exporter, JSON logs show no span fields. Text logs show the request span's fields on each
+/// line, and an exporter samples spans itself (the spans a request opens, such as a key
+/// refetch, must stay its children, so an unsampled request still has its span).
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum SpanPolicy {
     Always,
     Never,
-    /// A root span with this probability; a child of a remote parent if that was sampled.
-    Sampled(f64),
 }
 
 impl SpanPolicy {
     fn of(config: &TelemetryConfig) -> Self {
         match (&config.otlp_endpoint, config.log_format) {
             (None, LogFormat::Json) => SpanPolicy::Never,
-            (Some(_), LogFormat::Json) if config.trace_sample_ratio < 1.0 => {
-                SpanPolicy::Sampled(config.trace_sample_ratio)
-            }
             _ => SpanPolicy::Always,
-        }
-    }
-
-    /// Whether to make a span, given the remote parent's sampled flag (if there is one) and
-    /// a uniform roll in [0, 1).
-    fn makes_span(self, parent_sampled: Option<bool>, roll: f64) -> bool {
-        match self {
-            SpanPolicy::Always => true,
-            SpanPolicy::Never => false,
-            SpanPolicy::Sampled(ratio) => parent_sampled.unwrap_or(roll < ratio),
         }
     }
 }
@@ -227,18 +203,10 @@ impl TraceCarrier<'_> {
 /// sampling decision is followed); the pipeline records the decision fields into it. A
 /// disabled span when no one would see it (see [`SpanPolicy`]).
 pub fn request_span(surface: &'static str, carriers: &[TraceCarrier<'_>]) -> tracing::Span {
-    let policy = SPAN_POLICY.get().copied().unwrap_or(SpanPolicy::Always);
-    if policy == SpanPolicy::Never {
+    if SPAN_POLICY.get().copied() == Some(SpanPolicy::Never) {
         return tracing::Span::none();
     }
     let parent = carriers.iter().find_map(|carrier| carrier.remote_parent());
-    let parent_sampled = parent.as_ref().and_then(|context| {
-        let span_context = context.span().span_context().clone();
-        span_context.is_valid().then(|| span_context.is_sampled())
-    });
-    if !policy.makes_span(parent_sampled, fastrand::f64()) {
-        return tracing::Span::none();
-    }
     let span = tracing::info_span!(
         "request",
         otel.name = surface,
@@ -289,33 +257,11 @@ mod tests {
             SpanPolicy::Never,
             "the default: JSON logs, no export"
         );
-        assert_eq!(
-            of("{log_format: json, otlp_endpoint: 'http://127.0.0.1:4317'}"),
-            SpanPolicy::Always
-        );
-        assert_eq!(
-            of(
-                "{log_format: json, otlp_endpoint: 'http://127.0.0.1:4317', trace_sample_ratio: 0.1}"
-            ),
-            SpanPolicy::Sampled(0.1)
-        );
-        assert_eq!(
-            of(
-                "{log_format: text, otlp_endpoint: 'http://127.0.0.1:4317', trace_sample_ratio: 0.1}"
-            ),
-            SpanPolicy::Always,
-            "text logs keep every span; the exporter's sampler decides"
-        );
-    }
-
-    #[test]
-    fn a_sampled_policy_follows_the_caller_then_the_ratio() {
-        let sampled = SpanPolicy::Sampled(0.1);
-        assert!(sampled.makes_span(Some(true), 0.99), "a sampled caller");
-        assert!(!sampled.makes_span(Some(false), 0.0), "an unsampled caller");
-        assert!(sampled.makes_span(None, 0.05));
-        assert!(!sampled.makes_span(None, 0.1));
-        assert!(!SpanPolicy::Never.makes_span(Some(true), 0.0));
-        assert!(SpanPolicy::Always.makes_span(Some(false), 0.99));
+        for exported in [
+            "{log_format: json, otlp_endpoint: 'http://127.0.0.1:4317'}",
+            "{log_format: json, otlp_endpoint: 'http://127.0.0.1:4317', trace_sample_ratio: 0.1}",
+        ] {
+            assert_eq!(of(exported), SpanPolicy::Always, "{exported}");
+        }
     }
 }

@@ -162,6 +162,8 @@ impl JwtVerifier {
                 "signature does not verify",
             ));
         }
+        // Read the clock again: a refetch above may have waited for seconds.
+        let now = unix_now();
         let checked =
             issuer
                 .policy

@@ -26,13 +26,13 @@ def soak():
         sys.path.remove(str(SCRIPT.parent))
 
 
-def run_of(errors=0, wrong=0, applied=60, rss_last=20_000, fds_last=30, alive=True):
+def run_of(errors=0, wrong=0, applied=60, rss_last=20_000, fds_last=30, alive=True, shed=0):
     readings = [{"t": 0, "rss_kib": 15_000, "fds": 20}, {"t": 60, "rss_kib": 19_000, "fds": 30},
                 {"t": 300, "rss_kib": 19_500, "fds": 30}, {"t": 610, "rss_kib": rss_last, "fds": fds_last}]
     return {"peak_rps": 10000.0, "rate": 8000, "seconds": 600.0, "reloads_written": 60,
             "reloads_applied": applied, "rotations": 10, "jwks_fetches": 11, "server_alive": alive,
             "readings": readings,
-            "result": {"completed": 4_800_000, "errors": errors, "wrong": wrong, "shed": 0, "p50_us": 150,
+            "result": {"completed": 4_800_000, "errors": errors, "wrong": wrong, "shed": shed, "p50_us": 150,
                        "p99_us": 900, "p999_us": 5000, "max_us": 9000}}
 
 
@@ -48,6 +48,7 @@ def test_a_clean_run_passes_and_says_so(soak):
 @pytest.mark.parametrize("change, failure", [
     ({"errors": 3}, "3 errors"),
     ({"wrong": 1}, "1 wrong"),
+    ({"shed": 5}, "5 shed"),
     ({"applied": 59}, "59 of 60 reloads applied"),
     ({"rss_last": 40_000}, "rss_kib grew"),
     ({"fds_last": 80}, "fds grew"),
