@@ -104,6 +104,9 @@ def parse_args(argv=None):
     p.add_argument("--tokens", type=int, default=200_000,
                    help="distinct tokens of the cache-memory run (0: skip it)")
     p.add_argument("--steps", type=int, default=4, help="RSS readings after the first, evenly spaced")
+    p.add_argument("--memory-rpc", choices=("authenticate", "check"), default="authenticate",
+                   help="what the cache-memory run sends each token in (check: an Envoy Check, "
+                        "whose allow also keeps its encoded answer)")
     p.add_argument("--only", action="append", default=[], metavar="SCENARIO",
                    help="run only this latency scenario (repeatable); --only none skips them")
     p.add_argument("--max-queue-delay", default=None,
@@ -210,7 +213,7 @@ class Tail:
         step = total // steps
         for i in range(steps):
             cmd = self.client_prefix + [self.openloop_bin, "--target", f"127.0.0.1:{grpc_port}", "--rpc",
-                                        "authenticate", "--distinct-tokens", str(step), "--first-token",
+                                        self.args.memory_rpc, "--distinct-tokens", str(step), "--first-token",
                                         str(i * step), "--in-flight", "64"]
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
             if out.returncode != 0:
@@ -308,7 +311,8 @@ def report(args, rows, readings, token_chars):
         lines += ["| distinct tokens | RSS MiB | cached entries |", "|---:|---:|---:|"]
         lines += [f"| {n} | {rss / 2**20:.1f} | {cached} |" for n, rss, cached in readings]
         lines += ["", f"RSS slope: **{per:.0f} bytes per cached verification** (least squares over the "
-                      f"{len(readings)} readings; quickstart tokens of about {token_chars} characters).", ""]
+                      f"{len(readings)} readings; quickstart tokens of about {token_chars} characters, each in one "
+                      f"{args.memory_rpc} request).", ""]
     return "\n".join(lines) + "\n"
 
 

@@ -33,9 +33,9 @@ pub trait Weight {
 /// Estimated memory of a verification whose credential or claims text is `text_len` bytes
 /// long: the parsed claims, the answers encoded from them once (the principal, an ext_authz
 /// allow's headers and metadata) and the cache's bookkeeping. Measured with
-/// `scripts/bench_tail.py` (RSS over 200,000 distinct quickstart tokens of 426 characters,
-/// Authenticate): about 2.5 KB each; an ext_authz allow adds its encoded parts (about as
-/// large as the claims again). This estimate (4.0 KB for them) stays above both.
+/// `scripts/bench_tail.py` (RSS over 200,000 distinct quickstart tokens of 426 characters):
+/// about 2.5 KB each through Authenticate, 3.0 KB through Check (whose allow keeps its
+/// encoded answer). This estimate (4.0 KB for them) stays above both.
 pub fn estimated_bytes(text_len: usize) -> u32 {
     u32::try_from(text_len.saturating_mul(7).saturating_add(1024)).unwrap_or(u32::MAX)
 }

@@ -11,8 +11,8 @@
 //! are sent but not recorded.
 //!
 //! With `--distinct-tokens N` it instead presents N different quickstart tokens (subjects
-//! and `jti`s numbered from `--first-token`), each once, closed-loop: what the cache-memory
-//! benchmark fills the verification cache with.
+//! and `jti`s numbered from `--first-token`), each once, closed-loop, in `--rpc` requests:
+//! what the cache-memory benchmark fills the verification cache with.
 
 use std::{
     sync::{Arc, Mutex},
@@ -25,7 +25,7 @@ use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, attribute_context,
 };
 use hdrhistogram::Histogram;
-use portcullis::pb::{AuthenticateRequest, Credential, auth_client::AuthClient, credential};
+use portcullis::pb::{Credential, credential};
 use prost::Message;
 use tonic::{
     codegen::http::uri::PathAndQuery,
@@ -58,7 +58,7 @@ struct Args {
     /// rotation during a soak run hands the generator a token of the new key this way).
     #[arg(long)]
     token_file: Option<std::path::PathBuf>,
-    /// Present this many different quickstart tokens, each once (Authenticate).
+    /// Present this many different quickstart tokens, each once.
     #[arg(long)]
     distinct_tokens: Option<u64>,
     /// The number of the first of those tokens.
@@ -405,46 +405,31 @@ async fn closed_loop(args: &Args, clients: Vec<Client>, tally: Arc<Mutex<Tally>>
     }
 }
 
-/// Authenticates `count` distinct tokens, `in_flight` at a time; counts the answers.
-/// Returns the length of the first token.
+/// Sends `count` requests (`--rpc`) with distinct tokens, `in_flight` at a time; counts the
+/// answers. Returns the length of the first token.
 async fn distinct_tokens(args: &Args, count: u64, tally: Arc<Mutex<Tally>>) -> usize {
     let signer = portcullis_test_support::QuickstartSigner::new();
     let tokens: Vec<String> = (args.first_token..args.first_token + count)
         .map(|n| signer.token(&format!("user-{n}"), "orders:read", &format!("jti-{n}")))
         .collect();
     let token_chars = tokens.first().map_or(0, String::len);
-    let tokens = Arc::new(tokens);
+    let Ok(clients) = clients(args, "").await else {
+        return token_chars;
+    };
+    let requests: Arc<Vec<Preencoded>> =
+        Arc::new(tokens.iter().map(|token| preencoded(args, token)).collect());
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut channels = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        match Endpoint::from_shared(format!("http://{}", args.target)) {
-            Ok(endpoint) => match endpoint.tcp_nodelay(true).connect().await {
-                Ok(channel) => channels.push(channel),
-                Err(_) => return token_chars,
-            },
-            Err(_) => return token_chars,
-        }
-    }
     let workers: Vec<_> = (0..args.in_flight.max(1))
         .map(|i| {
-            let mut client = AuthClient::new(channels[i % channels.len()].clone());
-            let (tokens, next, tally) = (tokens.clone(), next.clone(), tally.clone());
+            let mut client = clients[i % clients.len()].clone();
+            let (requests, next, tally) = (requests.clone(), next.clone(), tally.clone());
             tokio::spawn(async move {
-                while let Some(token) =
-                    tokens.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                while let Some(request) =
+                    requests.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
                 {
-                    let request = AuthenticateRequest {
-                        credential: Some(Credential {
-                            kind: Some(credential::Kind::BearerToken(token.clone())),
-                        }),
-                        ..Default::default()
-                    };
+                    client.request = request.clone();
                     let sent = Instant::now();
-                    let answer = match client.authenticate(request).await {
-                        Ok(response) if response.get_ref().authenticated => Answer::Expected,
-                        Ok(_) => Answer::Wrong,
-                        Err(_) => Answer::Error,
-                    };
+                    let answer = client.send().await;
                     if let Ok(mut tally) = tally.lock() {
                         tally.record(sent.elapsed(), answer);
                     }
