@@ -300,11 +300,12 @@ pub struct CelVariables {
 }
 
 /// The parts of an ext_authz allow that depend only on the principal, the pipeline (its
-/// `claims_to_headers`) and the rule that allowed, encoded (see `grpc::wire`).
+/// `claims_to_headers`) and the rule that allowed, encoded (see `grpc::wire`), with the
+/// pipeline and rule they were rendered for.
 #[derive(Debug)]
 pub struct CheckAllowParts {
-    pub pipeline: u64,
-    pub rule: Box<str>,
+    pipeline: u64,
+    rule: Box<str>,
     /// An encoded `OkHttpResponse`: identity headers and `headers_to_remove`.
     pub ok_response: Bytes,
     /// An encoded `google.protobuf.Struct`: decision, rule and principal.
@@ -373,13 +374,14 @@ impl Principal {
     }
 
     /// The ext_authz allow parts for `pipeline` and `rule`: the last ones rendered if they
-    /// are for the same pipeline and rule, else `render`'s (kept for the next request). A
-    /// principal allowed by alternating rules renders each time, as if nothing were kept.
+    /// are for the same pipeline and rule, else what `render` encodes (`OkHttpResponse`,
+    /// dynamic metadata), kept for the next request under that key. A principal allowed by
+    /// alternating rules renders each time, as if nothing were kept.
     pub fn check_allow(
         &self,
         pipeline: u64,
         rule: &str,
-        render: impl FnOnce() -> CheckAllowParts,
+        render: impl FnOnce() -> (Bytes, Bytes),
     ) -> Arc<CheckAllowParts> {
         let last = self.check_allow.load();
         if let Some(parts) = &*last
@@ -388,7 +390,13 @@ impl Principal {
         {
             return parts.clone();
         }
-        let parts = Arc::new(render());
+        let (ok_response, dynamic_metadata) = render();
+        let parts = Arc::new(CheckAllowParts {
+            pipeline,
+            rule: rule.into(),
+            ok_response,
+            dynamic_metadata,
+        });
         self.check_allow.store(Some(parts.clone()));
         parts
     }
@@ -539,12 +547,7 @@ mod tests {
         let parts = |pipeline: u64, rule: &str| {
             principal.check_allow(pipeline, rule, || {
                 renders.set(renders.get() + 1);
-                CheckAllowParts {
-                    pipeline,
-                    rule: rule.into(),
-                    ok_response: Bytes::from(format!("{pipeline}/{rule}")),
-                    dynamic_metadata: Bytes::new(),
-                }
+                (Bytes::from(format!("{pipeline}/{rule}")), Bytes::new())
             })
         };
         let asked = [(1, "a"), (1, "a"), (2, "a"), (2, "b"), (2, "b"), (1, "b")];

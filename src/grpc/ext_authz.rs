@@ -26,7 +26,7 @@ use tracing::Instrument;
 
 use crate::{
     credentials::Carried,
-    decision::{CheckAllowParts, Decision, Denial, Principal, Reason, json_object_to_struct},
+    decision::{Decision, Denial, Principal, Reason, json_object_to_struct},
     pipeline::{Pipeline, RequestAttrs},
     policy::Resource,
     telemetry::{self, TraceCarrier, metrics::Surface},
@@ -143,14 +143,7 @@ pub async fn check(pipeline: &Pipeline, request: &CheckRequest) -> CheckReply {
             ..
         } => {
             let parts = principal.check_allow(pipeline.id(), &rule, || {
-                let (ok_response, dynamic_metadata) =
-                    allow_parts(pipeline, Some(&principal), &rule);
-                CheckAllowParts {
-                    pipeline: pipeline.id(),
-                    rule: rule.as_str().into(),
-                    ok_response,
-                    dynamic_metadata,
-                }
+                allow_parts(pipeline, Some(&principal), &rule)
             });
             allowed(parts.ok_response.clone(), parts.dynamic_metadata.clone())
         }

@@ -117,16 +117,16 @@ impl ClaimPolicy {
     /// Re-checks a cached verification: expiry and the per-request audience.
     pub fn recheck(
         &self,
-        checked: &Recheck,
+        recheck: &Recheck,
         now: i64,
         requested_audience: &str,
     ) -> Result<(), Denial> {
-        if let Some(exp) = checked.expires_at
+        if let Some(exp) = recheck.expires_at
             && now >= exp.saturating_add(self.leeway_seconds)
         {
             return Err(Denial::new(Reason::Expired, "token has expired"));
         }
-        check_audience(&[], &checked.audiences, requested_audience)
+        check_audience(&[], &recheck.audiences, requested_audience)
     }
 }
 

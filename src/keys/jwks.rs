@@ -200,15 +200,17 @@ impl RemoteKeySource {
         if self.cooling_down() {
             return None;
         }
+        // Marked running before the cooldown starts, so that a request which sees the
+        // cooldown also sees the refetch it must wait for. Cleared however the fetch ends,
+        // the caller giving up included.
+        self.unknown_kid_fetch_running
+            .store(true, Ordering::Release);
+        let running = ClearOnDrop(&self.unknown_kid_fetch_running);
         let since_epoch = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_unknown_kid_refetch_ms
             .store(since_epoch, Ordering::Release);
         self.refetched_for_unknown_kid
             .store(true, Ordering::Release);
-        self.unknown_kid_fetch_running
-            .store(true, Ordering::Release);
-        // Cleared however the fetch ends, the caller giving up included.
-        let running = ClearOnDrop(&self.unknown_kid_fetch_running);
         let fetched = self.fetch_locked(&mut jwks_uri).await;
         drop(running);
         fetched.ok()?;
