@@ -146,8 +146,14 @@ impl AsyncWrite for LimitedConnection {
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
+    /// `false`, though the socket could: h2 then copies a DATA frame of up to 1 KiB into
+    /// its write buffer instead of chaining it (it chains anything over 256 bytes on a
+    /// vectored writer, and must flush before it can buffer the next frame). An ext_authz
+    /// allow's answer is several hundred bytes, so with vectored writes each one cost a
+    /// `writev` of its own (two per Check under load); now answers share writes as the
+    /// floor's do (BENCHMARKS.md, "Issue 11, third step"). Answers over 1 KiB still chain.
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        false
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -156,5 +162,25 @@ impl AsyncWrite for LimitedConnection {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connections_do_not_offer_vectored_writes_so_h2_batches_answers() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let address = listener.local_addr().expect("an address");
+        let client = tokio::spawn(async move { TcpStream::connect(address).await });
+        let mut accepted = Box::pin(incoming(listener, 1, Duration::from_secs(5)));
+        let connection = futures::StreamExt::next(&mut accepted)
+            .await
+            .expect("a connection")
+            .expect("accepted");
+        let _client = client.await.expect("joins").expect("connects");
+        assert!(connection.stream.is_write_vectored(), "the socket could");
+        assert!(!connection.is_write_vectored());
     }
 }
