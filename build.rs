@@ -71,7 +71,7 @@ fn compile_reply_services() {
         .method(method(
             "check",
             "Check",
-            "envoy_types::ext_authz::v3::pb::CheckRequest",
+            "crate::grpc::wire::CheckRequestView",
             "crate::grpc::wire::CheckReply",
         ))
         .build();

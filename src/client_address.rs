@@ -4,9 +4,11 @@
 //! proxy (the way nginx's `real_ip` module reads it). Entries left of that one were written
 //! by the client and are never believed.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::net::IpAddr;
 
 use ipnet::IpNet;
+
+use crate::headers::Headers;
 
 /// The configured `credentials.trusted_proxies`.
 #[derive(Debug, Clone, Default)]
@@ -29,11 +31,7 @@ impl TrustedProxies {
     }
 
     /// The client address of a request whose caller is `peer`.
-    pub fn client(
-        &self,
-        peer: Option<IpAddr>,
-        headers: &HashMap<String, String>,
-    ) -> Option<IpAddr> {
+    pub fn client(&self, peer: Option<IpAddr>, headers: Headers<'_>) -> Option<IpAddr> {
         let mut client = peer?.to_canonical();
         if !self.trusts(client) {
             return Some(client);
@@ -41,7 +39,7 @@ impl TrustedProxies {
         let forwarded = headers
             .iter()
             .filter(|(name, _)| name.eq_ignore_ascii_case("x-forwarded-for"))
-            .map(|(_, value)| value.as_str());
+            .map(|(_, value)| value);
         let mut entries: Vec<&str> = forwarded.flat_map(|v| v.split(',')).collect();
         while let Some(entry) = entries.pop() {
             let Some(address) = parse_forwarded_entry(entry) else {
@@ -69,10 +67,6 @@ fn parse_forwarded_entry(entry: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(xff: &str) -> HashMap<String, String> {
-        HashMap::from([("x-forwarded-for".to_owned(), xff.to_owned())])
-    }
 
     #[test]
     fn forwarded_addresses_count_only_from_trusted_proxies() {
@@ -139,7 +133,12 @@ mod tests {
             ("no peer", &proxies, None, "203.0.113.9", None),
         ];
         for (name, trusted, peer, xff, expected) in cases {
-            assert_eq!(trusted.client(peer, &headers(xff)), expected, "{name}");
+            let pairs = [("x-forwarded-for", xff)];
+            assert_eq!(
+                trusted.client(peer, Headers::new(&pairs)),
+                expected,
+                "{name}"
+            );
         }
     }
 }

@@ -11,7 +11,7 @@
 //! it carries the configured key prefix, and an opaque token otherwise. With no other
 //! credential, a presented client certificate is the credential.
 
-use std::{borrow::Cow, collections::HashMap, net::IpAddr};
+use std::{borrow::Cow, net::IpAddr};
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use rustls_pki_types::CertificateDer;
@@ -19,6 +19,7 @@ use rustls_pki_types::CertificateDer;
 use crate::{
     client_address::TrustedProxies,
     decision::{CredentialType, Denial, Reason},
+    headers::Headers,
     jwt, pb,
 };
 
@@ -29,7 +30,7 @@ const MAX_CERTIFICATE_PEM_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone, Copy)]
 pub struct Carried<'a> {
     pub credential: Option<&'a pb::Credential>,
-    pub headers: &'a HashMap<String, String>,
+    pub headers: Headers<'a>,
     /// Every `access_token` value of the URL query string (ext_authz).
     pub query_credentials: &'a [String],
     /// `client_certificate_pem` from the request (empty: none).
@@ -202,7 +203,7 @@ fn find<'a>(carried: &Carried<'a>, settings: &Extraction) -> Result<Found<'a>, D
         .map(from_oneof)
         .transpose()?;
     let mut from_headers = None;
-    for (name, value) in carried.headers {
+    for (name, value) in carried.headers.iter() {
         let found = if name.eq_ignore_ascii_case("authorization") {
             Some(parse_authorization(value)?)
         } else if settings
@@ -392,11 +393,8 @@ mod tests {
     use super::*;
     use crate::decision::Scheme;
 
-    fn headers(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    fn headers<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        pairs.to_vec()
     }
 
     fn settings() -> Extraction {
@@ -409,13 +407,13 @@ mod tests {
     }
 
     fn carried<'a>(
-        headers: &'a HashMap<String, String>,
+        headers: &'a [(&'a str, &'a str)],
         query: &'a [String],
         credential: Option<&'a pb::Credential>,
     ) -> Carried<'a> {
         Carried {
             credential,
-            headers,
+            headers: Headers::new(headers),
             query_credentials: query,
             client_certificate_pem: "",
             peer_certificates: &[],
@@ -423,7 +421,7 @@ mod tests {
         }
     }
 
-    fn from_headers(h: &HashMap<String, String>) -> Result<Credential<'_>, Denial> {
+    fn from_headers<'a>(h: &'a [(&'a str, &'a str)]) -> Result<Credential<'a>, Denial> {
         extract(&carried(h, &[], None), &settings()).credential
     }
 
@@ -433,7 +431,9 @@ mod tests {
 
     #[test]
     fn extraction_table() {
-        let cases: Vec<(&str, HashMap<String, String>, Option<Reason>)> = vec![
+        let long = format!("Bearer {}", "a".repeat(9000));
+        type Pairs<'a> = Vec<(&'a str, &'a str)>;
+        let cases: Vec<(&str, Pairs<'_>, Option<Reason>)> = vec![
             (
                 "bearer",
                 headers(&[("authorization", "Bearer abc.def.ghi")]),
@@ -492,7 +492,7 @@ mod tests {
             ),
             (
                 "oversized",
-                headers(&[("authorization", &format!("Bearer {}", "a".repeat(9000)))]),
+                headers(&[("authorization", &long)]),
                 Some(Reason::MalformedCredential),
             ),
         ];
@@ -527,7 +527,7 @@ mod tests {
 
     #[test]
     fn query_credentials_are_single_bounded_and_exclusive() {
-        let none = HashMap::new();
+        let none = Vec::<(&str, &str)>::new();
         let query = |q: &[String]| {
             let presented = extract(&carried(&none, q, None), &settings());
             assert!(presented.in_query);
@@ -562,7 +562,7 @@ mod tests {
             reason(extract(&carried(&h, &[], Some(&credential)), &settings()).credential),
             Some(Reason::AmbiguousCredential)
         );
-        let none = HashMap::new();
+        let none = Vec::<(&str, &str)>::new();
         assert_eq!(
             extract(&carried(&none, &[], Some(&credential)), &settings())
                 .credential
@@ -575,7 +575,8 @@ mod tests {
     fn basic_credentials_are_decoded_per_rfc7617() {
         let enc = |s: &[u8]| STANDARD.encode(s);
         let basic = |encoded: &str| {
-            let h = headers(&[("authorization", &format!("Basic {encoded}"))]);
+            let value = format!("Basic {encoded}");
+            let h = headers(&[("authorization", &value)]);
             match extract(&carried(&h, &[], None), &settings()).credential? {
                 Credential::Basic { user, password } => {
                     Ok((user.into_owned(), password.into_owned()))
@@ -603,7 +604,7 @@ mod tests {
 
     #[test]
     fn a_certificate_is_the_credential_only_when_nothing_else_is_presented() {
-        let none = HashMap::new();
+        let none = Vec::<(&str, &str)>::new();
         let peer = [CertificateDer::from(vec![0x30, 0x00])];
         let only_certificate = Carried {
             peer_certificates: &peer,

@@ -13,6 +13,7 @@ pub mod config;
 pub mod credentials;
 pub mod decision;
 pub mod grpc;
+pub mod headers;
 pub mod http_body;
 pub mod jwt;
 pub mod keys;

@@ -10,6 +10,7 @@ use tracing::Instrument;
 use crate::{
     credentials::Carried,
     decision::Decision,
+    headers::{self, Headers},
     pb::{self, AuthenticateRequest, AuthorizeRequest},
     pipeline::{Pipeline, RequestAttrs},
     policy::Resource,
@@ -35,14 +36,14 @@ impl AuthService {
 /// the TLS peer's certificates and address (no query string on this API).
 fn carried<'a>(
     credential: Option<&'a pb::Credential>,
-    headers: &'a std::collections::HashMap<String, String>,
+    headers: &'a [(&'a str, &'a str)],
     client_certificate_pem: &'a str,
     peer_certificates: &'a [rustls_pki_types::CertificateDer<'static>],
     peer_address: Option<std::net::IpAddr>,
 ) -> Carried<'a> {
     Carried {
         credential,
-        headers,
+        headers: Headers::new(headers),
         query_credentials: &[],
         client_certificate_pem,
         peer_certificates,
@@ -73,11 +74,12 @@ impl Auth for AuthService {
         let peer_address = request.remote_addr().map(|a| a.ip());
         let request = request.get_ref();
         check_headers(request.headers.len())?;
+        let headers = headers::pairs_of(&request.headers);
         let pipeline = self.pipeline.load_full();
         let attrs = RequestAttrs {
             carried: carried(
                 request.credential.as_ref(),
-                &request.headers,
+                &headers,
                 &request.client_certificate_pem,
                 peer.as_deref().map_or(&[], Vec::as_slice),
                 peer_address,
@@ -115,12 +117,13 @@ impl Auth for AuthService {
         let peer_address = request.remote_addr().map(|a| a.ip());
         let request = request.get_ref();
         check_headers(request.headers.len())?;
+        let headers = headers::pairs_of(&request.headers);
         let pipeline = self.pipeline.load_full();
         let resource = request.resource.as_ref();
         let attrs = RequestAttrs {
             carried: carried(
                 request.credential.as_ref(),
-                &request.headers,
+                &headers,
                 &request.client_certificate_pem,
                 peer.as_deref().map_or(&[], Vec::as_slice),
                 peer_address,

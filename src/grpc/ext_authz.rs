@@ -8,14 +8,14 @@
 //! them), and the principal in `dynamic_metadata`. Deny: the SPEC status, `WWW-Authenticate`
 //! and a small JSON body `{reason, message}`.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use envoy_types::{
     ext_authz::v3::pb::{
-        CheckRequest, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
-        HttpStatus, OkHttpResponse,
+        DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption, HttpStatus,
+        OkHttpResponse,
     },
     pb::google::rpc,
 };
@@ -27,12 +27,16 @@ use tracing::Instrument;
 use crate::{
     credentials::Carried,
     decision::{Decision, Denial, Principal, Reason, json_object_to_struct},
+    headers::Headers,
     pipeline::{Pipeline, RequestAttrs},
     policy::Resource,
     telemetry::{self, TraceCarrier, metrics::Surface},
 };
 
-use super::wire::{CheckReply, authorization_server::Authorization};
+use super::wire::{
+    AttributesView, CheckReply, CheckRequestView, HttpRequestView,
+    authorization_server::Authorization,
+};
 
 pub struct ExtAuthzService {
     pipeline: Arc<ArcSwap<Pipeline>>,
@@ -49,59 +53,111 @@ const MAX_HEADERS: usize = 256;
 
 #[tonic::async_trait]
 impl Authorization for ExtAuthzService {
-    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckReply>, Status> {
-        let forwarded = request
-            .get_ref()
-            .attributes
-            .as_ref()
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref())
-            .map(|h| &h.headers);
+    async fn check(
+        &self,
+        request: Request<CheckRequestView>,
+    ) -> Result<Response<CheckReply>, Status> {
+        let pipeline = self.pipeline.load_full();
+        let view = request.get_ref();
+        let joined = join_header_map(http_of(view));
+        let parts = http_parts(http_of(view), &joined);
+        let forwarded = parts.as_ref().map(|p| Headers::new(&p.headers));
         let span = match forwarded {
-            Some(headers) => telemetry::request_span(
+            Ok(headers) => telemetry::request_span(
                 "ext_authz",
                 &[
                     TraceCarrier::Metadata(request.metadata()),
                     TraceCarrier::Headers(headers),
                 ],
             ),
-            None => {
+            Err(_) => {
                 telemetry::request_span("ext_authz", &[TraceCarrier::Metadata(request.metadata())])
             }
         };
-        let pipeline = self.pipeline.load_full();
         Ok(Response::new(
-            check(&pipeline, request.get_ref()).instrument(span).await,
+            check_parts(&pipeline, view, parts).instrument(span).await,
         ))
     }
 }
 
 /// Runs one Check through the pipeline and renders Envoy's answer.
-pub async fn check(pipeline: &Pipeline, request: &CheckRequest) -> CheckReply {
-    let attributes = request.attributes.as_ref();
-    let http = attributes
+pub async fn check(pipeline: &Pipeline, request: &CheckRequestView) -> CheckReply {
+    let joined = join_header_map(http_of(request));
+    check_parts(pipeline, request, http_parts(http_of(request), &joined)).await
+}
+
+fn http_of(request: &CheckRequestView) -> Option<&HttpRequestView> {
+    request
+        .attributes
+        .as_ref()
         .and_then(|a| a.request.as_ref())
-        .and_then(|r| r.http.as_ref());
-    let headers: HashMap<String, String>;
-    let headers_ref = match http {
-        Some(http) if !http.headers.is_empty() => &http.headers,
-        Some(http) => {
-            headers = join_header_map(http.header_map.iter().flat_map(|map| &map.headers));
-            &headers
-        }
-        None => {
-            headers = HashMap::new();
-            &headers
+        .and_then(|r| r.http.as_ref())
+}
+
+/// A Check's HTTP request as the pipeline reads it: its strings checked as UTF-8, its
+/// headers as pairs borrowed from the message.
+#[derive(Default)]
+struct HttpParts<'a> {
+    method: &'a str,
+    path: &'a str,
+    host: &'a str,
+    headers: Vec<(&'a str, &'a str)>,
+}
+
+/// The HTTP parts of `http`, with `joined` (Envoy's `header_map`, when it sent that instead
+/// of `headers`); MALFORMED_REQUEST past [`MAX_HEADERS`] or for text that is not UTF-8.
+fn http_parts<'a>(
+    http: Option<&'a HttpRequestView>,
+    joined: &'a Result<Vec<(String, String)>, Denial>,
+) -> Result<HttpParts<'a>, Denial> {
+    let joined = joined.as_ref().map_err(Clone::clone)?;
+    let Some(http) = http else {
+        return Ok(HttpParts::default());
+    };
+    if http.headers.len() > MAX_HEADERS {
+        return Err(too_many_headers());
+    }
+    let mut headers = Vec::with_capacity(http.headers.len() + joined.len());
+    for entry in &http.headers {
+        headers.push((text(&entry.name)?, text(&entry.value)?));
+    }
+    headers.extend(
+        joined
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str())),
+    );
+    Ok(HttpParts {
+        method: text(&http.method)?,
+        path: text(&http.path)?,
+        host: text(&http.host)?,
+        headers,
+    })
+}
+
+/// A field the API declares as `string`, received as bytes.
+fn text(bytes: &Bytes) -> Result<&str, Denial> {
+    std::str::from_utf8(bytes)
+        .map_err(|_| Denial::new(Reason::MalformedRequest, "a request field is not UTF-8"))
+}
+
+fn too_many_headers() -> Denial {
+    Denial::new(Reason::MalformedRequest, "too many request headers")
+}
+
+async fn check_parts(
+    pipeline: &Pipeline,
+    request: &CheckRequestView,
+    parts: Result<HttpParts<'_>, Denial>,
+) -> CheckReply {
+    let parts = match parts {
+        Ok(parts) => parts,
+        Err(denial) => {
+            pipeline.refused(Surface::ext_authz, &denial);
+            return denied(&denial, "", pipeline.realm());
         }
     };
-    if headers_ref.len() > MAX_HEADERS {
-        let denial = Denial::new(Reason::MalformedRequest, "too many request headers");
-        pipeline.refused(Surface::ext_authz, &denial);
-        return denied(&denial, "", pipeline.realm());
-    }
-    let method = http.map_or("", |h| h.method.as_str());
-    let raw_path = http.map_or("", |h| h.path.as_str());
-    let query = raw_path.split_once('?').map_or("", |(_, q)| q);
+    let attributes = request.attributes.as_ref();
+    let query = parts.path.split_once('?').map_or("", |(_, q)| q);
     let query_tokens: Vec<String> = if query.is_empty() {
         Vec::new()
     } else {
@@ -113,12 +169,12 @@ pub async fn check(pipeline: &Pipeline, request: &CheckRequest) -> CheckReply {
     // The peer certificate as Envoy sends it: URL-encoded PEM (`+` is not a space here).
     let certificate = attributes
         .and_then(|a| a.source.as_ref())
-        .map(|source| percent_encoding::percent_decode_str(&source.certificate).decode_utf8_lossy())
+        .map(|source| percent_encoding::percent_decode(&source.certificate).decode_utf8_lossy())
         .unwrap_or_default();
     let attrs = RequestAttrs {
         carried: Carried {
             credential: None,
-            headers: headers_ref,
+            headers: Headers::new(&parts.headers),
             query_credentials: &query_tokens,
             client_certificate_pem: &certificate,
             peer_certificates: &[],
@@ -129,9 +185,9 @@ pub async fn check(pipeline: &Pipeline, request: &CheckRequest) -> CheckReply {
         resource: Resource {
             grpc_service: "",
             grpc_method: "",
-            http_method: method,
-            host: http.map_or("", |h| h.host.as_str()),
-            path: raw_path,
+            http_method: parts.method,
+            host: parts.host,
+            path: parts.path,
             alternate_path: "",
             context_extensions: attributes.map(|a| &a.context_extensions),
         },
@@ -245,9 +301,7 @@ fn principal_metadata(principal: &Principal) -> prost_types::Value {
 }
 
 /// The downstream address Envoy reports (`attributes.source.address`), if it is an IP.
-fn source_address(
-    attributes: Option<&envoy_types::pb::envoy::service::auth::v3::AttributeContext>,
-) -> Option<std::net::IpAddr> {
+fn source_address(attributes: Option<&AttributesView>) -> Option<std::net::IpAddr> {
     use envoy_types::pb::envoy::config::core::v3::address::Address;
     match attributes?
         .source
@@ -262,29 +316,37 @@ fn source_address(
     }
 }
 
-/// Envoy's `header_map` as one map of lower-case names; a repeated header's values are
-/// joined with `,` as HTTP does, so a repeated credential header stays visible (and is
-/// AMBIGUOUS_CREDENTIAL) instead of the last copy silently winning.
-fn join_header_map<'a>(entries: impl Iterator<Item = &'a HeaderValue>) -> HashMap<String, String> {
-    let mut joined: HashMap<String, String> = HashMap::new();
-    for entry in entries {
+/// Envoy's `header_map`, sent instead of `headers` (`encode_raw_headers`), as one list of
+/// lower-case names; a repeated header's values are joined with `,` as HTTP does, so a
+/// repeated credential header stays visible (and is AMBIGUOUS_CREDENTIAL) instead of the
+/// last copy silently winning. Empty when the request has `headers`.
+fn join_header_map(http: Option<&HttpRequestView>) -> Result<Vec<(String, String)>, Denial> {
+    let Some(map) = http
+        .filter(|http| http.headers.is_empty())
+        .and_then(|http| http.header_map.as_ref())
+    else {
+        return Ok(Vec::new());
+    };
+    if map.headers.len() > MAX_HEADERS {
+        return Err(too_many_headers());
+    }
+    let mut joined: Vec<(String, String)> = Vec::with_capacity(map.headers.len());
+    for entry in &map.headers {
         let value = if entry.value.is_empty() {
             String::from_utf8_lossy(&entry.raw_value)
         } else {
             std::borrow::Cow::Borrowed(entry.value.as_str())
         };
-        match joined.entry(entry.key.to_ascii_lowercase()) {
-            std::collections::hash_map::Entry::Occupied(mut existing) => {
-                let existing = existing.get_mut();
+        let name = entry.key.to_ascii_lowercase();
+        match joined.iter_mut().find(|(existing, _)| *existing == name) {
+            Some((_, existing)) => {
                 existing.push(',');
                 existing.push_str(&value);
             }
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(value.into_owned());
-            }
+            None => joined.push((name, value.into_owned())),
         }
     }
-    joined
+    Ok(joined)
 }
 
 /// The answer to a Check that load shedding turns away: a 503 deny with reason OVERLOADED.
@@ -364,7 +426,7 @@ fn metadata_struct(fields: Vec<(&str, prost_types::Value)>) -> prost_types::Stru
 #[cfg(test)]
 mod tests {
     use envoy_types::{
-        ext_authz::v3::pb::{CheckResponse, HttpResponse},
+        ext_authz::v3::pb::{CheckRequest, CheckResponse, HttpResponse},
         pb::{
             envoy::service::auth::v3::{AttributeContext, attribute_context},
             google::protobuf::{Struct, value::Kind as EnvoyKind},
@@ -372,6 +434,7 @@ mod tests {
     };
 
     use super::*;
+    use crate::grpc::wire::HeaderEntry;
 
     /// The quickstart config plus a second rule that allows the same principal elsewhere.
     fn pipeline() -> Pipeline {
@@ -410,7 +473,7 @@ rules:
 
     /// The reply as Envoy decodes it: Envoy's own `CheckResponse` type.
     async fn envoy_reads(pipeline: &Pipeline, request: &CheckRequest) -> CheckResponse {
-        let reply = check(pipeline, request).await;
+        let reply = check(pipeline, &CheckRequestView::of(request)).await;
         CheckResponse::decode(reply.encode_to_vec().as_slice()).expect("a CheckResponse")
     }
 
@@ -486,20 +549,152 @@ rules:
         assert_eq!(text(metadata, "reason"), "MISSING_CREDENTIAL");
     }
 
+    fn view_with(http: HttpRequestView) -> CheckRequestView {
+        CheckRequestView {
+            attributes: Some(AttributesView {
+                request: Some(super::super::wire::RequestView { http: Some(http) }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn entry(name: &'static str, value: &'static [u8]) -> HeaderEntry {
+        HeaderEntry {
+            name: Bytes::from_static(name.as_bytes()),
+            value: Bytes::from_static(value),
+        }
+    }
+
+    async fn denial_reason(pipeline: &Pipeline, view: &CheckRequestView) -> String {
+        let reply = check(pipeline, view).await;
+        let response = CheckResponse::decode(reply.encode_to_vec().as_slice()).expect("decodes");
+        let metadata = response.dynamic_metadata.as_ref().expect("metadata");
+        text(metadata, "reason").to_owned()
+    }
+
     #[test]
     fn repeated_headers_are_joined_not_overwritten() {
-        let entry = |key: &str, value: &str| HeaderValue {
+        let value = |key: &str, value: &str| HeaderValue {
             key: key.to_owned(),
             value: value.to_owned(),
             ..Default::default()
         };
-        let entries = [
-            entry("Authorization", "Bearer forged"),
-            entry("authorization", "Bearer real"),
-            entry("accept", "*/*"),
-        ];
-        let joined = join_header_map(entries.iter());
-        assert_eq!(joined["authorization"], "Bearer forged,Bearer real");
-        assert_eq!(joined["accept"], "*/*");
+        let http = HttpRequestView {
+            header_map: Some(envoy_types::pb::envoy::config::core::v3::HeaderMap {
+                headers: vec![
+                    value("Authorization", "Bearer forged"),
+                    value("authorization", "Bearer real"),
+                    value("accept", "*/*"),
+                ],
+            }),
+            ..Default::default()
+        };
+        let joined = join_header_map(Some(&http)).expect("within limits");
+        assert_eq!(
+            joined,
+            [
+                (
+                    "authorization".to_owned(),
+                    "Bearer forged,Bearer real".to_owned()
+                ),
+                ("accept".to_owned(), "*/*".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_view_reads_envoys_whole_check_request() {
+        use envoy_types::pb::envoy::config::core::v3::{
+            Address, SocketAddress, address, socket_address::PortSpecifier,
+        };
+        let peer = |ip: &str, certificate: &str| attribute_context::Peer {
+            address: Some(Address {
+                address: Some(address::Address::SocketAddress(SocketAddress {
+                    address: ip.to_owned(),
+                    port_specifier: Some(PortSpecifier::PortValue(443)),
+                    ..Default::default()
+                })),
+            }),
+            certificate: certificate.to_owned(),
+            principal: "spiffe://peer".to_owned(),
+            ..Default::default()
+        };
+        let mut full = request("/orders/1?x=1", Some("Bearer a.b.c"));
+        let attributes = full.attributes.as_mut().expect("attributes");
+        attributes.source = Some(peer("192.0.2.7", "-----BEGIN%20CERTIFICATE-----"));
+        attributes.destination = Some(peer("198.51.100.1", "ignored"));
+        attributes
+            .context_extensions
+            .insert("policy".to_owned(), "admin".to_owned());
+        let http = attributes
+            .request
+            .as_mut()
+            .and_then(|r| r.http.as_mut())
+            .expect("http");
+        http.id = "request-id".to_owned();
+        http.scheme = "https".to_owned();
+        http.protocol = "HTTP/2".to_owned();
+        http.body = "a body the view skips".to_owned();
+        http.size = 21;
+
+        let view = CheckRequestView::of(&full);
+        let attributes = view.attributes.as_ref().expect("attributes");
+        assert_eq!(source_address(Some(attributes)), "192.0.2.7".parse().ok());
+        let source = attributes.source.as_ref().expect("source");
+        assert_eq!(&source.certificate[..], b"-----BEGIN%20CERTIFICATE-----");
+        assert_eq!(attributes.context_extensions["policy"], "admin");
+        let joined = Ok(Vec::new());
+        let parts = http_parts(http_of(&view), &joined).expect("valid");
+        assert_eq!(
+            (parts.method, parts.path, parts.host),
+            ("GET", "/orders/1?x=1", "api.example.com")
+        );
+        let mut headers = parts.headers.clone();
+        headers.sort_unstable();
+        assert_eq!(
+            headers,
+            [("authorization", "Bearer a.b.c"), ("x-user-id", "forged")]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_header_sent_twice_on_the_wire_is_seen_twice_not_overwritten() {
+        // A map entry repeated on the wire: protobuf would keep the last, so a forged first
+        // copy could hide. Both are seen, and two credentials are ambiguous.
+        let view = view_with(HttpRequestView {
+            method: Bytes::from_static(b"GET"),
+            path: Bytes::from_static(b"/orders/1"),
+            headers: vec![
+                entry("authorization", b"Bearer forged.forged.forged"),
+                entry("authorization", b"Bearer a.b.c"),
+            ],
+            ..Default::default()
+        });
+        assert_eq!(
+            denial_reason(&pipeline(), &view).await,
+            "AMBIGUOUS_CREDENTIAL"
+        );
+    }
+
+    #[tokio::test]
+    async fn text_that_is_not_utf8_and_too_many_headers_are_denied_not_errors() {
+        let pipeline = pipeline();
+        let bad_value = view_with(HttpRequestView {
+            path: Bytes::from_static(b"/orders/1"),
+            headers: vec![entry("authorization", b"Bearer \xff\xfe")],
+            ..Default::default()
+        });
+        let bad_path = view_with(HttpRequestView {
+            path: Bytes::from_static(b"/orders/\xc3"),
+            ..Default::default()
+        });
+        let flood = view_with(HttpRequestView {
+            path: Bytes::from_static(b"/orders/1"),
+            headers: (0..=MAX_HEADERS).map(|_| entry("x-a", b"1")).collect(),
+            ..Default::default()
+        });
+        for view in [bad_value, bad_path, flood] {
+            assert_eq!(denial_reason(&pipeline, &view).await, "MALFORMED_REQUEST");
+        }
     }
 }

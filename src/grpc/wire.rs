@@ -10,11 +10,21 @@
 //! pipeline, rule): a cached request then copies bytes instead of cloning and re-encoding
 //! maps of claims. Clients keep the generated response types; the tests decode replies with
 //! them.
+//!
+//! The other way, a Check is decoded into [`CheckRequestView`]: Envoy's `CheckRequest` with
+//! only the fields the pipeline reads (the decoder skips the rest) and the HTTP request's
+//! strings as slices of the received buffer instead of copies.
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use envoy_types::{ext_authz::v3::pb::DeniedHttpResponse, pb::google::rpc};
+use envoy_types::{
+    ext_authz::v3::pb::DeniedHttpResponse,
+    pb::{
+        envoy::config::core::v3::{Address, HeaderMap},
+        google::rpc,
+    },
+};
 
 use crate::pb;
 
@@ -60,6 +70,81 @@ pub struct CheckReply {
     /// An encoded `google.protobuf.Struct`.
     #[prost(bytes = "bytes", optional, tag = "4")]
     pub dynamic_metadata: Option<Bytes>,
+}
+
+/// `envoy.service.auth.v3.CheckRequest` as the server decodes it. Wire-compatible with the
+/// whole message; `bytes` fields hold what the API declares as `string`, so they are
+/// slices of the request buffer and their UTF-8 is checked where they are read
+/// (`grpc::ext_authz`), where a bad one is a deny rather than an RPC error.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CheckRequestView {
+    #[prost(message, optional, tag = "1")]
+    pub attributes: Option<AttributesView>,
+}
+
+/// `envoy.service.auth.v3.AttributeContext`: the downstream peer, the request, and the
+/// route's context extensions.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AttributesView {
+    #[prost(message, optional, tag = "1")]
+    pub source: Option<PeerView>,
+    #[prost(message, optional, tag = "4")]
+    pub request: Option<RequestView>,
+    #[prost(map = "string, string", tag = "10")]
+    pub context_extensions: HashMap<String, String>,
+}
+
+/// `AttributeContext.Peer`: its address, and its certificate (URL-encoded PEM).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PeerView {
+    #[prost(message, optional, tag = "1")]
+    pub address: Option<Address>,
+    #[prost(bytes = "bytes", tag = "5")]
+    pub certificate: Bytes,
+}
+
+/// `AttributeContext.Request`: its HTTP part.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RequestView {
+    #[prost(message, optional, tag = "2")]
+    pub http: Option<HttpRequestView>,
+}
+
+/// `AttributeContext.HttpRequest`: method, headers, path (with the query) and host. The
+/// `headers` map is decoded as what a map is on the wire, a list of entries, in the order
+/// Envoy wrote them.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HttpRequestView {
+    #[prost(bytes = "bytes", tag = "2")]
+    pub method: Bytes,
+    #[prost(message, repeated, tag = "3")]
+    pub headers: Vec<HeaderEntry>,
+    #[prost(bytes = "bytes", tag = "4")]
+    pub path: Bytes,
+    #[prost(bytes = "bytes", tag = "5")]
+    pub host: Bytes,
+    /// Envoy's alternative to `headers` (`encode_raw_headers`), values possibly raw bytes.
+    #[prost(message, optional, tag = "13")]
+    pub header_map: Option<HeaderMap>,
+}
+
+/// One entry of a `map<string, string>`: key field 1, value field 2.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HeaderEntry {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub name: Bytes,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub value: Bytes,
+}
+
+impl CheckRequestView {
+    /// The view of a `CheckRequest` built in memory (tests, benchmarks, the CLI): encoded and
+    /// decoded as the server would receive it.
+    pub fn of(request: &envoy_types::ext_authz::v3::pb::CheckRequest) -> Self {
+        use prost::Message;
+        Self::decode(Bytes::from(request.encode_to_vec()))
+            .expect("what prost encodes from a CheckRequest decodes as its view")
+    }
 }
 
 /// The generated servers: `auth_server` (`portcullis.v1.Auth`, answering with

@@ -5,10 +5,9 @@
 //! headers or a `_method` parameter naming another method, and headers spelled like an
 //! identity header Portcullis sets upstream.
 
-use std::collections::HashMap;
-
 use crate::{
     decision::{Denial, Reason},
+    headers::Headers,
     policy::{Resource, canonical_host, canonical_path},
     upstream::UpstreamHeaders,
 };
@@ -28,7 +27,7 @@ impl Target {
     /// The target of `resource`, or why the request is refused (MALFORMED_REQUEST).
     pub fn of(
         resource: &Resource<'_>,
-        headers: &HashMap<String, String>,
+        headers: Headers<'_>,
         upstream: &UpstreamHeaders,
     ) -> Result<Self, Denial> {
         refuse_identity_header_spellings(headers, upstream)?;
@@ -73,10 +72,10 @@ impl Target {
 /// An incoming header spelled like one Portcullis sets upstream but not exactly
 /// (`x_user-id` for `x-user-id`) would reach CGI-style upstreams as that header: refused.
 fn refuse_identity_header_spellings(
-    headers: &HashMap<String, String>,
+    headers: Headers<'_>,
     upstream: &UpstreamHeaders,
 ) -> Result<(), Denial> {
-    let spoofed = headers.keys().any(|name| {
+    let spoofed = headers.iter().any(|(name, _)| {
         upstream
             .names()
             .any(|set| !name.eq_ignore_ascii_case(set) && same_header_name(name, set))
@@ -114,11 +113,7 @@ fn same_header_name(name: &str, expected: &str) -> bool {
         })
 }
 
-fn refuse_method_override(
-    method: &str,
-    path: &str,
-    headers: &HashMap<String, String>,
-) -> Result<(), Denial> {
+fn refuse_method_override(method: &str, path: &str, headers: Headers<'_>) -> Result<(), Denial> {
     let contradicts = |value: &str| !value.trim().eq_ignore_ascii_case(method);
     let by_header = headers.iter().any(|(name, value)| {
         METHOD_OVERRIDE_HEADERS
@@ -142,11 +137,7 @@ fn refuse_method_override(
 
 /// gRPC through Envoy: `POST /package.Service/Method` (content-type application/grpc, or a
 /// service name with a package). Returns where the service name ends and the method starts.
-fn grpc_target(
-    method: &str,
-    path: &str,
-    headers: &HashMap<String, String>,
-) -> Option<(usize, usize)> {
+fn grpc_target(method: &str, path: &str, headers: Headers<'_>) -> Option<(usize, usize)> {
     if !method.eq_ignore_ascii_case("POST") {
         return None;
     }
@@ -165,13 +156,6 @@ fn grpc_target(
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
     fn resource<'a>(method: &'a str, path: &'a str) -> Resource<'a> {
         Resource {
             http_method: method,
@@ -184,7 +168,7 @@ mod tests {
     fn target(method: &str, path: &str, h: &[(&str, &str)]) -> Result<Target, Reason> {
         let mapping = [("sub".to_owned(), "x-user-id".to_owned())];
         let upstream = UpstreamHeaders::new(mapping.iter().map(|(c, h)| (c, h)));
-        Target::of(&resource(method, path), &headers(h), &upstream).map_err(|d| d.reason)
+        Target::of(&resource(method, path), Headers::new(h), &upstream).map_err(|d| d.reason)
     }
 
     #[test]

@@ -1,12 +1,10 @@
 //! The phases through `Pipeline::run`, on the quickstart config plus a deny rule and a
 //! query-credential route: one table of requests and the decisions they must get.
 
-use std::collections::HashMap;
-
 use serde_json::json;
 
 use super::*;
-use crate::decision::Reason;
+use crate::{decision::Reason, headers::Headers};
 
 fn pipeline() -> Pipeline {
     super::quickstart_with_rules(
@@ -151,15 +149,15 @@ async fn requests_get_the_decision_of_every_phase() {
         },
     ];
     for case in cases {
-        let headers: HashMap<String, String> = case
+        let headers: Vec<(&str, &str)> = case
             .authorization
             .iter()
-            .map(|value| ("authorization".to_owned(), value.clone()))
+            .map(|value| ("authorization", value.as_str()))
             .collect();
         let request = RequestAttrs {
             carried: Carried {
                 credential: None,
-                headers: &headers,
+                headers: Headers::new(&headers),
                 query_credentials: &case.query,
                 client_certificate_pem: "",
                 peer_certificates: &[],
@@ -183,11 +181,12 @@ async fn requests_get_the_decision_of_every_phase() {
 async fn a_decision_carries_what_telemetry_and_the_upstream_need() {
     let pipeline = pipeline();
     let token = token("orders:read");
-    let headers = HashMap::from([("authorization".to_owned(), format!("Bearer {token}"))]);
+    let authorization = format!("Bearer {token}");
+    let headers = [("authorization", authorization.as_str())];
     let request = |path| RequestAttrs {
         carried: Carried {
             credential: None,
-            headers: &headers,
+            headers: Headers::new(&headers),
             query_credentials: &[],
             client_certificate_pem: "",
             peer_certificates: &[],

@@ -12,7 +12,7 @@ pub use events::{
     shadow_evaluated, short_digest,
 };
 
-use std::{collections::HashMap, sync::OnceLock};
+use std::sync::OnceLock;
 
 use opentelemetry::{KeyValue, propagation::TextMapPropagator, trace::TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
@@ -30,7 +30,10 @@ use tracing_subscriber::{
     util::SubscriberInitExt,
 };
 
-use crate::config::{LogFormat, TelemetryConfig};
+use crate::{
+    config::{LogFormat, TelemetryConfig},
+    headers::Headers,
+};
 
 /// Keeps the trace exporter alive; flushes pending spans when dropped.
 pub struct TelemetryGuard {
@@ -167,32 +170,25 @@ impl SpanPolicy {
 #[derive(Clone, Copy)]
 pub enum TraceCarrier<'a> {
     Metadata(&'a tonic::metadata::MetadataMap),
-    Headers(&'a HashMap<String, String>),
+    Headers(Headers<'a>),
 }
 
 impl TraceCarrier<'_> {
     /// The remote parent context, if this carrier has a `traceparent`.
     fn remote_parent(self) -> Option<opentelemetry::Context> {
-        let carrier: HashMap<String, String>;
+        let carrier: Vec<(&str, &str)>;
         let headers = match self {
             TraceCarrier::Headers(headers) => {
-                if !headers.contains_key("traceparent") {
-                    return None;
-                }
+                headers.get("traceparent")?;
                 headers
             }
             TraceCarrier::Metadata(metadata) => {
                 metadata.get("traceparent")?;
                 carrier = ["traceparent", "tracestate"]
                     .into_iter()
-                    .filter_map(|name| {
-                        Some((
-                            name.to_owned(),
-                            metadata.get(name)?.to_str().ok()?.to_owned(),
-                        ))
-                    })
+                    .filter_map(|name| Some((name, metadata.get(name)?.to_str().ok()?)))
                     .collect();
-                &carrier
+                Headers::new(&carrier)
             }
         };
         Some(TraceContextPropagator::new().extract(&Carrier(headers)))
@@ -224,15 +220,15 @@ pub fn request_span(surface: &'static str, carriers: &[TraceCarrier<'_>]) -> tra
     span
 }
 
-struct Carrier<'a>(&'a HashMap<String, String>);
+struct Carrier<'a>(Headers<'a>);
 
 impl opentelemetry::propagation::Extractor for Carrier<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
+        self.0.get(key)
     }
 
     fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(String::as_str).collect()
+        self.0.iter().map(|(name, _)| name).collect()
     }
 }
 

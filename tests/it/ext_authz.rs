@@ -9,6 +9,7 @@ use std::{path::Path, process::Command};
 
 use crate::support::*;
 use jsonwebtoken::Algorithm::ES256;
+use portcullis::grpc::wire::CheckRequestView;
 use serde_json::{Value, json};
 
 const ISS: &str = "https://a.test";
@@ -225,7 +226,8 @@ async fn an_unreachable_key_source_is_a_503_deny_not_an_rpc_error() {
     let (pipeline, _) = pipeline_of(&yaml);
     let authorization = format!("Bearer {}", key.sign(&claims(ISS, AUD)));
     let request = check_request("GET", "/x", &[("authorization", &authorization)]);
-    let response = portcullis::grpc::ext_authz::check(&pipeline, &request).await;
+    let response =
+        portcullis::grpc::ext_authz::check(&pipeline, &CheckRequestView::of(&request)).await;
     assert_eq!(
         response.status.unwrap().code,
         tonic::Code::Unavailable as i32
@@ -243,8 +245,11 @@ async fn a_check_with_too_many_headers_is_a_counted_400_deny() {
     let (pipeline, metrics) = pipeline_of("authorization:\n  rules:\n    - name: all\n");
     let names: Vec<String> = (0..300).map(|i| format!("x-h{i}")).collect();
     let headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
-    let response =
-        portcullis::grpc::ext_authz::check(&pipeline, &check_request("GET", "/x", &headers)).await;
+    let response = portcullis::grpc::ext_authz::check(
+        &pipeline,
+        &CheckRequestView::of(&check_request("GET", "/x", &headers)),
+    )
+    .await;
     let Some(denied) = response.denied_response else {
         panic!("a denied response")
     };
