@@ -4,6 +4,7 @@
 mod authenticate;
 mod keys;
 mod passwd;
+mod policy;
 mod token;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -57,6 +58,11 @@ enum Command {
     },
     /// Print an htpasswd line (argon2id) for USER; the password comes from a prompt or stdin.
     Passwd { user: String },
+    /// Test the config's rules offline against listed requests and expected decisions.
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
+    },
 }
 
 impl Cli {
@@ -78,6 +84,7 @@ impl Cli {
             Command::Authenticate(args) => authenticate::run(args),
             Command::Keys { command } => keys::run(command),
             Command::Passwd { user } => passwd::run(&user),
+            Command::Policy { command } => policy::run(command),
         }
     }
 }

@@ -202,7 +202,7 @@ fn check_audience(configured: &[String], token: &[String], requested: &str) -> R
 }
 
 /// Scopes from `scope` (space-separated string, RFC 8693 §4.2) or `scp` (array or string).
-fn scopes(claims: &Map<String, Value>) -> Result<Vec<String>, Denial> {
+pub(crate) fn scopes(claims: &Map<String, Value>) -> Result<Vec<String>, Denial> {
     let ill_typed = |name| Denial::new(Reason::InvalidClaims, format!("{name} is ill-typed"));
     if let Some(scope) = claims.get("scope") {
         return match scope {

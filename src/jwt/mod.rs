@@ -8,6 +8,7 @@ mod token;
 
 pub use crate::vocabulary::Algorithm;
 
+pub(crate) use claims::scopes;
 pub use claims::{CheckedClaims, ClaimPolicy, Recheck};
 pub use json::parse_strict_object;
 pub use keys::{KeyError, KeyLookup, KeySet, VerifyingKey, hmac_key, pem_key};

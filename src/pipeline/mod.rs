@@ -22,9 +22,9 @@ pub use target::Target;
 use crate::{
     config::Config,
     credentials::{self, Carried, Extraction, Presented},
-    decision::{CredentialType, Decision, Denial, Principal, Scheme},
+    decision::{CredentialType, Decision, Denial, Principal, Reason, Scheme},
     keys::{KeySource, RemoteKeySource},
-    policy::{Policy, Resource, Verdict},
+    policy::{Policy, Resource, RuleTrace, Verdict},
     telemetry::{
         self,
         metrics::{Metrics, Surface},
@@ -136,6 +136,26 @@ impl Pipeline {
         self.shape(verdict, authn.ok(), &presented)
     }
 
+    /// Extracts and authenticates the request's credential, as Authorize does before its
+    /// rules (for `portcullis policy test --explain`).
+    pub async fn authenticate_request(
+        &self,
+        request: &RequestAttrs<'_>,
+    ) -> Result<Arc<Principal>, Denial> {
+        let presented = credentials::extract(&request.carried, &self.extraction);
+        self.authenticate(&presented, request.audience).await
+    }
+
+    /// The compiled rules.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The identity headers an allow sets (what the target phase protects).
+    pub fn upstream(&self) -> &UpstreamHeaders {
+        &self.upstream
+    }
+
     /// Authenticates the presented credential, then binds it: a token bound to a
     /// certificate (RFC 8705 `cnf.x5t#S256`) is accepted only with that certificate.
     pub async fn authenticate(
@@ -230,6 +250,48 @@ impl Pipeline {
     pub fn upstream_header_aliases(&self) -> impl Iterator<Item = &str> {
         self.upstream.aliases()
     }
+}
+
+/// The decision for a request whose credential verified as `principal`, or that presented
+/// none (`None`): the target, rules and shaping of Authorize, with no credential extracted
+/// from the request or verified. `portcullis policy test` decides its claims cases with it,
+/// from a config whose key material it need not load.
+pub fn decide_for(
+    policy: &Policy,
+    upstream: &UpstreamHeaders,
+    principal: Option<&Arc<Principal>>,
+    request: &RequestAttrs<'_>,
+) -> Decision {
+    let target = match Target::of(&request.resource, request.carried.headers, upstream) {
+        Ok(target) => target,
+        Err(denial) => return deny(denial, None, String::new(), None),
+    };
+    let resource = target.resource(&request.resource);
+    let missing = Denial::new(Reason::MissingCredential, "no credential presented");
+    let authn = principal.map(AsRef::as_ref).ok_or(&missing);
+    match policy
+        .matching(&resource)
+        .decide(authn, request.required_scopes)
+    {
+        Verdict::Allow { rule } => Decision::Allow {
+            credential: principal.map(|p| p.credential_type),
+            principal: principal.cloned(),
+            rule,
+        },
+        Verdict::Deny { denial, rule } => deny(denial, principal.cloned(), rule, None),
+    }
+}
+
+/// How each rule fares for `request` with this authentication outcome (see
+/// [`Policy::explain`]); the target's refusal when the request has none.
+pub fn explain_for(
+    policy: &Policy,
+    upstream: &UpstreamHeaders,
+    request: &RequestAttrs<'_>,
+    authn: Result<&Principal, &Denial>,
+) -> Result<Vec<RuleTrace>, Denial> {
+    let target = Target::of(&request.resource, request.carried.headers, upstream)?;
+    Ok(policy.explain(authn, &target.resource(&request.resource)))
 }
 
 /// The bind phase: what the principal's credential is bound to must be what the request

@@ -160,6 +160,96 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// How every rule fares for one request, in configuration order: whether it matches and,
+    /// if it does, whether its requirements hold (`portcullis policy test --explain`). The
+    /// verdict itself comes from [`Policy::decide`]; this only reports.
+    pub fn explain(
+        &self,
+        authn: Result<&Principal, &Denial>,
+        resource: &Resource<'_>,
+    ) -> Vec<RuleTrace> {
+        self.rules
+            .iter()
+            .map(|rule| {
+                let outcome = if !rule.matcher.matches(resource, rule.effect == Effect::Deny) {
+                    RuleOutcome::NoMatch
+                } else if rule.effect == Effect::Allow && rule.anonymous.is_anonymous() {
+                    RuleOutcome::Anonymous
+                } else {
+                    match authn {
+                        Err(failure) => RuleOutcome::Unchecked(format!(
+                            "no verified credential ({}: {})",
+                            failure.reason.as_str(),
+                            failure.message
+                        )),
+                        Ok(principal) => match rule.check(principal, resource, &self.cel_env) {
+                            Ok(()) => RuleOutcome::Holds,
+                            Err(Unmet::False(denial)) => RuleOutcome::Unmet(denial.message),
+                            Err(Unmet::Error(denial)) => RuleOutcome::Error(denial.message),
+                        },
+                    }
+                };
+                RuleTrace {
+                    rule: rule.name.clone(),
+                    effect: rule.effect,
+                    mode: rule.mode,
+                    outcome,
+                }
+            })
+            .collect()
+    }
+}
+
+/// How one rule fared for one request (see [`Policy::explain`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleTrace {
+    pub rule: String,
+    pub effect: Effect,
+    pub mode: RuleMode,
+    pub outcome: RuleOutcome,
+}
+
+/// What a rule made of a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuleOutcome {
+    /// Its `match` does not cover the request.
+    NoMatch,
+    /// It matches and its requirements hold for the principal.
+    Holds,
+    /// An anonymous allow rule: it admits the request without checking a credential.
+    Anonymous,
+    /// It matches, and this requirement does not hold.
+    Unmet(String),
+    /// It matches, and its condition could not be evaluated (fails closed).
+    Error(String),
+    /// It matches, and there is no verified principal to check it against.
+    Unchecked(String),
+}
+
+impl std::fmt::Display for RuleTrace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let effect = match self.effect {
+            Effect::Allow => "allow",
+            Effect::Deny => "deny",
+        };
+        let shadow = if self.mode == RuleMode::Shadow {
+            ", shadow"
+        } else {
+            ""
+        };
+        write!(f, "rule {} ({effect}{shadow}): ", self.rule)?;
+        match &self.outcome {
+            RuleOutcome::NoMatch => write!(f, "does not match"),
+            RuleOutcome::Holds => write!(f, "matches; its requirements hold"),
+            RuleOutcome::Anonymous => write!(f, "matches; anonymous, needs no credential"),
+            RuleOutcome::Unmet(why) => write!(f, "matches; not satisfied: {why}"),
+            RuleOutcome::Error(why) => write!(f, "matches; cannot be evaluated: {why}"),
+            RuleOutcome::Unchecked(why) => write!(f, "matches; not checked: {why}"),
+        }
+    }
+}
+
 /// Words of the bit sets that hold one bit per rule.
 const MATCH_WORDS: usize = MAX_RULES.div_ceil(64);
 

@@ -12,7 +12,8 @@ What they hold the chart to:
   directories and every ``file:``/``env:`` reference in the config backed by a mount or a
   variable, no restart on a hot-reloadable config change, ...);
 * values.schema.json is strict and rejects what it should, and values.yaml is commented;
-* the rendered config.yaml passes ``portcullis check-config --offline``;
+* the rendered config.yaml passes ``portcullis check-config --offline``, and the rules of
+  each scenario with a ``ci/policy-tests/SCENARIO.yaml`` pass ``portcullis policy test``;
 * the bare defaults (no credential source) are refused with a clear message;
 * the optional Certificate, PrometheusRule (only documented metrics), dashboard,
   extraObjects and NetworkPolicy presets render as promised;
@@ -923,6 +924,32 @@ def test_rendered_config_passes_check_config(helm, portcullis_bin, tmp_path, sce
     assert proc.returncode == 0, (
         f"check-config --offline rejected the {scenario} config (exit {proc.returncode}):\n"
         f"{proc.stdout}\n{proc.stderr}\n--- config.yaml ---\n{config}")
+
+
+POLICY_TESTS_DIR = SCENARIOS_DIR / "policy-tests"
+
+
+def test_every_policy_test_file_names_a_scenario():
+    files = sorted(POLICY_TESTS_DIR.glob("*.yaml"))
+    assert files, "no policy tests"
+    for path in files:
+        assert path.stem in SCENARIOS, f"{path.name}: no scenario {path.stem}-values.yaml"
+
+
+@pytest.mark.parametrize("scenario", [p.stem for p in sorted(POLICY_TESTS_DIR.glob("*.yaml"))])
+def test_rendered_rules_pass_their_policy_tests(helm, portcullis_bin, tmp_path, scenario):
+    """`portcullis policy test --offline` on the config the chart renders: the scenario's
+    rules decide its cases as written (see docs/policy-tests.md)."""
+    config = one(render(helm, scenario), "ConfigMap", f"{FULLNAME}-config")["data"]["config.yaml"]
+    path = tmp_path / "config.yaml"
+    path.write_text(config)
+    cases = POLICY_TESTS_DIR / f"{scenario}.yaml"
+    proc = subprocess.run([portcullis_bin, "policy", "test", "--offline", "--config", str(path),
+                           str(cases)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, (
+        f"policy test failed for {scenario} (exit {proc.returncode}):\n"
+        f"{proc.stdout}\n{proc.stderr}\n--- config.yaml ---\n{config}")
+    assert " 0 failed" in proc.stdout and "FAIL" not in proc.stdout, proc.stdout
 
 
 # --------------------------------------------------------------------------------------

@@ -424,3 +424,183 @@ fn relative_paths_resolve_against_the_config_file() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `policy test`: the example cases pass; a token is verified as the server would; a wrong
+/// expectation fails the run (exit 1) and says what was expected; `--explain` says how each
+/// rule fared; a cases file that cannot be right is refused (exit 64) before anything runs.
+#[test]
+fn policy_test_compares_decisions_and_explains_them() {
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let config = format!("{examples}/quickstart.yaml");
+    let run = |cases: &std::path::Path, explain: bool| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["policy", "test", "--config", &config])
+            .arg(cases);
+        if explain {
+            command.arg("--explain");
+        }
+        let out = command.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let example = std::path::PathBuf::from(format!("{examples}/policy-tests/quickstart.yaml"));
+    let (code, stdout, _) = run(&example, false);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("7 cases, 7 passed, 0 failed"), "{stdout}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let reader = portcullis_test_support::quickstart_token("orders:read");
+    let (signed, signature) = reader.rsplit_once('.').unwrap();
+    let mut flipped = signature.as_bytes().to_vec();
+    flipped[5] = if flipped[5] == b'A' { b'B' } else { b'A' };
+    let damaged = format!("{signed}.{}", String::from_utf8(flipped).unwrap());
+    let cases = dir.path().join("cases.yaml");
+    std::fs::write(
+        &cases,
+        format!(
+            r#"
+cases:
+  - name: a verified reader reads
+    request: {{ method: GET, path: /orders/1 }}
+    credential: {{ token: "{reader}" }}
+    expect: {{ decision: allow, rule: orders-read }}
+  - name: a damaged token is refused
+    request: {{ method: GET, path: /orders/1 }}
+    credential: {{ token: "{damaged}" }}
+    expect: {{ decision: deny, reason: INVALID_SIGNATURE }}
+  - name: wrongly expected to write
+    request: {{ method: POST, path: /orders/2 }}
+    credential: {{ token: "{reader}" }}
+    expect: {{ decision: allow }}
+"#
+        ),
+    )
+    .unwrap();
+    let (code, stdout, _) = run(&cases, true);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("PASS  a verified reader reads: allow by orders-read"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("PASS  a damaged token is refused"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAIL  wrongly expected to write: expected allow, got deny by orders-write (INSUFFICIENT_SCOPE"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("rule orders-write (allow): matches; not satisfied: missing required scopes: orders:write"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("3 cases, 2 passed, 1 failed"), "{stdout}");
+    assert!(!stdout.contains(&reader), "no credential in the output");
+
+    for (name, body, complaint) in [
+        (
+            "unknown-reason",
+            "expect: { decision: deny, reason: NOPE }",
+            "unknown reason",
+        ),
+        (
+            "two-credentials",
+            "credential: { token: a.b.c, claims: { iss: x } }\n    expect: { decision: deny }",
+            "either a token or claims",
+        ),
+        (
+            "allow-with-reason",
+            "expect: { decision: allow, reason: POLICY_DENIED }",
+            "an allow has no reason",
+        ),
+        (
+            "unknown-field",
+            "expect: { decision: deny }\n    extra: 1",
+            "unknown field",
+        ),
+    ] {
+        let path = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, format!("cases:\n  - name: {name}\n    {body}\n")).unwrap();
+        let (code, _, stderr) = run(&path, false);
+        assert_eq!(code, Some(64), "{name}: {stderr}");
+        assert!(stderr.contains(complaint), "{name}: {stderr}");
+    }
+}
+
+/// `policy test --offline` reads no key file: a config whose key files are not here (as a
+/// Helm-rendered one) still has its rules tested with claims, and a token case is refused.
+#[test]
+fn offline_policy_tests_need_no_key_material() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        r#"
+issuers:
+  - name: corp
+    issuer: https://login.example.com
+    public_key_files: [/nonexistent/signing.pem]
+    audiences: [api://orders]
+authorization:
+  rules:
+    - name: orders-read
+      match: { http: { methods: [GET], paths: ["/orders/*"] } }
+      require: { scopes_all: ["orders:read"] }
+"#,
+    )
+    .unwrap();
+    let cases = dir.path().join("cases.yaml");
+    std::fs::write(
+        &cases,
+        r#"
+cases:
+  - name: reader
+    request: { method: GET, path: /orders/1 }
+    credential: { claims: { iss: https://login.example.com, sub: a, scope: "orders:read" } }
+    expect: { decision: allow, rule: orders-read }
+  - name: anonymous
+    request: { method: GET, path: /orders/1, headers: { authorization: "Bearer not-read" } }
+    expect: { decision: deny, reason: MISSING_CREDENTIAL }
+"#,
+    )
+    .unwrap();
+    let run = |offline: bool, cases: &std::path::Path| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["policy", "test", "--config"])
+            .arg(&config)
+            .arg(cases);
+        if offline {
+            command.arg("--offline");
+        }
+        command.output().unwrap()
+    };
+    let out = run(true, &cases);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let online = run(false, &cases);
+    assert_eq!(
+        online.status.code(),
+        Some(64),
+        "the key file is read without --offline"
+    );
+    assert!(String::from_utf8_lossy(&online.stderr).contains("/nonexistent/signing.pem"));
+
+    let with_token = dir.path().join("token.yaml");
+    std::fs::write(
+        &with_token,
+        "cases:\n  - name: t\n    credential: { token: a.b.c }\n    expect: { decision: deny }\n",
+    )
+    .unwrap();
+    let out = run(true, &with_token);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("run without --offline"));
+}
