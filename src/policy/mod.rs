@@ -723,6 +723,73 @@ mod tests {
     }
 
     #[test]
+    fn explain_reports_every_rule_in_order_without_deciding() {
+        let p = policy(
+            r#"
+rules:
+  - name: public
+    match: { http: { paths: ["/public/**"] } }
+    anonymous: true
+  - name: no-interns
+    effect: deny
+    match: { http: { paths: ["/orders/**"] } }
+    require: { claims: { role: intern } }
+  - name: broken-cel
+    match: { http: { paths: ["/orders/**"] } }
+    require: { cel: "claims.missing.deeper == 1" }
+  - name: readers
+    match: { http: { methods: [GET], paths: ["/orders/**"] } }
+    require: { scopes_all: ["orders:read"] }
+  - name: trial
+    mode: shadow
+    match: { http: { paths: ["/orders/**"] } }
+"#,
+        );
+        let resource = Resource {
+            http_method: "GET",
+            path: "/orders/1",
+            ..Default::default()
+        };
+        let alice = principal(json!({"role": "staff"}), &[]);
+        let outcomes: Vec<(String, RuleOutcome)> = p
+            .explain(Ok(&alice), &resource)
+            .into_iter()
+            .map(|trace| (trace.rule, trace.outcome))
+            .collect();
+        assert_eq!(outcomes[0], ("public".to_owned(), RuleOutcome::NoMatch));
+        assert!(
+            matches!(&outcomes[1], (rule, RuleOutcome::Unmet(why)) if rule == "no-interns" && why.contains("claim role"))
+        );
+        assert!(matches!(&outcomes[2], (rule, RuleOutcome::Error(_)) if rule == "broken-cel"));
+        assert!(
+            matches!(&outcomes[3], (rule, RuleOutcome::Unmet(why)) if rule == "readers" && why.contains("orders:read"))
+        );
+        assert_eq!(outcomes[4], ("trial".to_owned(), RuleOutcome::Holds));
+        let traces = p.explain(Ok(&alice), &resource);
+        assert_eq!(
+            traces[4].to_string(),
+            "rule trial (allow, shadow): matches; its requirements hold"
+        );
+        assert_eq!(
+            traces[1].to_string(),
+            "rule no-interns (deny): matches; not satisfied: rule no-interns: claim role does not match"
+        );
+
+        let missing = Denial::new(Reason::MissingCredential, "no credential presented");
+        let public = Resource {
+            http_method: "GET",
+            path: "/public/a",
+            ..Default::default()
+        };
+        let anonymous = p.explain(Err(&missing), &public);
+        assert_eq!(anonymous[0].outcome, RuleOutcome::Anonymous);
+        let unchecked = p.explain(Err(&missing), &resource);
+        assert!(
+            matches!(&unchecked[3].outcome, RuleOutcome::Unchecked(why) if why.starts_with("no verified credential (MISSING_CREDENTIAL"))
+        );
+    }
+
+    #[test]
     fn rules_table() {
         let p = policy(
             r#"
