@@ -420,6 +420,8 @@ pub enum Decision {
         rule: String,
         /// The kind of credential the request presented, if one was recognised.
         credential: Option<CredentialType>,
+        /// A short digest of that credential, for decision logs: empty unless they are on.
+        credential_digest: String,
     },
     Deny {
         denial: Denial,

@@ -326,6 +326,7 @@ fn validate(config: &Config, positions: &[usize], errors: &mut Vec<ConfigError>)
             "must be between 0.0 and 1.0",
         ));
     }
+    validate_decision_log(config, errors);
     if let Some(endpoint) = &config.telemetry.otlp_endpoint
         && !is_http_url(endpoint)
     {
@@ -452,6 +453,50 @@ fn validate_rules(config: &Config, errors: &mut Vec<ConfigError>) {
                     "rule {:?}: an anonymous rule must have effect allow",
                     rule.name
                 ),
+            ));
+        }
+    }
+}
+
+/// Most claims a decision log line may copy.
+const MAX_DECISION_LOG_CLAIMS: usize = 32;
+
+/// Decision log shares are probabilities; a per-rule share names a configured rule (or
+/// `default`), so a typo cannot silently log nothing; copied claims are few and named.
+fn validate_decision_log(config: &Config, errors: &mut Vec<ConfigError>) {
+    let log = &config.telemetry.decision_log;
+    let ratio_ok = |ratio: f64| (0.0..=1.0).contains(&ratio);
+    if !ratio_ok(log.sample_ratio) {
+        errors.push(error(
+            "telemetry.decision_log.sample_ratio",
+            "must be between 0.0 and 1.0",
+        ));
+    }
+    for (rule, ratio) in &log.rules {
+        let path = format!("telemetry.decision_log.rules.{rule}");
+        if !ratio_ok(*ratio) {
+            errors.push(error(path.clone(), "must be between 0.0 and 1.0"));
+        }
+        let known = rule == crate::policy::DEFAULT_RULE
+            || config.authorization.rules.iter().any(|r| &r.name == rule);
+        if !known {
+            errors.push(error(
+                path,
+                "names no rule in authorization.rules (or `default`)",
+            ));
+        }
+    }
+    if log.claims.len() > MAX_DECISION_LOG_CLAIMS {
+        errors.push(error(
+            "telemetry.decision_log.claims",
+            format!("at most {MAX_DECISION_LOG_CLAIMS} claims"),
+        ));
+    }
+    for (i, claim) in log.claims.iter().enumerate() {
+        if claim.is_empty() || claim.len() > 128 {
+            errors.push(error(
+                format!("telemetry.decision_log.claims[{i}]"),
+                "must be a claim name of 1 to 128 characters",
             ));
         }
     }
@@ -621,6 +666,32 @@ unknown_section: {}
         assert!(paths.contains(&"issuers[1].algorithms[0]"), "{errors:?}");
         assert!(paths.contains(&"cache.max_entries"), "{errors:?}");
         assert!(paths.contains(&"unknown_section"), "{errors:?}");
+    }
+
+    #[test]
+    fn decision_log_shares_rules_and_claims_are_checked() {
+        let base = "issuers:\n  - name: a\n    issuer: https://a.example\n    jwks_uri: https://a.example/jwks\nauthorization:\n  rules:\n    - name: orders\n";
+        let with = |log: &str| format!("{base}telemetry:\n  decision_log: {log}\n");
+        let good = load_str(&with(
+            "{enabled: true, sample_ratio: 0.5, rules: {orders: 0.1, default: 0.0}, claims: [email]}",
+        ))
+        .unwrap();
+        assert_eq!(good.telemetry.decision_log.rules["orders"], 0.1);
+        let many: Vec<String> = (0..33).map(|i| format!("c{i}")).collect();
+        let bad = with(&format!(
+            "{{sample_ratio: 1.5, rules: {{ordrs: 0.1, orders: -1}}, claims: [{}]}}",
+            many.join(", ")
+        ));
+        let errors = load_str(&bad).unwrap_err().0;
+        let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
+        for path in [
+            "telemetry.decision_log.sample_ratio",
+            "telemetry.decision_log.rules.ordrs",
+            "telemetry.decision_log.rules.orders",
+            "telemetry.decision_log.claims",
+        ] {
+            assert!(paths.contains(&path), "{path}: {errors:?}");
+        }
     }
 
     #[test]

@@ -1,7 +1,12 @@
 //! Configuration types. Unknown keys are reported by the loader (see `load.rs`), so these
 //! types do not use `deny_unknown_fields`: the loader collects every unknown key at once.
 
-use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    path::PathBuf,
+    time::Duration,
+};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
@@ -597,6 +602,36 @@ pub struct TelemetryConfig {
     /// Share of traces started here that are exported (0.0..=1.0); a caller's sampled
     /// `traceparent` is always followed.
     pub trace_sample_ratio: f64,
+    /// One log line per sampled decision, allow and deny (off by default).
+    pub decision_log: DecisionLogConfig,
+}
+
+/// Decision logs: a JSON line (target `portcullis::decision`) per sampled decision with the
+/// rule, reason, principal, credential type and digest, request and duration. Never the
+/// credential, and no claim unless listed in `claims`.
+#[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
+#[schemars(deny_unknown_fields)]
+#[serde(default)]
+pub struct DecisionLogConfig {
+    pub enabled: bool,
+    /// Share of decisions logged (0.0..=1.0) where `rules` names no share of its own.
+    pub sample_ratio: f64,
+    /// Share per deciding rule, by name (`default` for `authorization.default`), e.g.
+    /// `{healthz: 0.0, admin: 1.0}`.
+    pub rules: BTreeMap<String, f64>,
+    /// Claims copied into each line of a verified principal, by name (at most 32).
+    pub claims: Vec<String>,
+}
+
+impl Default for DecisionLogConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            sample_ratio: 1.0,
+            rules: BTreeMap::new(),
+            claims: Vec::new(),
+        }
+    }
 }
 
 impl Default for TelemetryConfig {
@@ -607,6 +642,7 @@ impl Default for TelemetryConfig {
             otlp_endpoint: None,
             metrics: true,
             trace_sample_ratio: 1.0,
+            decision_log: DecisionLogConfig::default(),
         }
     }
 }

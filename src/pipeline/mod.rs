@@ -14,7 +14,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 pub use target::Target;
@@ -27,6 +27,7 @@ use crate::{
     policy::{Policy, Resource, RuleTrace, Verdict},
     telemetry::{
         self,
+        decision_log::DecisionLog,
         metrics::{Metrics, Surface},
     },
     upstream::UpstreamHeaders,
@@ -60,6 +61,8 @@ pub struct Pipeline {
     upstream: UpstreamHeaders,
     /// Where decided requests are counted.
     metrics: Arc<Metrics>,
+    /// `telemetry.decision_log`, when on.
+    decision_log: Option<DecisionLog>,
 }
 
 impl Pipeline {
@@ -74,6 +77,7 @@ impl Pipeline {
     ) -> Self {
         Self {
             id: NEXT_PIPELINE_ID.fetch_add(1, Ordering::Relaxed),
+            decision_log: DecisionLog::new(&config.telemetry.decision_log),
             config,
             extraction,
             verifiers,
@@ -84,15 +88,19 @@ impl Pipeline {
     }
 
     /// Decides one request from `surface` and records it once (see
-    /// [`telemetry::request_decided`]). `Authenticate` verifies only; the others also
-    /// establish the target and apply the policy.
+    /// [`telemetry::request_decided`], and the decision log when it is on). `Authenticate`
+    /// verifies only; the others also establish the target and apply the policy.
     pub async fn run(&self, surface: Surface, request: RequestAttrs<'_>) -> Decision {
         let started = Instant::now();
         let decision = match surface {
             Surface::authenticate => self.authenticate_only(&request).await,
             Surface::authorize | Surface::ext_authz => self.authorize(&request).await,
         };
-        telemetry::request_decided(&self.metrics, surface, &decision, started.elapsed());
+        let elapsed = started.elapsed();
+        telemetry::request_decided(&self.metrics, surface, &decision, elapsed);
+        if let Some(log) = &self.decision_log {
+            log.record(surface, &request.resource, &decision, elapsed);
+        }
         decision
     }
 
@@ -100,7 +108,20 @@ impl Pipeline {
     /// headers for ext_authz), so that it is counted and audited like any other denial.
     pub fn refused(&self, surface: Surface, denial: &Denial) {
         let decision = deny(denial.clone(), None, String::new(), None);
-        telemetry::request_decided(&self.metrics, surface, &decision, std::time::Duration::ZERO);
+        telemetry::request_decided(&self.metrics, surface, &decision, Duration::ZERO);
+        if let Some(log) = &self.decision_log {
+            log.record(surface, &Resource::default(), &decision, Duration::ZERO);
+        }
+    }
+
+    /// A short digest of the presented credential for an allow's decision log line; empty
+    /// (and not computed) while decision logs are off.
+    fn allow_digest(&self, presented: &Presented<'_>) -> String {
+        if self.decision_log.is_some() {
+            digest_of(Some(presented))
+        } else {
+            String::new()
+        }
     }
 
     /// Authenticate: extract, authenticate, bind.
@@ -111,6 +132,7 @@ impl Pipeline {
                 credential: Some(principal.credential_type),
                 principal: Some(principal),
                 rule: String::new(),
+                credential_digest: self.allow_digest(&presented),
             },
             Err(denial) => deny(denial, None, String::new(), Some(&presented)),
         }
@@ -183,6 +205,7 @@ impl Pipeline {
                     .or(presented.kind()),
                 principal,
                 rule,
+                credential_digest: self.allow_digest(presented),
             },
             Verdict::Deny { denial, rule } => deny(denial, principal, rule, Some(presented)),
         }
@@ -277,6 +300,7 @@ pub fn decide_for(
             credential: principal.map(|p| p.credential_type),
             principal: principal.cloned(),
             rule,
+            credential_digest: String::new(),
         },
         Verdict::Deny { denial, rule } => deny(denial, principal.cloned(), rule, None),
     }
@@ -324,19 +348,23 @@ fn deny(
         .as_ref()
         .map(|p| p.credential_type)
         .or(presented.and_then(Presented::kind));
-    let credential_digest = presented
-        .and_then(|p| p.credential.as_ref().ok())
-        .and_then(|c| c.digest_source())
-        .filter(|source| !source.is_empty())
-        .map(telemetry::short_digest)
-        .unwrap_or_default();
     Decision::Deny {
         denial,
         principal,
         rule,
         credential,
-        credential_digest,
+        credential_digest: digest_of(presented),
     }
+}
+
+/// A short digest of the presented credential, for logs (empty: none was found).
+fn digest_of(presented: Option<&Presented<'_>>) -> String {
+    presented
+        .and_then(|p| p.credential.as_ref().ok())
+        .and_then(|c| c.digest_source())
+        .filter(|source| !source.is_empty())
+        .map(telemetry::short_digest)
+        .unwrap_or_default()
 }
 
 /// The quickstart config with `rules` (YAML, an `AuthorizationConfig`) appended to its own,

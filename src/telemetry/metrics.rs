@@ -20,6 +20,16 @@ pub enum Surface {
     ext_authz,
 }
 
+impl Surface {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Surface::authenticate => "authenticate",
+            Surface::authorize => "authorize",
+            Surface::ext_authz => "ext_authz",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum Outcome {

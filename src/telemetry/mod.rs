@@ -3,6 +3,7 @@
 //! from incoming gRPC metadata and ext_authz headers), and Prometheus metrics ([`metrics`]).
 //! Nothing secret is ever recorded: credentials appear only as a short digest.
 
+pub mod decision_log;
 mod events;
 pub mod metrics;
 pub mod process;
@@ -68,6 +69,11 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Decision lines are logged whenever `decision_log` is on, whatever the log level.
+    let filter = match format!("{}=info", decision_log::TARGET).parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     // ANSI colours only when a person reads the terminal, never in files or collectors.
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)

@@ -159,3 +159,158 @@ async fn denials_are_audited_and_no_secret_is_logged() {
 fn base64_std(text: &str) -> String {
     base64::Engine::encode(&base64::engine::general_purpose::STANDARD, text)
 }
+
+/// Decision logs: one line per decision, allow and deny, with rule, reason, subject,
+/// credential type and digest, method, host and path (never the query string), duration and
+/// only the listed claims; a rule whose share is 0 is not logged; the log level does not
+/// silence them; no credential reaches them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decision_logs_record_allows_and_denies_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::new(ES256, "k1");
+    let jwks_path = dir.path().join("jwks.json");
+    std::fs::write(&jwks_path, jwks(&[&key]).to_string()).unwrap();
+    let (grpc, admin) = (free_port(), free_port());
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+server: {{grpc_listen: 127.0.0.1:{grpc}, admin_listen: 127.0.0.1:{admin}}}
+issuers:
+  - name: corp
+    issuer: https://a.test
+    jwks_file: {}
+    audiences: [api://orders]
+authorization:
+  rules:
+    - name: health
+      match: {{ http: {{ paths: ["/healthz"] }} }}
+      anonymous: true
+    - name: orders-read
+      match: {{ http: {{ methods: [GET], paths: ["/orders/**"] }} }}
+      require: {{ claims: {{ sub: alice }} }}
+telemetry:
+  log_format: json
+  log_level: warn
+  decision_log:
+    enabled: true
+    rules: {{ health: 0.0 }}
+    claims: [email]
+"#,
+            jwks_path.display()
+        ),
+    )
+    .unwrap();
+    let mut server = ServerProcess::spawn(
+        &config,
+        Options {
+            capture_logs: true,
+            ..Options::default()
+        },
+    );
+    let lines = server.log_lines();
+    let started = Instant::now();
+    let mut client = loop {
+        if let Ok(client) = AuthClient::connect(format!("http://127.0.0.1:{grpc}")).await {
+            break client;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut alice_claims = claims("https://a.test", "api://orders");
+    alice_claims["email"] = json!("alice@example.com");
+    alice_claims["ssn"] = json!("078-05-1120");
+    let alice = key.sign(&alice_claims);
+    let mut bob_claims = claims("https://a.test", "api://orders");
+    bob_claims["sub"] = json!("bob");
+    let bob = key.sign(&bob_claims);
+    let authorize = |token: Option<&str>, path: &str| pb::AuthorizeRequest {
+        credential: token.map(|t| pb::Credential {
+            kind: Some(pb::credential::Kind::BearerToken(t.to_owned())),
+        }),
+        resource: Some(pb::Resource {
+            http_method: "GET".into(),
+            host: "api.example.com".into(),
+            path: path.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let asked = [
+        (
+            Some(alice.as_str()),
+            "/orders/1?access_token=leaked-query-secret",
+            true,
+        ),
+        (Some(bob.as_str()), "/orders/2", false),
+        (None, "/healthz", true),
+        (None, "/orders/3", false),
+    ];
+    for (token, path, allowed) in asked {
+        let answer = client
+            .authorize(authorize(token, path))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.allowed, allowed, "{path}");
+    }
+    assert!(server.terminate().success());
+    let logs = lines.iter().collect::<Vec<_>>().join("\n");
+    let decisions: Vec<Value> = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["target"] == "portcullis::decision")
+        .collect();
+    assert_eq!(
+        decisions.len(),
+        3,
+        "the health rule's share is 0; at log level warn the rest still log:\n{logs}"
+    );
+    let allow = &decisions[0];
+    assert_eq!(allow["decision"], "allow");
+    assert_eq!(allow["rule"], "orders-read");
+    assert_eq!(allow["subject"], "alice");
+    assert_eq!(allow["issuer"], "corp");
+    assert_eq!(allow["surface"], "authorize");
+    assert_eq!(allow["credential_type"], "JWT");
+    assert_eq!(
+        allow["credential_digest"],
+        portcullis::telemetry::short_digest(&alice)
+    );
+    assert_eq!(
+        (allow["method"].as_str(), allow["host"].as_str()),
+        (Some("GET"), Some("api.example.com"))
+    );
+    assert_eq!(allow["path"], "/orders/1", "no query string");
+    assert!(allow["duration_us"].as_u64().is_some(), "{allow}");
+    let copied: Value = serde_json::from_str(allow["claims"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        copied,
+        json!({"email": "alice@example.com"}),
+        "listed claims only"
+    );
+    let deny = &decisions[1];
+    assert_eq!(
+        (deny["decision"].as_str(), deny["rule"].as_str()),
+        (Some("deny"), Some("orders-read"))
+    );
+    assert_eq!(deny["reason"], "POLICY_DENIED");
+    assert_eq!(deny["subject"], "bob");
+    assert_eq!(decisions[2]["reason"], "MISSING_CREDENTIAL");
+    for secret in [&alice, &bob] {
+        for part in secret.split('.').filter(|p| p.len() >= 8) {
+            assert!(
+                !logs.contains(part),
+                "a credential fragment reached the logs:\n{logs}"
+            );
+        }
+    }
+    assert!(
+        !logs.contains("leaked-query-secret") && !logs.contains("078-05-1120"),
+        "{logs}"
+    );
+}
