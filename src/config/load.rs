@@ -477,7 +477,7 @@ fn validate_decision_log(config: &Config, errors: &mut Vec<ConfigError>) {
         if !ratio_ok(*ratio) {
             errors.push(error(path.clone(), "must be between 0.0 and 1.0"));
         }
-        let known = rule == crate::policy::DEFAULT_RULE
+        let known = rule == super::DEFAULT_RULE
             || config.authorization.rules.iter().any(|r| &r.name == rule);
         if !known {
             errors.push(error(

@@ -27,7 +27,7 @@ use crate::{
     policy::{Policy, Resource, RuleTrace, Verdict},
     telemetry::{
         self,
-        decision_log::DecisionLog,
+        decision_log::{DecisionLog, Requested},
         metrics::{Metrics, Surface},
     },
     upstream::UpstreamHeaders,
@@ -99,7 +99,15 @@ impl Pipeline {
         let elapsed = started.elapsed();
         telemetry::request_decided(&self.metrics, surface, &decision, elapsed);
         if let Some(log) = &self.decision_log {
-            log.record(surface, &request.resource, &decision, elapsed);
+            let resource = &request.resource;
+            let requested = Requested {
+                method: resource.http_method,
+                host: resource.host,
+                path: resource.path,
+                grpc_service: resource.grpc_service,
+                grpc_method: resource.grpc_method,
+            };
+            log.record(surface, requested, &decision, elapsed);
         }
         decision
     }
@@ -110,7 +118,7 @@ impl Pipeline {
         let decision = deny(denial.clone(), None, String::new(), None);
         telemetry::request_decided(&self.metrics, surface, &decision, Duration::ZERO);
         if let Some(log) = &self.decision_log {
-            log.record(surface, &Resource::default(), &decision, Duration::ZERO);
+            log.record(surface, Requested::default(), &decision, Duration::ZERO);
         }
     }
 

@@ -89,8 +89,7 @@ pub enum Verdict {
     Deny { denial: Denial, rule: String },
 }
 
-/// The rule name reported when `authorization.default` decides.
-pub const DEFAULT_RULE: &str = "default";
+pub use crate::config::DEFAULT_RULE;
 /// The rule name reported when `Authorize.required_scopes` decides.
 pub const REQUIRED_SCOPES_RULE: &str = "required_scopes";
 

@@ -13,9 +13,19 @@ use serde_json::{Map, Value};
 use crate::{
     config::DecisionLogConfig,
     decision::{CredentialType, Decision},
-    policy::Resource,
     telemetry::metrics::Surface,
 };
+
+/// What a decision line says of the request, as it arrived.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Requested<'a> {
+    pub method: &'a str,
+    pub host: &'a str,
+    /// The path; whatever follows a `?` is not logged.
+    pub path: &'a str,
+    pub grpc_service: &'a str,
+    pub grpc_method: &'a str,
+}
 
 /// The target of decision lines; `telemetry::init` lets it through at info whatever the
 /// configured log level.
@@ -61,7 +71,7 @@ impl DecisionLog {
     pub fn record(
         &self,
         surface: Surface,
-        resource: &Resource<'_>,
+        request: Requested<'_>,
         decision: &Decision,
         elapsed: Duration,
     ) {
@@ -101,10 +111,10 @@ impl DecisionLog {
             }
             _ => String::new(),
         };
-        let path = resource
+        let path = request
             .path
             .split_once('?')
-            .map_or(resource.path, |(path, _)| path);
+            .map_or(request.path, |(path, _)| path);
         tracing::info!(
             target: TARGET,
             decision = if allowed { "allow" } else { "deny" },
@@ -115,11 +125,11 @@ impl DecisionLog {
             issuer = principal.as_ref().map_or("", |p| p.issuer.as_str()),
             credential_type = credential.map_or("", CredentialType::as_str),
             credential_digest = digest.as_str(),
-            method = resource.http_method,
-            host = resource.host,
+            method = request.method,
+            host = request.host,
             path,
-            grpc_service = resource.grpc_service,
-            grpc_method = resource.grpc_method,
+            grpc_service = request.grpc_service,
+            grpc_method = request.grpc_method,
             duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             claims = claims.as_str(),
             "decision"
