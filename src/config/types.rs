@@ -394,11 +394,11 @@ impl Default for CacheConfig {
     }
 }
 
-/// Policy rules (SPEC §5). Default deny.
 /// The rule name reported when `authorization.default` decides (and the name decision log
 /// shares use for it).
 pub const DEFAULT_RULE: &str = "default";
 
+/// Policy rules (SPEC §5). Default deny.
 #[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq, Default)]
 #[schemars(deny_unknown_fields)]
 #[serde(default)]
