@@ -92,14 +92,7 @@ fn bench_cached(c: &mut Criterion) {
     );
     let headers = [("authorization", authorization.as_str())];
     let authenticate = RequestAttrs {
-        carried: Carried {
-            credential: None,
-            headers: Headers::new(&headers),
-            query_credentials: &[],
-            client_certificate_pem: "",
-            peer_certificates: &[],
-            peer_address: None,
-        },
+        carried: Carried::headers_only(Headers::new(&headers)),
         audience: "",
         required_scopes: &[],
         resource: Resource::default(),

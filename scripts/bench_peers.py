@@ -52,7 +52,6 @@ import resource
 import shlex
 import shutil
 import signal
-import socket
 import stat
 import string
 import subprocess
@@ -60,7 +59,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib  # noqa: E402
@@ -495,7 +493,8 @@ class Peers:
         with open(log_path, "a") as log_file:
             process = subprocess.Popen(self.server_prefix + cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
         self.processes.append(process)
-        if not (self.wait_tcp(process, port) and (ready_url is None or self.wait_http(process, ready_url))):
+        if not (benchlib.wait_tcp(process, port)
+                and (ready_url is None or benchlib.wait_http(process, ready_url))):
             self.dump_log(log_path)
             die(f"{name} did not become ready")
         log(f"{name} started (pid {process.pid}, gRPC 127.0.0.1:{port})")
@@ -508,36 +507,6 @@ class Peers:
         with open(path, "w") as f:
             f.write(text)
         return path
-
-    @staticmethod
-    def wait_tcp(process, port, timeout=30.0):
-        """Waits until 127.0.0.1:PORT accepts connections (the server listens)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return True
-            except OSError:
-                pass
-            if process.poll() is not None:
-                return False
-            time.sleep(0.1)
-        return False
-
-    @staticmethod
-    def wait_http(process, url, timeout=30.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(url, timeout=1) as r:
-                    if r.status == 200:
-                        return True
-            except OSError:
-                pass
-            if process.poll() is not None:
-                return False
-            time.sleep(0.2)
-        return False
 
     @staticmethod
     def dump_log(path):

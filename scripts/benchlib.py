@@ -60,21 +60,42 @@ def machine_busy_ticks():
     raise RuntimeError("no cpu line in /proc/stat")
 
 
-def wait_ready(process, admin_port, timeout=30.0):
-    """Polls http://127.0.0.1:ADMIN_PORT/readyz until it answers 200 (True), the process
-    exits or `timeout` seconds pass (False)."""
+def wait_until(process, probe, timeout=30.0, interval=0.2):
+    """Calls `probe()` until it returns True (True), the process exits or `timeout` seconds
+    pass (False). An OSError from the probe counts as not yet."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return True
+            if probe():
+                return True
         except OSError:
             pass
         if process.poll() is not None:
             return False
-        time.sleep(0.2)
+        time.sleep(interval)
     return False
+
+
+def wait_http(process, url, timeout=30.0):
+    """Waits until URL answers 200 (see wait_until)."""
+    def answers():
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return r.status == 200
+    return wait_until(process, answers, timeout)
+
+
+def wait_tcp(process, port, timeout=30.0):
+    """Waits until 127.0.0.1:PORT accepts connections (see wait_until)."""
+    def accepts():
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    return wait_until(process, accepts, timeout, interval=0.1)
+
+
+def wait_ready(process, admin_port, timeout=30.0):
+    """Polls http://127.0.0.1:ADMIN_PORT/readyz until it answers 200 (True), the process
+    exits or `timeout` seconds pass (False)."""
+    return wait_http(process, f"http://127.0.0.1:{admin_port}/readyz", timeout)
 
 
 def sign_token(binary, key=QS_KEY, alg="ES256", kid=QS_KID, iss=QS_ISSUER, aud=QS_AUD,

@@ -41,6 +41,21 @@ pub struct Carried<'a> {
     pub peer_address: Option<IpAddr>,
 }
 
+impl<'a> Carried<'a> {
+    /// A request that carries headers only: no credential field, query string, certificate
+    /// or peer address (`policy test`, tests, benchmarks).
+    pub fn headers_only(headers: Headers<'a>) -> Self {
+        Self {
+            credential: None,
+            headers,
+            query_credentials: &[],
+            client_certificate_pem: "",
+            peer_certificates: &[],
+            peer_address: None,
+        }
+    }
+}
+
 /// How credentials are found, from `credentials` and `api_keys` in the config.
 #[derive(Debug, Clone)]
 pub struct Extraction {

@@ -330,14 +330,7 @@ async fn run_case(evaluator: &Evaluator, case: &Case, explain: bool) -> Result<b
         .as_ref()
         .map_or(("", ""), |g| (g.service.as_str(), g.method.as_str()));
     let attrs = RequestAttrs {
-        carried: Carried {
-            credential: None,
-            headers: Headers::new(&headers),
-            query_credentials: &[],
-            client_certificate_pem: "",
-            peer_certificates: &[],
-            peer_address: None,
-        },
+        carried: Carried::headers_only(Headers::new(&headers)),
         audience: "",
         required_scopes: &[],
         resource: Resource {

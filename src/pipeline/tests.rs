@@ -156,12 +156,8 @@ async fn requests_get_the_decision_of_every_phase() {
             .collect();
         let request = RequestAttrs {
             carried: Carried {
-                credential: None,
-                headers: Headers::new(&headers),
                 query_credentials: &case.query,
-                client_certificate_pem: "",
-                peer_certificates: &[],
-                peer_address: None,
+                ..Carried::headers_only(Headers::new(&headers))
             },
             audience: "",
             required_scopes: &case.required_scopes,
@@ -184,14 +180,7 @@ async fn a_decision_carries_what_telemetry_and_the_upstream_need() {
     let authorization = format!("Bearer {token}");
     let headers = [("authorization", authorization.as_str())];
     let request = |path| RequestAttrs {
-        carried: Carried {
-            credential: None,
-            headers: Headers::new(&headers),
-            query_credentials: &[],
-            client_certificate_pem: "",
-            peer_certificates: &[],
-            peer_address: None,
-        },
+        carried: Carried::headers_only(Headers::new(&headers)),
         audience: "",
         required_scopes: &[],
         resource: Resource {

@@ -13,6 +13,37 @@ use jsonwebtoken::Algorithm::ES256;
 use portcullis::pb::{self, auth_client::AuthClient};
 use serde_json::{Value, json};
 
+/// The server binary on `config`, its stderr lines, and a client of its gRPC port.
+async fn serve_with_logs(
+    config: &std::path::Path,
+    grpc: u16,
+) -> (
+    ServerProcess,
+    std::sync::mpsc::Receiver<String>,
+    AuthClient<tonic::transport::Channel>,
+) {
+    let mut server = ServerProcess::spawn(
+        config,
+        Options {
+            capture_logs: true,
+            ..Options::default()
+        },
+    );
+    let lines = server.log_lines();
+    let started = Instant::now();
+    let client = loop {
+        if let Ok(client) = AuthClient::connect(format!("http://127.0.0.1:{grpc}")).await {
+            break client;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    (server, lines, client)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denials_are_audited_and_no_secret_is_logged() {
     let dir = tempfile::tempdir().unwrap();
@@ -29,25 +60,7 @@ async fn denials_are_audited_and_no_secret_is_logged() {
         ),
     )
     .unwrap();
-    let mut server = ServerProcess::spawn(
-        &config,
-        Options {
-            capture_logs: true,
-            ..Options::default()
-        },
-    );
-    let lines = server.log_lines();
-    let started = Instant::now();
-    let mut client = loop {
-        if let Ok(client) = AuthClient::connect(format!("http://127.0.0.1:{grpc}")).await {
-            break client;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (mut server, lines, mut client) = serve_with_logs(&config, grpc).await;
 
     let valid = key.sign(&claims("https://a.test", "api://orders"));
     let expired = key.sign(
@@ -202,25 +215,7 @@ telemetry:
         ),
     )
     .unwrap();
-    let mut server = ServerProcess::spawn(
-        &config,
-        Options {
-            capture_logs: true,
-            ..Options::default()
-        },
-    );
-    let lines = server.log_lines();
-    let started = Instant::now();
-    let mut client = loop {
-        if let Ok(client) = AuthClient::connect(format!("http://127.0.0.1:{grpc}")).await {
-            break client;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (mut server, lines, mut client) = serve_with_logs(&config, grpc).await;
     let mut alice_claims = claims("https://a.test", "api://orders");
     alice_claims["email"] = json!("alice@example.com");
     alice_claims["ssn"] = json!("078-05-1120");
