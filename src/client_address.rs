@@ -25,6 +25,11 @@ impl TrustedProxies {
         )
     }
 
+    /// Whether the caller at `peer` is a configured trusted proxy (no peer: not trusted).
+    pub fn trusts_peer(&self, peer: Option<IpAddr>) -> bool {
+        peer.is_some_and(|peer| self.trusts(peer))
+    }
+
     fn trusts(&self, address: IpAddr) -> bool {
         let address = address.to_canonical();
         self.0.iter().any(|network| network.contains(&address))

@@ -12,6 +12,7 @@ pub mod client_address;
 pub mod config;
 pub mod credentials;
 pub mod decision;
+pub mod forward_auth;
 pub mod grpc;
 pub mod headers;
 pub mod http_body;

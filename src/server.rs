@@ -42,6 +42,8 @@ pub enum ServeError {
 pub struct Running {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The forward-auth listener's address, when `server.http_listen` is set.
+    pub http_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<(), ServeError>>,
@@ -71,6 +73,7 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     let grpc_listen = config.server.grpc_listen;
     let limits = config.server.limits.clone();
     let admin_listen = config.server.admin_listen;
+    let http_listen = config.server.http_listen;
     let tls = config
         .server
         .tls
@@ -115,6 +118,20 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
             addr: admin_listen,
             source,
         })?;
+    let (forward_auth_listener, http_addr) = match http_listen {
+        Some(addr) => {
+            let bound = async {
+                let listener = TcpListener::bind(addr).await?;
+                let local = listener.local_addr()?;
+                Ok::<_, std::io::Error>((listener, local))
+            };
+            let (listener, local) = bound
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?;
+            (Some(listener), Some(local))
+        }
+        None => (None, None),
+    };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -182,21 +199,29 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
         );
 
     let admin = admin_router(shared.clone());
+    let forward_auth = forward_auth_listener.map(|listener| {
+        (
+            listener,
+            crate::forward_auth::router(shared.pipeline.clone()),
+        )
+    });
     let task = tokio::spawn(run(
         router,
         grpc_listener,
         admin,
         admin_listener,
+        forward_auth,
         shared.tls.clone(),
         health_reporter,
         shutdown_rx,
         grace,
         limits,
     ));
-    info!(%grpc_addr, %admin_addr, "portcullis listening");
+    info!(%grpc_addr, %admin_addr, http_addr = ?http_addr, "portcullis listening");
     Ok(Running {
         grpc_addr,
         admin_addr,
+        http_addr,
         shared,
         shutdown: shutdown_tx,
         task,
@@ -220,6 +245,7 @@ async fn run(
     grpc_listener: TcpListener,
     admin: Router,
     admin_listener: TcpListener,
+    forward_auth: Option<(TcpListener, Router)>,
     tls: Option<crate::tls::SharedTls>,
     health: tonic_health::server::HealthReporter,
     mut shutdown: watch::Receiver<bool>,
@@ -237,12 +263,23 @@ async fn run(
             .await;
         info!("shutting down: no new connections, draining in-flight requests");
     };
-    let admin_task = tokio::spawn(serve_admin(
+    let admin_task = tokio::spawn(serve_http(
         admin_listener,
         admin,
         limits.admin_header_timeout,
         limits.admin_max_connections,
+        Some(ADMIN_CONNECTION_LIFETIME),
     ));
+    // Proxies keep their connections: no lifetime, but idle ones close.
+    let forward_auth_task = forward_auth.map(|(listener, router)| {
+        tokio::spawn(serve_http(
+            listener,
+            router,
+            limits.idle_timeout,
+            limits.max_connections,
+            None,
+        ))
+    });
     let connections =
         listener::incoming(grpc_listener, limits.max_connections, limits.idle_timeout);
     // A handshake must finish within the idle timeout, however slowly its bytes arrive.
@@ -264,37 +301,53 @@ async fn run(
         }
     };
     admin_task.abort();
+    if let Some(task) = forward_auth_task {
+        task.abort();
+    }
     result.map_err(ServeError::from)
 }
 
-/// The admin HTTP listener: at most `max_connections` at once, each bounded in the time its
-/// request headers may take and in its whole life, so a slow client cannot hold it.
-async fn serve_admin(
+/// An HTTP/1 listener (admin, forward-auth): at most `max_connections` at once, each bounded
+/// in the time its request headers may take and, with `lifetime`, in its whole life, so a
+/// slow client cannot hold it. Each request carries the peer's address (`ConnectInfo`).
+async fn serve_http(
     listener: TcpListener,
     router: Router,
     header_timeout: Duration,
     max_connections: usize,
+    lifetime: Option<Duration>,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(err) => {
                 tracing::warn!(error = %err, "admin listener cannot accept; pausing");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let _ = stream.set_nodelay(true);
+        let with_peer = router
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+        let service = hyper_util::service::TowerToHyperService::new(with_peer);
         tokio::spawn(async move {
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(header_timeout)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(ADMIN_CONNECTION_LIFETIME, connection).await;
+            match lifetime {
+                Some(lifetime) => {
+                    let _ = tokio::time::timeout(lifetime, connection).await;
+                }
+                None => {
+                    let _ = connection.await;
+                }
+            }
             drop(permit);
         });
     }

@@ -96,6 +96,9 @@ impl Config {
 pub struct ServerConfig {
     pub grpc_listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// The HTTP forward-auth listener (nginx `auth_request`, Traefik, Caddy, Envoy
+    /// `http_service`); unset: off.
+    pub http_listen: Option<SocketAddr>,
     /// How long in-flight requests may take to finish after SIGTERM.
     #[schemars(schema_with = "duration_schema")]
     #[serde(deserialize_with = "duration")]
@@ -111,6 +114,7 @@ impl Default for ServerConfig {
         Self {
             grpc_listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            http_listen: None,
             shutdown_grace: Duration::from_secs(10),
             tls: None,
             limits: LimitsConfig::default(),

@@ -94,7 +94,9 @@ impl Pipeline {
         let started = Instant::now();
         let decision = match surface {
             Surface::authenticate => self.authenticate_only(&request).await,
-            Surface::authorize | Surface::ext_authz => self.authorize(&request).await,
+            Surface::authorize | Surface::ext_authz | Surface::forward_auth => {
+                self.authorize(&request).await
+            }
         };
         let elapsed = started.elapsed();
         telemetry::request_decided(&self.metrics, surface, &decision, elapsed);
@@ -174,6 +176,11 @@ impl Pipeline {
     ) -> Result<Arc<Principal>, Denial> {
         let presented = credentials::extract(&request.carried, &self.extraction);
         self.authenticate(&presented, request.audience).await
+    }
+
+    /// Where credentials are looked for, and whose forwarded headers count.
+    pub fn extraction(&self) -> &Extraction {
+        &self.extraction
     }
 
     /// The compiled rules.

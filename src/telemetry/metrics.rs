@@ -18,6 +18,8 @@ pub enum Surface {
     authenticate,
     authorize,
     ext_authz,
+    /// The HTTP forward-auth listener (`server.http_listen`).
+    forward_auth,
 }
 
 impl Surface {
@@ -26,6 +28,7 @@ impl Surface {
             Surface::authenticate => "authenticate",
             Surface::authorize => "authorize",
             Surface::ext_authz => "ext_authz",
+            Surface::forward_auth => "forward_auth",
         }
     }
 }
@@ -125,10 +128,11 @@ struct RequestSeries {
     jwt_cache: [OnceLock<Counter>; 2],
 }
 
-const SURFACES: [Surface; 3] = [
+const SURFACES: [Surface; 4] = [
     Surface::authenticate,
     Surface::authorize,
     Surface::ext_authz,
+    Surface::forward_auth,
 ];
 
 impl RequestSeries {
@@ -149,6 +153,7 @@ impl RequestSeries {
             Surface::authenticate => 0,
             Surface::authorize => 1,
             Surface::ext_authz => 2,
+            Surface::forward_auth => 3,
         }
     }
 

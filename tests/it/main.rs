@@ -9,6 +9,7 @@ mod basic;
 mod certificates;
 mod cli;
 mod ext_authz;
+mod forward_auth;
 mod hardening;
 mod hostile_tokens;
 mod introspection;

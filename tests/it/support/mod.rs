@@ -32,6 +32,9 @@ pub async fn start(yaml: &str) -> Running {
     let mut config = config::load_str(yaml).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
     config.server.grpc_listen = "127.0.0.1:0".parse().unwrap();
     config.server.admin_listen = "127.0.0.1:0".parse().unwrap();
+    if config.server.http_listen.is_some() {
+        config.server.http_listen = Some("127.0.0.1:0".parse().unwrap());
+    }
     config.server.shutdown_grace = Duration::from_secs(2);
     config.server.limits.max_queue_delay = Duration::ZERO;
     server::start(config, None).await.expect("server starts")
