@@ -478,11 +478,12 @@ fn validate_decision_log(config: &Config, errors: &mut Vec<ConfigError>) {
             errors.push(error(path.clone(), "must be between 0.0 and 1.0"));
         }
         let known = rule == super::DEFAULT_RULE
+            || rule == super::REQUIRED_SCOPES_RULE
             || config.authorization.rules.iter().any(|r| &r.name == rule);
         if !known {
             errors.push(error(
                 path,
-                "names no rule in authorization.rules (or `default`)",
+                "names no rule in authorization.rules (or `default`, `required_scopes`)",
             ));
         }
     }
@@ -673,7 +674,7 @@ unknown_section: {}
         let base = "issuers:\n  - name: a\n    issuer: https://a.example\n    jwks_uri: https://a.example/jwks\nauthorization:\n  rules:\n    - name: orders\n";
         let with = |log: &str| format!("{base}telemetry:\n  decision_log: {log}\n");
         let good = load_str(&with(
-            "{enabled: true, sample_ratio: 0.5, rules: {orders: 0.1, default: 0.0}, claims: [email]}",
+            "{enabled: true, sample_ratio: 0.5, rules: {orders: 0.1, default: 0.0, required_scopes: 1.0}, claims: [email]}",
         ))
         .unwrap();
         assert_eq!(good.telemetry.decision_log.rules["orders"], 0.1);

@@ -401,6 +401,8 @@ impl Default for CacheConfig {
 /// The rule name reported when `authorization.default` decides (and the name decision log
 /// shares use for it).
 pub const DEFAULT_RULE: &str = "default";
+/// The rule name reported when `Authorize.required_scopes` decides.
+pub const REQUIRED_SCOPES_RULE: &str = "required_scopes";
 
 /// Policy rules (SPEC §5). Default deny.
 #[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq, Default)]
@@ -614,7 +616,7 @@ pub struct TelemetryConfig {
     pub decision_log: DecisionLogConfig,
 }
 
-/// Decision logs: a JSON line (target `portcullis::decision`) per sampled decision with the
+/// Decision logs: a JSON line (target `decision_log`) per sampled decision with the
 /// rule, reason, principal, credential type and digest, request and duration. Never the
 /// credential, and no claim unless listed in `claims`.
 #[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]

@@ -89,9 +89,7 @@ pub enum Verdict {
     Deny { denial: Denial, rule: String },
 }
 
-pub use crate::config::DEFAULT_RULE;
-/// The rule name reported when `Authorize.required_scopes` decides.
-pub const REQUIRED_SCOPES_RULE: &str = "required_scopes";
+pub use crate::config::{DEFAULT_RULE, REQUIRED_SCOPES_RULE};
 
 /// Authentication failures an `anonymous: allow_failed` rule may still admit: never an
 /// ambiguous credential (a smuggling attempt) and never an outage (fail closed).

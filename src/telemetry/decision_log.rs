@@ -1,12 +1,13 @@
 //! Decision logs (`telemetry.decision_log`): one line per sampled decision, allow and deny,
-//! as an info event with target `portcullis::decision`, so it takes the log format (JSON
-//! lines by default) and reaches wherever logs go. A line names the decision, rule, reason,
+//! as an info event with target `decision_log`, so it takes the log format (JSON lines by
+//! default) and reaches wherever logs go. A line names the decision, rule, reason,
 //! principal (subject, issuer), credential type and a short digest of the credential, the
-//! request (surface, method, host, path without its query string) and the duration. Never
-//! the credential itself, never the query string (it may carry `access_token`), and a claim
-//! only when `claims` lists it.
+//! request (surface, method, host, path) and the duration. Never the credential itself: the
+//! path is cut before any query string, fragment or `;` parameter (they may carry
+//! `access_token` or a session id), the host loses any `user:password@`, each is bounded in
+//! length, and a claim appears only when `claims` lists it.
 
-use std::{collections::HashMap, time::Duration};
+use std::{borrow::Cow, collections::HashMap, time::Duration};
 
 use serde_json::{Map, Value};
 
@@ -27,9 +28,34 @@ pub struct Requested<'a> {
     pub grpc_method: &'a str,
 }
 
-/// The target of decision lines; `telemetry::init` lets it through at info whatever the
-/// configured log level.
-pub const TARGET: &str = "portcullis::decision";
+/// The target of decision lines (no module's path, so no other event shares it);
+/// `telemetry::init` lets it through at info unless the log filter names it.
+pub const TARGET: &str = "decision_log";
+
+/// Longest method, host and path a line carries; longer ones are cut, ending with `…`.
+const MAX_METHOD_CHARS: usize = 32;
+const MAX_HOST_CHARS: usize = 255;
+const MAX_PATH_CHARS: usize = 1024;
+
+/// `text` cut to `max` characters.
+fn bounded(text: &str, max: usize) -> Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => Cow::Borrowed(text),
+        Some((end, _)) => Cow::Owned(format!("{}…", &text[..end])),
+    }
+}
+
+/// The path as a line may show it: before any `?`, `#` or `;`.
+fn loggable_path(path: &str) -> Cow<'_, str> {
+    let end = path.find(['?', '#', ';']).unwrap_or(path.len());
+    bounded(&path[..end], MAX_PATH_CHARS)
+}
+
+/// The host as a line may show it: without any `userinfo@`.
+fn loggable_host(host: &str) -> Cow<'_, str> {
+    let host = host.rsplit_once('@').map_or(host, |(_, host)| host);
+    bounded(host, MAX_HOST_CHARS)
+}
 
 /// Decision logging as configured: which decisions to log and what to copy into them.
 #[derive(Debug)]
@@ -111,10 +137,11 @@ impl DecisionLog {
             }
             _ => String::new(),
         };
-        let path = request
-            .path
-            .split_once('?')
-            .map_or(request.path, |(path, _)| path);
+        let (method, host, path) = (
+            bounded(request.method, MAX_METHOD_CHARS),
+            loggable_host(request.host),
+            loggable_path(request.path),
+        );
         tracing::info!(
             target: TARGET,
             decision = if allowed { "allow" } else { "deny" },
@@ -125,11 +152,11 @@ impl DecisionLog {
             issuer = principal.as_ref().map_or("", |p| p.issuer.as_str()),
             credential_type = credential.map_or("", CredentialType::as_str),
             credential_digest = digest.as_str(),
-            method = request.method,
-            host = request.host,
-            path,
-            grpc_service = request.grpc_service,
-            grpc_method = request.grpc_method,
+            method = method.as_ref(),
+            host = host.as_ref(),
+            path = path.as_ref(),
+            grpc_service = bounded(request.grpc_service, MAX_PATH_CHARS).as_ref(),
+            grpc_method = bounded(request.grpc_method, MAX_PATH_CHARS).as_ref(),
             duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             claims = claims.as_str(),
             "decision"
@@ -149,6 +176,26 @@ mod tests {
             claims: Vec::new(),
         })
         .expect("enabled")
+    }
+
+    #[test]
+    fn request_fields_carry_no_secret_and_are_bounded() {
+        assert_eq!(loggable_path("/a/b?access_token=x"), "/a/b");
+        assert_eq!(loggable_path("/a;jsessionid=s3cr3t/b"), "/a");
+        assert_eq!(loggable_path("/a#frag"), "/a");
+        assert_eq!(
+            loggable_host("user:pass@api.example.com"),
+            "api.example.com"
+        );
+        assert_eq!(
+            loggable_host("api.example.com:8443"),
+            "api.example.com:8443"
+        );
+        let long = format!("/{}", "é".repeat(5000));
+        let cut = loggable_path(&long);
+        assert_eq!(cut.chars().count(), MAX_PATH_CHARS + 1);
+        assert!(cut.ends_with('…'));
+        assert_eq!(bounded("GET", MAX_METHOD_CHARS), "GET");
     }
 
     #[test]

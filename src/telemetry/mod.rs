@@ -69,10 +69,14 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    // Decision lines are logged whenever `decision_log` is on, whatever the log level.
+    // Decision lines are logged whenever `decision_log` is on, whatever the log level,
+    // unless the filter itself says something of them (`RUST_LOG=decision_log=off`).
+    let filter_text = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log_level.clone());
     let filter = match format!("{}=info", decision_log::TARGET).parse() {
-        Ok(directive) => filter.add_directive(directive),
-        Err(_) => filter,
+        Ok(directive) if !filter_text.contains(decision_log::TARGET) => {
+            filter.add_directive(directive)
+        }
+        _ => filter,
     };
     // ANSI colours only when a person reads the terminal, never in files or collectors.
     let fmt = tracing_subscriber::fmt::layer()

@@ -258,7 +258,7 @@ telemetry:
     let decisions: Vec<Value> = logs
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|line| line["target"] == "portcullis::decision")
+        .filter(|line| line["target"] == "decision_log")
         .collect();
     assert_eq!(
         decisions.len(),
