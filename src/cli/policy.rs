@@ -208,6 +208,8 @@ enum Evaluator {
         upstream: UpstreamHeaders,
         /// (name, `issuer`) of each configured issuer, for claims cases.
         issuers: Vec<(String, String)>,
+        /// `credentials.api_key_headers`.
+        api_key_headers: Vec<String>,
     },
 }
 
@@ -226,6 +228,7 @@ impl Evaluator {
                     .iter()
                     .map(|issuer| (issuer.name.clone(), issuer.issuer.clone()))
                     .collect(),
+                api_key_headers: config.credentials.api_key_headers.clone(),
             });
         }
         let client = crate::outbound::http_client()?;
@@ -241,6 +244,17 @@ impl Evaluator {
                 policy, upstream, ..
             } => (policy, upstream),
         }
+    }
+
+    /// Whether a header of this (lower-case) name carries a credential.
+    fn is_credential_header(&self, name: &str) -> bool {
+        let api_key_headers = match self {
+            Self::Pipeline(pipeline) => &pipeline.extraction().api_key_headers,
+            Self::RulesOnly {
+                api_key_headers, ..
+            } => api_key_headers,
+        };
+        name == "authorization" || api_key_headers.iter().any(|h| h == name)
     }
 
     /// The configured issuer name whose `issuer` is `iss`.
@@ -272,7 +286,8 @@ fn read_cases(path: &Path, offline: bool) -> Result<Vec<Case>, String> {
     if text.len() as u64 > MAX_CASES_BYTES {
         return Err(format!("larger than {MAX_CASES_BYTES} bytes"));
     }
-    let file: CasesFile = serde_norway::from_str(&text).map_err(|err| err.to_string())?;
+    let file: CasesFile =
+        serde_norway::from_str(&text).map_err(|err| redacted(&err.to_string()))?;
     if file.cases.is_empty() {
         return Err("no cases".to_owned());
     }
@@ -317,20 +332,55 @@ async fn run_case(evaluator: &Evaluator, case: &Case, explain: bool) -> Result<b
     let authorization = credential
         .and_then(|c| c.token.as_ref())
         .map(|token| format!("Bearer {token}"));
-    let mut headers: Vec<(&str, &str)> = request
+    // As Envoy and HTTP/2 deliver them: lower-case names.
+    let names: Vec<String> = request
         .headers
+        .keys()
+        .map(|name| name.to_ascii_lowercase())
+        .collect();
+    let mut headers: Vec<(&str, &str)> = names
         .iter()
+        .zip(request.headers.values())
         .map(|(name, value)| (name.as_str(), value.as_str()))
         .collect();
     if let Some(authorization) = &authorization {
         headers.push(("authorization", authorization));
+    }
+    let query = request.path.split_once('?').map_or("", |(_, query)| query);
+    let query_tokens: Vec<String> = form_urlencoded::parse(query.as_bytes())
+        .filter(|(name, _)| name == "access_token")
+        .map(|(_, value)| value.into_owned())
+        .collect();
+    let carries_credential = !query_tokens.is_empty()
+        || headers
+            .iter()
+            .any(|(name, _)| evaluator.is_credential_header(name));
+    match (credential, evaluator) {
+        (Some(c), _) if c.claims.is_some() && carries_credential => {
+            return Err(
+                "a claims case carries no other credential (an authorization or API key \
+                 header, or an access_token in the path)"
+                    .to_owned(),
+            );
+        }
+        (None, Evaluator::RulesOnly { .. }) if carries_credential => {
+            return Err(
+                "a credential in the headers or the path needs the config's keys; run \
+                 without --offline or give claims"
+                    .to_owned(),
+            );
+        }
+        _ => {}
     }
     let (grpc_service, grpc_method) = request
         .grpc
         .as_ref()
         .map_or(("", ""), |g| (g.service.as_str(), g.method.as_str()));
     let attrs = RequestAttrs {
-        carried: Carried::headers_only(Headers::new(&headers)),
+        carried: Carried {
+            query_credentials: &query_tokens,
+            ..Carried::headers_only(Headers::new(&headers))
+        },
         audience: "",
         required_scopes: &[],
         resource: Resource {
@@ -424,6 +474,26 @@ fn principal_of(
     )))
 }
 
+/// A parse error without the long quoted values it may echo (a token written where a map
+/// was expected must not reach the terminal or a CI log).
+fn redacted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut parts = message.split('"');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    for (i, part) in parts.enumerate() {
+        out.push('"');
+        let quoted = i % 2 == 0;
+        if quoted && part.chars().count() > 24 {
+            out.push('…');
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
+}
+
 fn outcome_of(decision: &Decision) -> Outcome {
     match decision {
         Decision::Allow { rule, .. } => Outcome {
@@ -487,6 +557,21 @@ mod tests {
             reason: Some(reason),
             message: String::new(),
         }
+    }
+
+    #[test]
+    fn long_quoted_values_leave_parse_errors() {
+        let token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl";
+        let message = format!(
+            "cases[0].credential: invalid type: string \"{token}\", expected struct at line 3"
+        );
+        let shown = redacted(&message);
+        assert!(!shown.contains("eyJ"), "{shown}");
+        assert!(shown.contains("invalid type: string \"…\", expected struct at line 3"));
+        assert_eq!(
+            redacted("unknown field `extra`, expected \"name\""),
+            "unknown field `extra`, expected \"name\""
+        );
     }
 
     #[test]

@@ -305,12 +305,15 @@ pub fn decide_for(
         Err(denial) => return deny(denial, None, String::new(), None),
     };
     let resource = target.resource(&request.resource);
+    let rules = policy.matching(&resource);
+    if !request.carried.query_credentials.is_empty()
+        && let Err(denial) = rules.admit_query_credential()
+    {
+        return deny(denial, None, String::new(), None);
+    }
     let missing = Denial::new(Reason::MissingCredential, "no credential presented");
     let authn = principal.map(AsRef::as_ref).ok_or(&missing);
-    match policy
-        .matching(&resource)
-        .decide(authn, request.required_scopes)
-    {
+    match rules.decide(authn, request.required_scopes) {
         Verdict::Allow { rule } => Decision::Allow {
             credential: principal.map(|p| p.credential_type),
             principal: principal.cloned(),

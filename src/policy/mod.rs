@@ -91,6 +91,16 @@ pub enum Verdict {
 
 pub use crate::config::{DEFAULT_RULE, REQUIRED_SCOPES_RULE};
 
+/// Whether an anonymous rule admits a request whose authentication ended with `failure`.
+fn admits(anonymous: Anonymous, failure: &Denial) -> bool {
+    let missing = failure.reason == Reason::MissingCredential;
+    match anonymous {
+        Anonymous::No => false,
+        Anonymous::AllowMissing => missing,
+        Anonymous::AllowFailed => missing || admits_failure(failure.reason),
+    }
+}
+
 /// Authentication failures an `anonymous: allow_failed` rule may still admit: never an
 /// ambiguous credential (a smuggling attempt) and never an outage (fail closed).
 fn admits_failure(reason: Reason) -> bool {
@@ -169,22 +179,26 @@ impl Policy {
         self.rules
             .iter()
             .map(|rule| {
+                let anonymous = rule.effect == Effect::Allow && rule.anonymous.is_anonymous();
                 let outcome = if !rule.matcher.matches(resource, rule.effect == Effect::Deny) {
                     RuleOutcome::NoMatch
-                } else if rule.effect == Effect::Allow && rule.anonymous.is_anonymous() {
-                    RuleOutcome::Anonymous
                 } else {
                     match authn {
-                        Err(failure) => RuleOutcome::Unchecked(format!(
-                            "no verified credential ({}: {})",
-                            failure.reason.as_str(),
-                            failure.message
-                        )),
+                        Ok(_) if anonymous => RuleOutcome::Anonymous,
                         Ok(principal) => match rule.check(principal, resource, &self.cel_env) {
                             Ok(()) => RuleOutcome::Holds,
                             Err(Unmet::False(denial)) => RuleOutcome::Unmet(denial.message),
                             Err(Unmet::Error(denial)) => RuleOutcome::Error(denial.message),
                         },
+                        Err(failure) if anonymous && admits(rule.anonymous, failure) => {
+                            RuleOutcome::Anonymous
+                        }
+                        Err(_) if rule.effect == Effect::Deny => RuleOutcome::DeniesUnchecked,
+                        Err(failure) => RuleOutcome::Unchecked(format!(
+                            "no verified credential ({}: {})",
+                            failure.reason.as_str(),
+                            failure.message
+                        )),
                     }
                 };
                 RuleTrace {
@@ -222,6 +236,9 @@ pub enum RuleOutcome {
     Error(String),
     /// It matches, and there is no verified principal to check it against.
     Unchecked(String),
+    /// A deny rule that matches a request without a verified principal: it denies, since
+    /// its conditions cannot be shown false.
+    DeniesUnchecked,
 }
 
 impl std::fmt::Display for RuleTrace {
@@ -243,6 +260,10 @@ impl std::fmt::Display for RuleTrace {
             RuleOutcome::Unmet(why) => write!(f, "matches; not satisfied: {why}"),
             RuleOutcome::Error(why) => write!(f, "matches; cannot be evaluated: {why}"),
             RuleOutcome::Unchecked(why) => write!(f, "matches; not checked: {why}"),
+            RuleOutcome::DeniesUnchecked => write!(
+                f,
+                "matches; denies: its conditions cannot be checked without a verified credential"
+            ),
         }
     }
 }
@@ -347,12 +368,7 @@ impl<'p> Matched<'p, '_> {
         // 1. Without a verified principal, only an anonymous rule can let the request on.
         let mut anonymous_rule = None;
         if let Err(failure) = authn {
-            let missing = failure.reason == Reason::MissingCredential;
-            anonymous_rule = rules(Effect::Allow).find(|rule| match rule.anonymous {
-                Anonymous::No => false,
-                Anonymous::AllowMissing => missing,
-                Anonymous::AllowFailed => missing || admits_failure(failure.reason),
-            });
+            anonymous_rule = rules(Effect::Allow).find(|rule| admits(rule.anonymous, failure));
             if anonymous_rule.is_none() {
                 return Verdict::Deny {
                     denial: failure.clone(),
@@ -783,6 +799,17 @@ rules:
         let unchecked = p.explain(Err(&missing), &resource);
         assert!(
             matches!(&unchecked[3].outcome, RuleOutcome::Unchecked(why) if why.starts_with("no verified credential (MISSING_CREDENTIAL"))
+        );
+        assert_eq!(
+            unchecked[1].outcome,
+            RuleOutcome::DeniesUnchecked,
+            "a deny rule denies"
+        );
+        let expired = Denial::new(Reason::Expired, "token expired");
+        let failed = p.explain(Err(&expired), &public);
+        assert!(
+            matches!(&failed[0].outcome, RuleOutcome::Unchecked(_)),
+            "anonymous: true admits no failed credential"
         );
     }
 

@@ -450,7 +450,7 @@ fn policy_test_compares_decisions_and_explains_them() {
     let example = std::path::PathBuf::from(format!("{examples}/policy-tests/quickstart.yaml"));
     let (code, stdout, _) = run(&example, false);
     assert_eq!(code, Some(0), "{stdout}");
-    assert!(stdout.contains("7 cases, 7 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("8 cases, 8 passed, 0 failed"), "{stdout}");
 
     let dir = tempfile::tempdir().unwrap();
     let reader = portcullis_test_support::quickstart_token("orders:read");
@@ -563,7 +563,7 @@ cases:
     credential: { claims: { iss: https://login.example.com, sub: a, scope: "orders:read" } }
     expect: { decision: allow, rule: orders-read }
   - name: anonymous
-    request: { method: GET, path: /orders/1, headers: { authorization: "Bearer not-read" } }
+    request: { method: GET, path: /orders/1 }
     expect: { decision: deny, reason: MISSING_CREDENTIAL }
 "#,
     )
@@ -603,4 +603,34 @@ cases:
     let out = run(true, &with_token);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("run without --offline"));
+    // A credential in a header or the query string needs the keys just the same, and a
+    // claims case carries no second credential.
+    for (name, case) in [
+        (
+            "header",
+            "request: { path: /orders/1, headers: { Authorization: Bearer a.b.c } }",
+        ),
+        (
+            "query",
+            "request: { path: \"/orders/1?access_token=a.b.c\" }",
+        ),
+        (
+            "claims and header",
+            "request: { path: /orders/1, headers: { authorization: Bearer a.b.c } }\n    credential: { claims: { iss: https://login.example.com } }",
+        ),
+    ] {
+        let path = dir.path().join("refused.yaml");
+        std::fs::write(
+            &path,
+            format!("cases:\n  - name: {name}\n    {case}\n    expect: {{ decision: deny }}\n"),
+        )
+        .unwrap();
+        let out = run(true, &path);
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
 }
