@@ -152,6 +152,8 @@ impl AsyncWrite for LimitedConnection {
     /// allow's answer is several hundred bytes, so with vectored writes each one cost a
     /// `writev` of its own (two per Check under load); now answers share writes as the
     /// floor's do (BENCHMARKS.md, "Issue 11, third step"). Answers over 1 KiB still chain.
+    /// With TLS, h2 writes to the TLS stream instead, which reports vectored writes and
+    /// buffers records itself, so this applies to plaintext listeners.
     fn is_write_vectored(&self) -> bool {
         false
     }
