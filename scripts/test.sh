@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: provisions what the tests need (the npm OpenID
-# provider, PostgreSQL, helm, helm-docs, actionlint, Python test tools), then runs formatting
-# and lint checks, the Rust tests (unit, integration, real OpenID provider), the Helm chart,
+# provider, PostgreSQL, nginx, Caddy, helm, helm-docs, actionlint, Python test tools), then
+# runs formatting and lint checks, the Rust tests (unit, integration, real OpenID provider), the Helm chart,
 # release workflow, docs and load benchmark script tests (pytest), and the Go checks of the
 # Envoy and Istio examples.
 # Under CI=true a test that cannot get a component it needs fails instead of skipping.
@@ -19,6 +19,10 @@ scripts/provision/helm.sh >/dev/null
 scripts/provision/helm-docs.sh >/dev/null
 scripts/provision/actionlint.sh >/dev/null
 scripts/provision/buildah.sh >/dev/null
+# The real proxies in front of the forward-auth listener (tests/it/forward_auth.rs).
+PORTCULLIS_NGINX="$(scripts/provision/nginx.sh | tail -n 1)"
+PORTCULLIS_CADDY="$(scripts/provision/caddy.sh | tail -n 1)"
+export PORTCULLIS_NGINX PORTCULLIS_CADDY
 # Starts (installing Debian packages if needed) a test PostgreSQL on 127.0.0.1:54329 and
 # exports PORTCULLIS_TEST_DATABASE_URL for the API key store tests.
 PG_ENV="$(scripts/provision/postgres.sh)"

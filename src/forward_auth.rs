@@ -3,8 +3,11 @@
 //! path per proxy convention, so a header meant for one convention is never read under
 //! another:
 //!
-//! - `/nginx`: nginx `auth_request` (ingress-nginx `auth-url`): the original request in
-//!   `X-Original-Method`, `X-Original-URI` and `X-Original-Host`.
+//! - `/nginx`: nginx `auth_request`: the original request in `X-Original-Method`,
+//!   `X-Original-URI` and `X-Original-Host` (set by the documented nginx config).
+//! - `/ingress-nginx`: ingress-nginx `auth-url`, which sets `X-Original-Method` and the
+//!   absolute `X-Original-URL` (and passes a client's `X-Original-URI` through untouched,
+//!   which is why it has a path of its own).
 //! - `/forwarded`: Traefik ForwardAuth and Caddy `forward_auth`: `X-Forwarded-Method`,
 //!   `X-Forwarded-Host` and `X-Forwarded-Uri`.
 //! - `/envoy/...`: Envoy's HTTP ext_authz (`http_service` with `path_prefix: /envoy`): the
@@ -34,8 +37,9 @@ use crate::{
     headers::Headers,
     pipeline::{Pipeline, RequestAttrs},
     policy::Resource,
-    telemetry::metrics::Surface,
+    telemetry::{self, TraceCarrier, metrics::Surface},
 };
+use tracing::Instrument;
 
 /// Most request headers read from one forward-auth request.
 const MAX_HEADERS: usize = 256;
@@ -45,6 +49,8 @@ const MAX_HEADERS: usize = 256;
 enum Convention {
     /// `X-Original-*` (nginx).
     Original,
+    /// `X-Original-Method` and `X-Original-URL` (ingress-nginx).
+    OriginalUrl,
     /// `X-Forwarded-*` (Traefik, Caddy).
     Forwarded,
     /// The request itself, under the `/envoy` prefix (Envoy `http_service`).
@@ -55,6 +61,7 @@ enum Convention {
 pub fn router(pipeline: Arc<ArcSwap<Pipeline>>) -> Router {
     Router::new()
         .route("/nginx", any(nginx))
+        .route("/ingress-nginx", any(ingress_nginx))
         .route("/forwarded", any(forwarded))
         .route("/envoy", any(envoy))
         .route("/envoy/{*rest}", any(envoy))
@@ -64,6 +71,14 @@ pub fn router(pipeline: Arc<ArcSwap<Pipeline>>) -> Router {
 async fn nginx(State(pipeline): State<Arc<ArcSwap<Pipeline>>>, request: Request) -> Response {
     let (parts, _body) = request.into_parts();
     decide(&pipeline, Convention::Original, &parts).await
+}
+
+async fn ingress_nginx(
+    State(pipeline): State<Arc<ArcSwap<Pipeline>>>,
+    request: Request,
+) -> Response {
+    let (parts, _body) = request.into_parts();
+    decide(&pipeline, Convention::OriginalUrl, &parts).await
 }
 
 async fn forwarded(State(pipeline): State<Arc<ArcSwap<Pipeline>>>, request: Request) -> Response {
@@ -112,7 +127,7 @@ async fn decide(pipeline: &ArcSwap<Pipeline>, convention: Convention, request: &
                 uri: &envoy_uri,
             }
         }
-        Convention::Original | Convention::Forwarded => {
+        Convention::Original | Convention::OriginalUrl | Convention::Forwarded => {
             let trusted = pipeline.extraction().trusted_proxies.trusts_peer(peer);
             if !trusted {
                 let denial = Denial::new(
@@ -151,7 +166,14 @@ async fn decide(pipeline: &ArcSwap<Pipeline>, convention: Convention, request: &
             ..Resource::default()
         },
     };
-    let decision = pipeline.run(Surface::forward_auth, attrs).await;
+    let span = telemetry::request_span(
+        "forward_auth",
+        &[TraceCarrier::Headers(Headers::new(&headers))],
+    );
+    let decision = pipeline
+        .run(Surface::forward_auth, attrs)
+        .instrument(span)
+        .await;
     answer(&pipeline, &decision)
 }
 
@@ -183,10 +205,6 @@ fn original_from_headers<'a>(
     convention: Convention,
     headers: Headers<'a>,
 ) -> Result<Original<'a>, Denial> {
-    let [method, host, uri] = match convention {
-        Convention::Original => ["x-original-method", "x-original-host", "x-original-uri"],
-        _ => ["x-forwarded-method", "x-forwarded-host", "x-forwarded-uri"],
-    };
     let one = |name: &str| {
         let mut values = headers.iter().filter(|(n, _)| *n == name).map(|(_, v)| v);
         match (values.next(), values.next()) {
@@ -201,18 +219,49 @@ fn original_from_headers<'a>(
             )),
         }
     };
-    let uri = one(uri)?;
+    let not_a_path = || Denial::new(Reason::MalformedRequest, "the original URI is not a path");
+    let (method, host, uri) = match convention {
+        Convention::Original => (
+            one("x-original-method")?,
+            one("x-original-host")?,
+            one("x-original-uri")?,
+        ),
+        Convention::OriginalUrl => {
+            let url = one("x-original-url")?;
+            let (host, uri) = split_absolute_url(url).ok_or_else(|| {
+                Denial::new(
+                    Reason::MalformedRequest,
+                    "X-Original-URL is not an absolute http(s) URL",
+                )
+            })?;
+            (one("x-original-method")?, host, uri)
+        }
+        Convention::Forwarded | Convention::Envoy => (
+            one("x-forwarded-method")?,
+            one("x-forwarded-host")?,
+            one("x-forwarded-uri")?,
+        ),
+    };
     if !uri.starts_with('/') {
-        return Err(Denial::new(
-            Reason::MalformedRequest,
-            "the original URI is not a path",
-        ));
+        return Err(not_a_path());
     }
-    Ok(Original {
-        method: one(method)?,
-        host: one(host)?,
-        uri,
-    })
+    Ok(Original { method, host, uri })
+}
+
+/// `http(s)://authority/path?query` as (authority, `/path?query`); `None` for anything else
+/// (no scheme, userinfo, an empty authority).
+fn split_absolute_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(split);
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    let path = if path.is_empty() { "/" } else { path };
+    // A query without a path (`host?x=1`) is not a path: refused by the caller.
+    Some((authority, path))
 }
 
 /// A request refused before the pipeline: counted and audited like the others.
@@ -300,5 +349,35 @@ mod tests {
             ("x-forwarded-uri", "http://evil/admin"),
         ];
         assert!(original_from_headers(Convention::Forwarded, Headers::new(&absolute)).is_err());
+    }
+
+    #[test]
+    fn ingress_nginx_names_the_request_with_an_absolute_url_only() {
+        let pairs = [
+            ("x-original-method", "GET"),
+            ("x-original-url", "https://api.example.com/orders/1?x=1"),
+            ("x-original-uri", "/public"),
+        ];
+        let original =
+            original_from_headers(Convention::OriginalUrl, Headers::new(&pairs)).expect("complete");
+        assert_eq!(
+            (original.method, original.host, original.uri),
+            ("GET", "api.example.com", "/orders/1?x=1"),
+            "a client's X-Original-URI is not read here"
+        );
+        for url in [
+            "/orders/1",
+            "ftp://a/b",
+            "https://user:pw@a/b",
+            "https:///b",
+            "https://a?x=1",
+        ] {
+            let pairs = [("x-original-method", "GET"), ("x-original-url", url)];
+            assert!(
+                original_from_headers(Convention::OriginalUrl, Headers::new(&pairs)).is_err(),
+                "{url}"
+            );
+        }
+        assert_eq!(split_absolute_url("http://a"), Some(("a", "/")));
     }
 }

@@ -1,5 +1,5 @@
 //! The HTTP forward-auth listener (`server.http_listen`) as proxies call it: each convention
-//! (`/nginx`, `/forwarded`, `/envoy/...`) decides the request it describes on the same rules
+//! (`/nginx`, `/ingress-nginx`, `/forwarded`, `/envoy/...`) decides the request it describes on the same rules
 //! as Check; allows carry the identity headers, denials the reason's status, challenge and
 //! JSON body; headers that name the request count only from trusted proxies, exactly once;
 //! encoded paths, spoofed identity headers and query credentials are refused.
@@ -8,7 +8,7 @@ use jsonwebtoken::Algorithm::ES256;
 use portcullis::server::Running;
 use serde_json::{Value, json};
 
-use crate::support::*;
+use crate::support::{process::free_port, *};
 
 const ISS: &str = "https://fa.test";
 const AUD: &str = "api://orders";
@@ -105,6 +105,19 @@ async fn each_convention_decides_the_request_it_describes() {
     assert_eq!(body["reason"], "INSUFFICIENT_SCOPE");
     assert!(challenge.is_some_and(|c| c.contains("insufficient_scope")));
 
+    let ingress = [
+        ("x-original-method", "GET"),
+        ("x-original-url", "https://api.example.com/orders/1"),
+        ("x-original-uri", "/public"),
+        ("authorization", bearer),
+    ];
+    let (status, user, _, _) = ask(&running, "/ingress-nginx", &ingress).await;
+    assert_eq!(
+        (status, user.as_deref()),
+        (200, Some("alice")),
+        "ingress-nginx"
+    );
+
     let (status, _, challenge, body) = ask(&running, "/envoy/orders/1", &[]).await;
     assert_eq!(
         (status, &body["reason"]),
@@ -178,7 +191,7 @@ async fn each_convention_decides_the_request_it_describes() {
         assert_eq!(user, None, "{name}");
     }
     let (status, ..) = ask(&running, "/somewhere-else", &allow).await;
-    assert_eq!(status, 404, "only the three conventions are served");
+    assert_eq!(status, 404, "only the conventions' paths are served");
     running.shutdown().await.unwrap();
 }
 
@@ -220,5 +233,235 @@ async fn headers_that_name_the_request_count_only_from_trusted_proxies() {
     // Envoy's convention names the request with the request itself: any peer.
     let (status, user, ..) = ask(&running, "/envoy/orders/1", &[("authorization", &bearer)]).await;
     assert_eq!((status, user.as_deref()), (200, Some("alice")));
+    running.shutdown().await.unwrap();
+}
+
+/// A proxy binary the tests run: `env` if set, else the first candidate that exists. Under
+/// CI=true it must be there; elsewhere its tests skip with a message.
+fn proxy_binary(
+    env: &str,
+    candidates: &[std::path::PathBuf],
+    provision: &str,
+) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os(env)
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain(candidates.iter().cloned())
+        .find(|path| path.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true: {env} is required (run {provision})"
+        );
+        eprintln!("SKIPPED: no {env}; run {provision}");
+    }
+    found
+}
+
+/// An upstream that answers every request with the headers it received, as JSON.
+async fn echo_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use axum::{Router, http::HeaderMap, routing::any};
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    let app = Router::new().fallback(any(move |headers: HeaderMap| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            let seen: serde_json::Map<String, Value> = headers
+                .iter()
+                .map(|(name, value)| (name.to_string(), json!(value.to_str().unwrap_or_default())))
+                .collect();
+            Value::Object(seen).to_string()
+        }
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (address, hits)
+}
+
+/// Kills the proxy when the test ends, however it ends.
+struct Proxy(std::process::Child);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until `port` on 127.0.0.1 accepts connections.
+async fn listening(port: u16) {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the proxy did not listen on {port}");
+}
+
+/// Through a real proxy in front of the echo upstream: a verified request reaches it with
+/// the identity header Portcullis set (the client's forged copy replaced), a request without
+/// a credential or scope does not reach it at all.
+async fn through_the_proxy(proxy_port: u16, key: &TestKey, hits: &std::sync::atomic::AtomicUsize) {
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{proxy_port}/orders/7");
+    let bearer = format!("Bearer {}", key.sign(&claims(ISS, AUD)));
+    let allowed = client
+        .get(&url)
+        .header("authorization", &bearer)
+        .header("x-user-id", "forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status().as_u16(), 200);
+    let seen: Value = allowed.json().await.unwrap();
+    assert_eq!(
+        seen["x-user-id"], "alice",
+        "the upstream got the verified identity: {seen}"
+    );
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    let anonymous = client
+        .get(&url)
+        .header("x-user-id", "forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let delete = client
+        .delete(&url)
+        .header("authorization", &bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delete.status().as_u16(), 403);
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "denied requests never reach the upstream"
+    );
+}
+
+#[tokio::test]
+async fn nginx_auth_request_lets_only_verified_requests_through() {
+    let Some(nginx) = proxy_binary(
+        "PORTCULLIS_NGINX",
+        &["/usr/sbin/nginx".into(), "/usr/bin/nginx".into()],
+        "scripts/provision/nginx.sh",
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::new(ES256, "k1");
+    let running = serve(dir.path(), &key, "127.0.0.1/32").await;
+    let auth = running.http_addr.unwrap();
+    let (upstream, hits) = echo_upstream().await;
+    let port = free_port();
+    let prefix = dir.path().display();
+    let config = format!(
+        r#"
+daemon off;
+master_process off;
+error_log {prefix}/error.log info;
+pid {prefix}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {prefix}/body;
+  proxy_temp_path {prefix}/proxy;
+  fastcgi_temp_path {prefix}/fastcgi;
+  uwsgi_temp_path {prefix}/uwsgi;
+  scgi_temp_path {prefix}/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    location = /_portcullis {{
+      internal;
+      proxy_pass http://{auth}/nginx;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-Method $request_method;
+      proxy_set_header X-Original-URI $request_uri;
+      proxy_set_header X-Original-Host $host;
+    }}
+    location / {{
+      auth_request /_portcullis;
+      auth_request_set $portcullis_user $upstream_http_x_user_id;
+      proxy_set_header X-User-Id $portcullis_user;
+      proxy_pass http://{upstream};
+    }}
+  }}
+}}
+"#
+    );
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(&conf, config).unwrap();
+    let _nginx = Proxy(
+        std::process::Command::new(&nginx)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx starts"),
+    );
+    listening(port).await;
+    through_the_proxy(port, &key, &hits).await;
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn caddy_forward_auth_lets_only_verified_requests_through() {
+    let tools = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/caddy");
+    let Some(caddy) = proxy_binary("PORTCULLIS_CADDY", &[tools], "scripts/provision/caddy.sh")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::new(ES256, "k1");
+    let running = serve(dir.path(), &key, "127.0.0.1/32").await;
+    let auth = running.http_addr.unwrap();
+    let (upstream, hits) = echo_upstream().await;
+    let port = free_port();
+    let caddyfile = format!(
+        r#"
+{{
+  admin off
+  auto_https off
+  storage file_system {dir}
+}}
+http://127.0.0.1:{port} {{
+  forward_auth {auth} {{
+    uri /forwarded
+    copy_headers X-User-Id
+  }}
+  reverse_proxy {upstream}
+}}
+"#,
+        dir = dir.path().display()
+    );
+    let path = dir.path().join("Caddyfile");
+    std::fs::write(&path, caddyfile).unwrap();
+    let _caddy = Proxy(
+        std::process::Command::new(&caddy)
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(&path)
+            .env("HOME", dir.path())
+            .env("XDG_DATA_HOME", dir.path())
+            .env("XDG_CONFIG_HOME", dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("caddy starts"),
+    );
+    listening(port).await;
+    through_the_proxy(port, &key, &hits).await;
     running.shutdown().await.unwrap();
 }
