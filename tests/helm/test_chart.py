@@ -428,6 +428,26 @@ def test_probe_type_can_be_forced(helm):
         assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
 
 
+def test_forward_auth_port_follows_http_listen(helm):
+    """No forward-auth port unless config.server.http_listen is set; then the container port
+    follows the address, the Service serves service.ports.http, and the NetworkPolicy opens it
+    to networkPolicy.ingress.httpFrom."""
+    docs = render(helm, DEFAULT_SCENARIO)
+    assert "http" not in {p["name"] for p in server_container(docs)["ports"]}
+    assert "http" not in {p["name"] for p in one(docs, "Service", FULLNAME)["spec"]["ports"]}
+    proxies = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
+    docs = render(helm, DEFAULT_SCENARIO, "--set", "config.server.http_listen=0.0.0.0:7080",
+                  "--set", "networkPolicy.enabled=true",
+                  "--set-json", f"networkPolicy.ingress.httpFrom={json.dumps(proxies)}")
+    ports = {p["name"]: p["containerPort"] for p in server_container(docs)["ports"]}
+    assert ports["http"] == 7080
+    svc = {p["name"]: p for p in one(docs, "Service", FULLNAME)["spec"]["ports"]}
+    assert (svc["http"]["port"], svc["http"]["targetPort"]) == (8080, "http")
+    rules = one(docs, "NetworkPolicy", FULLNAME)["spec"]["ingress"]
+    http_rule = next(r for r in rules if r["ports"][0]["port"] == 7080)
+    assert http_rule["from"] == proxies
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_resources_and_spread(helm, scenario):
     docs = render(helm, scenario)

@@ -115,6 +115,16 @@ probes, Service and NetworkPolicy always agree with what the server binds.
 {{- end }}
 
 {{/*
+The HTTP forward-auth port, from config.server.http_listen; empty when it is off.
+*/}}
+{{- define "portcullis.httpPort" -}}
+{{- $server := .Values.config.server | default dict }}
+{{- with get $server "http_listen" }}
+{{- include "portcullis.listenPort" (dict "addr" . "key" "http_listen") }}
+{{- end }}
+{{- end }}
+
+{{/*
 "true" when the gRPC listener serves TLS (config.server.tls set and not empty).
 */}}
 {{- define "portcullis.tlsEnabled" -}}
