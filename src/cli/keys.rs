@@ -13,7 +13,9 @@ use serde_json::{Map, Value};
 use crate::{
     config,
     keys::api_keys::{
-        ApiKeyRecord, format,
+        ApiKeyRecord,
+        file::FileStore,
+        format,
         postgres::{self, PostgresError},
     },
 };
@@ -31,6 +33,41 @@ pub enum KeysCommand {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// Replace a key with a successor (same subject, scopes and metadata; the old key's
+    /// lifetime from now), printed once; the old key keeps working for `--overlap`.
+    /// PostgreSQL: applied. A key file (`--file`): the records to write are printed.
+    Rotate(RotateArgs),
+    /// List the keys of PostgreSQL or of a key file (`--file`): id, subject, scopes,
+    /// expiry, state and rotation relation. Never a key or digest.
+    List(StoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// The key's id.
+    id: String,
+    /// How long the old key keeps working, e.g. 7d or 12h.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    overlap: Duration,
+    /// The successor's lifetime, e.g. 90d. Default: PostgreSQL gives it the old key's
+    /// lifetime from now; a key file needs it when the old key expires.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    expires_in: Option<Duration>,
+    /// The successor's key prefix; must match `api_keys.prefix`.
+    #[arg(long, default_value = "pcl")]
+    prefix: String,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// A key file (`--file`), or the PostgreSQL store.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// A key file (`api_keys.file`) instead of PostgreSQL.
+    #[arg(long, conflicts_with_all = ["database_url", "config"])]
+    file: Option<PathBuf>,
+    #[command(flatten)]
+    database: DatabaseArgs,
 }
 
 #[derive(Debug, Args)]
@@ -110,7 +147,241 @@ pub fn run(command: KeysCommand) -> ExitCode {
             println!("revoked {id}");
             Ok(())
         }),
+        KeysCommand::Rotate(args) => rotate(args),
+        KeysCommand::List(store) => match &store.file {
+            Some(path) => list_file(path),
+            None => with_database(&store.database, |pool| async move {
+                let keys = postgres::list(&pool).await?;
+                print_keys(keys.iter().map(|key| KeyLine {
+                    id: &key.id,
+                    subject: &key.subject,
+                    scopes: &key.scopes,
+                    expires_at: key.expires_at,
+                    disabled: key.disabled,
+                    rotated_from: key.rotated_from.as_deref(),
+                    rotated_to: key.rotated_to.as_deref(),
+                }));
+                Ok(())
+            }),
+        },
     }
+}
+
+/// One line of `keys list`.
+struct KeyLine<'a> {
+    id: &'a str,
+    subject: &'a str,
+    scopes: &'a [String],
+    expires_at: Option<i64>,
+    disabled: bool,
+    rotated_from: Option<&'a str>,
+    rotated_to: Option<&'a str>,
+}
+
+fn print_keys<'a>(keys: impl Iterator<Item = KeyLine<'a>>) {
+    println!("ID\tSUBJECT\tSCOPES\tEXPIRES\tSTATE\tROTATION");
+    let now = unix_now();
+    for key in keys {
+        let state = if key.disabled {
+            "disabled"
+        } else if key.expires_at.is_some_and(|at| at <= now) {
+            "expired"
+        } else {
+            "active"
+        };
+        let rotation = match (key.rotated_from, key.rotated_to) {
+            (_, Some(to)) => format!("rotated to {to}"),
+            (Some(from), None) => format!("successor of {from}"),
+            (None, None) => "-".to_owned(),
+        };
+        println!(
+            "{}\t{}\t{}\t{}\t{state}\t{rotation}",
+            key.id,
+            key.subject,
+            if key.scopes.is_empty() {
+                "-".to_owned()
+            } else {
+                key.scopes.join(",")
+            },
+            key.expires_at.map_or("never".to_owned(), rfc3339),
+        );
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn rfc3339(seconds: i64) -> String {
+    let at = UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).unwrap_or(0));
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+fn list_file(path: &std::path::Path) -> ExitCode {
+    match FileStore::load(path) {
+        Ok(store) => {
+            let mut records: Vec<&ApiKeyRecord> = store.records().map(|(_, r)| r).collect();
+            records.sort_by(|a, b| a.id.cmp(&b.id));
+            print_keys(records.into_iter().map(|record| KeyLine {
+                id: &record.id,
+                subject: &record.subject,
+                scopes: &record.scopes,
+                expires_at: record.expires_at,
+                disabled: record.disabled,
+                rotated_from: record.metadata.get("rotated_from").and_then(Value::as_str),
+                rotated_to: record.metadata.get("rotated_to").and_then(Value::as_str),
+            }));
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("portcullis keys list: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A new key and its record id for `keys generate` and `keys rotate`.
+fn new_key(prefix: &str, command: &str) -> Result<(String, String), ExitCode> {
+    let key = format::generate(prefix).map_err(|err| {
+        match err {
+            format::FormatError::Prefix => eprintln!(
+                "portcullis keys {command}: --prefix must be 1-16 lower-case letters or digits"
+            ),
+            err => eprintln!("portcullis keys {command}: {err}"),
+        }
+        ExitCode::from(2)
+    })?;
+    let id = format::random_base62(12)
+        .map(|random| format!("k_{random}"))
+        .map_err(|err| {
+            eprintln!("portcullis keys {command}: {err}");
+            ExitCode::FAILURE
+        })?;
+    Ok((key, id))
+}
+
+fn rotate(args: RotateArgs) -> ExitCode {
+    let (key, successor_id) = match new_key(&args.prefix, "rotate") {
+        Ok(made) => made,
+        Err(code) => return code,
+    };
+    let sha256 = format::hex(&format::digest(&key));
+    if let Some(path) = &args.store.file {
+        return rotate_in_file(path, &args, &key, &successor_id, &sha256);
+    }
+    let id = args.id.clone();
+    let overlap = args.overlap;
+    let lifetime = args.expires_in;
+    with_database(&args.store.database, |pool| async move {
+        let successor = postgres::Successor {
+            id: &successor_id,
+            sha256_hex: &sha256,
+        };
+        let rotated = postgres::rotate(&pool, &id, &successor, overlap, lifetime).await?;
+        println!("API key (shown once; only its SHA-256 is stored):\n{key}\n");
+        println!(
+            "rotated {id} -> {successor_id}: {id} expires at {}, {successor_id} {}",
+            rfc3339(rotated.old_expires_at),
+            rotated
+                .successor_expires_at
+                .map_or("does not expire".to_owned(), |at| format!(
+                    "expires at {}",
+                    rfc3339(at)
+                ))
+        );
+        Ok(())
+    })
+}
+
+/// `keys rotate --file`: prints the successor's record and the old one with its new expiry,
+/// for the operator to write into the file (the file itself is not changed).
+fn rotate_in_file(
+    path: &std::path::Path,
+    args: &RotateArgs,
+    key: &str,
+    successor_id: &str,
+    sha256: &str,
+) -> ExitCode {
+    let store = match FileStore::load(path) {
+        Ok(store) => store,
+        Err(err) => {
+            eprintln!("portcullis keys rotate: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let now = unix_now();
+    let Some((digest, old)) = store.records().find(|(_, record)| {
+        record.id == args.id
+            && !record.disabled
+            && record.expires_at.is_none_or(|at| at > now)
+            && !record.metadata.contains_key("rotated_to")
+    }) else {
+        eprintln!(
+            "portcullis keys rotate: no active, unrotated key has id {:?} in {}",
+            args.id,
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let overlap = i64::try_from(args.overlap.as_secs()).unwrap_or(i64::MAX);
+    let old_expires = old.expires_at.map_or(now.saturating_add(overlap), |at| {
+        at.min(now.saturating_add(overlap))
+    });
+    // A key file does not record when a key was made, so not its lifetime either.
+    let successor_expires = match (args.expires_in, old.expires_at) {
+        (Some(lifetime), _) => {
+            Some(now.saturating_add(i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX)))
+        }
+        (None, None) => None,
+        (None, Some(_)) => {
+            eprintln!(
+                "portcullis keys rotate: {} expires; give the successor's lifetime with --expires-in",
+                old.id
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let entry = |id: &str, sha256: &str, expires: Option<i64>, relation: (&str, &str)| {
+        let mut metadata = old.metadata.clone();
+        metadata.insert(relation.0.to_owned(), Value::String(relation.1.to_owned()));
+        let mut entry = serde_json::json!({
+            "id": id,
+            "sha256": sha256,
+            "subject": old.subject,
+            "scopes": old.scopes,
+            "metadata": metadata,
+        });
+        if let Some(at) = expires {
+            entry["expires_at"] = Value::String(rfc3339(at));
+        }
+        entry
+    };
+    let successor = entry(
+        successor_id,
+        sha256,
+        successor_expires,
+        ("rotated_from", &old.id),
+    );
+    let mut previous = entry(
+        &old.id,
+        &format::hex(digest),
+        Some(old_expires),
+        ("rotated_to", successor_id),
+    );
+    if let Some(metadata) = previous["metadata"].as_object_mut() {
+        metadata.remove("rotated_from");
+    }
+    let yaml = serde_norway::to_string(&serde_json::json!({ "keys": [previous, successor] }))
+        .unwrap_or_default();
+    println!("API key (shown once; only its SHA-256 is stored):\n{key}\n");
+    println!(
+        "# In {}, replace the entry of {} with these two (the key file is not changed here):\n{yaml}",
+        path.display(),
+        old.id
+    );
+    ExitCode::SUCCESS
 }
 
 fn with_database<F, Fut>(database: &DatabaseArgs, action: F) -> ExitCode
@@ -139,29 +410,11 @@ where
 }
 
 fn generate(args: GenerateArgs) -> ExitCode {
-    let key = match format::generate(&args.prefix) {
-        Ok(key) => key,
-        Err(format::FormatError::Prefix) => {
-            eprintln!(
-                "portcullis keys generate: --prefix must be 1-16 lower-case letters or digits"
-            );
-            return ExitCode::from(2);
-        }
-        Err(err) => {
-            eprintln!("portcullis keys generate: {err}");
-            return ExitCode::FAILURE;
-        }
+    let (key, random_id) = match new_key(&args.prefix, "generate") {
+        Ok(made) => made,
+        Err(code) => return code,
     };
-    let id = match args.id {
-        Some(id) => id,
-        None => match format::random_base62(12) {
-            Ok(random) => format!("k_{random}"),
-            Err(err) => {
-                eprintln!("portcullis keys generate: {err}");
-                return ExitCode::FAILURE;
-            }
-        },
-    };
+    let id = args.id.unwrap_or(random_id);
     let expires_at = args.expires_in.map(|lifetime| {
         let at = SystemTime::now() + lifetime;
         let seconds = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());

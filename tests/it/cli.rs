@@ -634,3 +634,86 @@ cases:
         );
     }
 }
+
+/// `keys rotate --file`: prints the new key once and the two records to write (the old one
+/// expiring after the overlap, the successor with the same subject, scopes and metadata);
+/// written back, `keys list --file` shows both with their relation; the file itself is not
+/// changed, and an expiring key needs the successor's lifetime.
+#[test]
+fn key_file_rotation_prints_the_records_to_write() {
+    use portcullis::keys::api_keys::format;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys.yaml");
+    let old_key = format::generate("pcl").unwrap();
+    let original = format!(
+        "keys:\n  - id: billing-1\n    sha256: {}\n    subject: svc:billing\n    scopes: [orders:read]\n    metadata: {{team: payments}}\n",
+        format::hex(&format::digest(&old_key))
+    );
+    std::fs::write(&file, &original).unwrap();
+    let keys = |args: &[&str]| {
+        let out = Command::new(BIN).arg("keys").args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let path = file.to_str().unwrap();
+    let (code, stdout, stderr) = keys(&["rotate", "billing-1", "--overlap", "7d", "--file", path]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        original,
+        "the file is not changed"
+    );
+    let new_key = stdout
+        .lines()
+        .find(|l| l.starts_with("pcl_"))
+        .expect("the key")
+        .to_owned();
+    let yaml: String = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("keys:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let written: serde_json::Value = serde_norway::from_str(&yaml).unwrap();
+    let entries = written["keys"].as_array().unwrap();
+    let (old, new) = (&entries[0], &entries[1]);
+    assert_eq!(old["id"], "billing-1");
+    assert!(
+        old["expires_at"].as_str().is_some(),
+        "the old key expires after the overlap"
+    );
+    assert_eq!(new["sha256"], format::hex(&format::digest(&new_key)));
+    assert_eq!(
+        (&new["subject"], &new["scopes"]),
+        (&old["subject"], &old["scopes"])
+    );
+    assert_eq!(new["metadata"]["team"], "payments");
+    assert_eq!(new["metadata"]["rotated_from"], "billing-1");
+    assert!(!stdout.contains(&old_key));
+
+    std::fs::write(&file, format!("{yaml}\n")).unwrap();
+    let (code, listing, _) = keys(&["list", "--file", path]);
+    assert_eq!(code, Some(0));
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("billing-1") && l.contains("rotated to k_")),
+        "{listing}"
+    );
+    assert!(listing.contains("successor of billing-1"), "{listing}");
+    let (code, _, stderr) = keys(&["rotate", "billing-1", "--overlap", "1d", "--file", path]);
+    assert_eq!(
+        code,
+        Some(1),
+        "a rotated key is not rotated twice: {stderr}"
+    );
+    let successor_id = new["id"].as_str().unwrap();
+    let (code, _, stderr) = keys(&["rotate", successor_id, "--overlap", "1d", "--file", path]);
+    assert_eq!(
+        code,
+        Some(0),
+        "the successor does not expire, so no lifetime is needed: {stderr}"
+    );
+}

@@ -311,3 +311,98 @@ async fn database_outage_serves_cached_keys_and_the_store_reconnects() {
     running.shutdown().await.unwrap();
     db.drop_database().await;
 }
+
+/// `keys rotate`: the successor (same subject, scopes, metadata) is printed once and works at
+/// once on a replica; the old key keeps working through the overlap and is EXPIRED after
+/// it; `keys list` shows both with their relation; a rotated key is not rotated twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_overlaps_then_only_the_successor_works() {
+    let Some(db) = test_database().await else {
+        return;
+    };
+    db.cli(&["keys", "migrate"]);
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    let old = db.insert_key(&pool, "k_rotating", "billing").await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = replica(dir.path(), &db.url);
+    let mut client = AuthClient::connect(format!("http://127.0.0.1:{}", a.grpc))
+        .await
+        .unwrap();
+    assert_eq!(authenticate_key(&mut client, &old).await, None);
+
+    let rotated_at = Instant::now();
+    let output = db.cli(&["keys", "rotate", "k_rotating", "--overlap", "3s"]);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let successor = stdout
+        .lines()
+        .find(|line| line.starts_with("pcl_"))
+        .expect("the new key, printed once")
+        .to_owned();
+    assert!(stdout.contains("rotated k_rotating -> k_"), "{stdout}");
+    let principal = |response: pb::AuthenticateResponse| response.principal.expect("a principal");
+    let answer = client
+        .authenticate(pb::AuthenticateRequest {
+            credential: Some(pb::Credential {
+                kind: Some(pb::credential::Kind::ApiKey(successor.clone())),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let successor_principal = principal(answer);
+    assert_eq!(successor_principal.subject, "billing");
+    assert_eq!(successor_principal.scopes, ["orders:read"]);
+    let claims = successor_principal.claims.expect("claims").fields;
+    assert!(claims.contains_key("team") && claims.contains_key("rotated_from"));
+    if rotated_at.elapsed() < Duration::from_millis(1800) {
+        assert_eq!(
+            authenticate_key(&mut client, &old).await,
+            None,
+            "the old key works during the overlap"
+        );
+    }
+    let listing = String::from_utf8(db.cli(&["keys", "list"]).stdout).unwrap();
+    let line = |id: &str| {
+        listing
+            .lines()
+            .find(|line| line.starts_with(id))
+            .unwrap_or_else(|| panic!("{id} listed:\n{listing}"))
+            .to_owned()
+    };
+    assert!(line("k_rotating").contains("rotated to k_"), "{listing}");
+    assert!(listing.contains("successor of k_rotating"), "{listing}");
+    assert!(
+        !listing.contains(&successor) && !listing.contains(&old[4..]),
+        "no key listed"
+    );
+
+    let again = Command::new(BIN)
+        .args(["keys", "rotate", "k_rotating", "--overlap", "1h"])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already rotated"));
+
+    let deadline = rotated_at + Duration::from_secs(10);
+    loop {
+        match authenticate_key(&mut client, &old).await {
+            Some(Reason::Expired) => break,
+            None => assert!(
+                Instant::now() < deadline,
+                "the old key outlived its overlap"
+            ),
+            other => panic!("the old key: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        rotated_at.elapsed() >= Duration::from_secs(2),
+        "not before the overlap ends"
+    );
+
+    drop(a);
+    pool.close().await;
+    db.drop_database().await;
+}

@@ -128,6 +128,13 @@ impl FileStore {
         self.by_digest.get(digest).cloned()
     }
 
+    /// Every record with its key's digest, in no particular order.
+    pub fn records(&self) -> impl Iterator<Item = (&[u8; 32], &ApiKeyRecord)> {
+        self.by_digest
+            .iter()
+            .map(|(digest, record)| (digest, record.as_ref()))
+    }
+
     pub fn len(&self) -> usize {
         self.by_digest.len()
     }

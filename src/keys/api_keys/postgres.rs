@@ -52,6 +52,8 @@ pub enum PostgresError {
     Timeout(Duration),
     #[error("no API key has id {0:?}")]
     NoSuchKey(String),
+    #[error("API key {id:?} was already rotated to {successor:?}; rotate that one")]
+    AlreadyRotated { id: String, successor: String },
 }
 
 /// Connection options from a URL, never echoing it (it may carry a password).
@@ -90,6 +92,126 @@ pub async fn revoke(pool: &PgPool, id: &str) -> Result<(), PostgresError> {
         return Err(PostgresError::NoSuchKey(id.to_owned()));
     }
     Ok(())
+}
+
+/// A successor key for `keys rotate`: its id and digest (the key itself is printed once by
+/// the caller and never reaches the database).
+pub struct Successor<'a> {
+    pub id: &'a str,
+    pub sha256_hex: &'a str,
+}
+
+/// What `keys rotate` did, in seconds since the Unix epoch: the old key's new expiry, and
+/// the successor's (the old key's lifetime again, from now; none when the old key had none).
+#[derive(Debug)]
+pub struct Rotated {
+    pub old_expires_at: i64,
+    pub successor_expires_at: Option<i64>,
+}
+
+/// Rotates key `id`: in one transaction, inserts `successor` with the same subject, scopes
+/// and metadata (plus `rotated_from`), gives it `lifetime` (default: the old key's lifetime)
+/// from now, and lets the old key expire after `overlap` (sooner if it already expires
+/// sooner), recording `rotated_to`. A disabled, expired or unknown key is not rotated.
+pub async fn rotate(
+    pool: &PgPool,
+    id: &str,
+    successor: &Successor<'_>,
+    overlap: Duration,
+    lifetime: Option<Duration>,
+) -> Result<Rotated, PostgresError> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query(
+        "SELECT extract(epoch FROM expires_at - created_at)::bigint AS lifetime, \
+                metadata->>'rotated_to' AS rotated_to \
+         FROM portcullis_api_keys \
+         WHERE id = $1 AND NOT disabled AND (expires_at IS NULL OR expires_at > now()) \
+         FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| PostgresError::NoSuchKey(id.to_owned()))?;
+    if let Some(successor) = row.try_get::<Option<String>, _>("rotated_to")? {
+        return Err(PostgresError::AlreadyRotated {
+            id: id.to_owned(),
+            successor,
+        });
+    }
+    let old_lifetime: Option<i64> = row.try_get("lifetime")?;
+    let lifetime = lifetime
+        .map(|lifetime| i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX))
+        .or(old_lifetime);
+    let overlap_seconds = i64::try_from(overlap.as_secs()).unwrap_or(i64::MAX);
+    let inserted = sqlx::query(
+        "INSERT INTO portcullis_api_keys (id, sha256, subject, scopes, expires_at, metadata) \
+         SELECT $2, $3, subject, scopes, now() + make_interval(secs => $4::double precision), \
+                metadata || jsonb_build_object('rotated_from', id) \
+         FROM portcullis_api_keys WHERE id = $1 \
+         RETURNING extract(epoch FROM expires_at)::bigint AS expires_at",
+    )
+    .bind(id)
+    .bind(successor.id)
+    .bind(successor.sha256_hex)
+    .bind(lifetime.map(|seconds| seconds as f64))
+    .fetch_one(&mut *tx)
+    .await?;
+    let updated = sqlx::query(
+        "UPDATE portcullis_api_keys \
+         SET expires_at = least(coalesce(expires_at, 'infinity'), \
+                                now() + make_interval(secs => $2::double precision)), \
+             metadata = metadata || jsonb_build_object('rotated_to', $3::text) \
+         WHERE id = $1 \
+         RETURNING extract(epoch FROM expires_at)::bigint AS expires_at",
+    )
+    .bind(id)
+    .bind(overlap_seconds as f64)
+    .bind(successor.id)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Rotated {
+        old_expires_at: updated.try_get("expires_at")?,
+        successor_expires_at: inserted.try_get("expires_at")?,
+    })
+}
+
+/// One key as `keys list` shows it.
+#[derive(Debug)]
+pub struct Listed {
+    pub id: String,
+    pub subject: String,
+    pub scopes: Vec<String>,
+    /// Seconds since the Unix epoch.
+    pub expires_at: Option<i64>,
+    pub disabled: bool,
+    pub rotated_from: Option<String>,
+    pub rotated_to: Option<String>,
+}
+
+/// Every key, oldest first (digests are not listed).
+pub async fn list(pool: &PgPool) -> Result<Vec<Listed>, PostgresError> {
+    let rows = sqlx::query(
+        "SELECT id, subject, scopes, extract(epoch FROM expires_at)::bigint AS expires_at, \
+                disabled, metadata->>'rotated_from' AS rotated_from, \
+                metadata->>'rotated_to' AS rotated_to \
+         FROM portcullis_api_keys ORDER BY created_at, id",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Listed {
+                id: row.try_get("id")?,
+                subject: row.try_get("subject")?,
+                scopes: row.try_get("scopes")?,
+                expires_at: row.try_get("expires_at")?,
+                disabled: row.try_get("disabled")?,
+                rotated_from: row.try_get("rotated_from")?,
+                rotated_to: row.try_get("rotated_to")?,
+            })
+        })
+        .collect()
 }
 
 /// The INSERT statement `keys generate` prints for a record.
