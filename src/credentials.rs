@@ -41,6 +41,18 @@ pub struct Carried<'a> {
     pub peer_address: Option<IpAddr>,
 }
 
+/// Every `access_token` value in the query string of `path` (RFC 6750 §2.3), decoded; none
+/// without a query string. What the HTTP surfaces hand over as `query_credentials`.
+pub fn query_access_tokens(path: &str) -> Vec<String> {
+    match path.split_once('?') {
+        Some((_, query)) if !query.is_empty() => form_urlencoded::parse(query.as_bytes())
+            .filter(|(name, _)| name == "access_token")
+            .map(|(_, value)| value.into_owned())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 impl<'a> Carried<'a> {
     /// A request that carries headers only: no credential field, query string, certificate
     /// or peer address (`policy test`, tests, benchmarks).
@@ -442,6 +454,17 @@ mod tests {
 
     fn reason(result: Result<Credential<'_>, Denial>) -> Option<Reason> {
         result.err().map(|d| d.reason)
+    }
+
+    #[test]
+    fn query_tokens_are_every_decoded_access_token() {
+        assert!(query_access_tokens("/a").is_empty());
+        assert!(query_access_tokens("/a?").is_empty());
+        assert_eq!(
+            query_access_tokens("/a?x=1&access_token=a%2Eb&access_token=c"),
+            ["a.b", "c"]
+        );
+        assert!(query_access_tokens("/a?access_tokenx=1").is_empty());
     }
 
     #[test]

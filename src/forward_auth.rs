@@ -32,7 +32,7 @@ use axum::{
 };
 
 use crate::{
-    credentials::Carried,
+    credentials::{self, Carried},
     decision::{Decision, Denial, Reason},
     headers::Headers,
     pipeline::{Pipeline, RequestAttrs},
@@ -142,15 +142,7 @@ async fn decide(pipeline: &ArcSwap<Pipeline>, convention: Convention, request: &
             }
         }
     };
-    let query = original.uri.split_once('?').map_or("", |(_, query)| query);
-    let query_tokens: Vec<String> = if query.is_empty() {
-        Vec::new()
-    } else {
-        form_urlencoded::parse(query.as_bytes())
-            .filter(|(name, _)| name == "access_token")
-            .map(|(_, value)| value.into_owned())
-            .collect()
-    };
+    let query_tokens = credentials::query_access_tokens(original.uri);
     let attrs = RequestAttrs {
         carried: Carried {
             query_credentials: &query_tokens,

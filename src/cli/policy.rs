@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use crate::{
     build::{self, BuildMode},
     config,
-    credentials::Carried,
+    credentials::{self, Carried},
     decision::{CredentialType, Decision, Denial, Principal, Reason},
     headers::Headers,
     pipeline::{Pipeline, RequestAttrs, decide_for, explain_for},
@@ -346,11 +346,7 @@ async fn run_case(evaluator: &Evaluator, case: &Case, explain: bool) -> Result<b
     if let Some(authorization) = &authorization {
         headers.push(("authorization", authorization));
     }
-    let query = request.path.split_once('?').map_or("", |(_, query)| query);
-    let query_tokens: Vec<String> = form_urlencoded::parse(query.as_bytes())
-        .filter(|(name, _)| name == "access_token")
-        .map(|(_, value)| value.into_owned())
-        .collect();
+    let query_tokens = credentials::query_access_tokens(&request.path);
     let carries_credential = !query_tokens.is_empty()
         || headers
             .iter()

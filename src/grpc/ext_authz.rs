@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::{
-    credentials::Carried,
+    credentials::{self, Carried},
     decision::{Decision, Denial, Principal, Reason, json_object_to_struct},
     headers::Headers,
     pipeline::{Pipeline, RequestAttrs},
@@ -157,15 +157,7 @@ async fn check_parts(
         }
     };
     let attributes = request.attributes.as_ref();
-    let query = parts.path.split_once('?').map_or("", |(_, q)| q);
-    let query_tokens: Vec<String> = if query.is_empty() {
-        Vec::new()
-    } else {
-        form_urlencoded::parse(query.as_bytes())
-            .filter(|(name, _)| name == "access_token")
-            .map(|(_, value)| value.into_owned())
-            .collect()
-    };
+    let query_tokens = credentials::query_access_tokens(parts.path);
     // The peer certificate as Envoy sends it: URL-encoded PEM (`+` is not a space here).
     let certificate = attributes
         .and_then(|a| a.source.as_ref())
