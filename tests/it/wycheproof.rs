@@ -1,4 +1,4 @@
-//! Wycheproof JWS vectors (../shared/testdata/wycheproof): every `invalid` vector whose key
+//! Wycheproof JWS vectors (tests/testdata/wycheproof, a copy of the public file): every `invalid` vector whose key
 //! type Portcullis supports must be rejected at the signature layer when the vector's key is
 //! configured. Vectors rejected only because their payload is not a JWT claims set are
 //! reported as such and not counted as passes; `valid` vectors must verify (proving the
@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 fn vectors() -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/testdata/wycheproof/json_web_signature_test.json");
+        .join("tests/testdata/wycheproof/json_web_signature_test.json");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|err| panic!("Wycheproof vectors at {}: {err}", path.display()));
     serde_json::from_str(&text).unwrap()
