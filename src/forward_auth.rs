@@ -13,11 +13,14 @@
 //! - `/envoy/...`: Envoy's HTTP ext_authz (`http_service` with `path_prefix: /envoy`): the
 //!   request itself, its path after the prefix.
 //!
-//! The first two take the request from headers, so they answer only peers listed in
-//! `credentials.trusted_proxies` (anyone else could name any request): others get 400. Allow:
-//! 200 with the identity headers (`response.claims_to_headers`) for the proxy to copy
+//! The header conventions take the request from headers, so they answer only peers listed
+//! in `credentials.trusted_proxies` (anyone else could name any request): others get 400.
+//! Allow: 200 with the identity headers (`response.claims_to_headers`) for the proxy to copy
 //! upstream. Deny: the reason's status (401/403/400/429/503), `WWW-Authenticate`, and the JSON
-//! body `{reason, message}`; never a 2xx.
+//! body `{reason, message}`; never a 2xx. Unlike Check, this surface cannot make the proxy
+//! remove headers, and proxies copy only the headers an answer carries: a request that
+//! already carries an identity header Portcullis sets is refused (400), so a forged copy can
+//! never reach the upstream beside (or instead of) the verified one.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -64,6 +67,7 @@ pub fn router(pipeline: Arc<ArcSwap<Pipeline>>) -> Router {
         .route("/ingress-nginx", any(ingress_nginx))
         .route("/forwarded", any(forwarded))
         .route("/envoy", any(envoy))
+        .route("/envoy/", any(envoy))
         .route("/envoy/{*rest}", any(envoy))
         .with_state(pipeline)
 }
@@ -110,6 +114,20 @@ async fn decide(pipeline: &ArcSwap<Pipeline>, convention: Convention, request: &
         Ok(headers) => headers,
         Err(denial) => return refused(&pipeline, &denial),
     };
+    if let Some(name) = headers.iter().map(|(name, _)| *name).find(|name| {
+        pipeline
+            .upstream_header_names()
+            .chain(pipeline.upstream_header_aliases())
+            .any(|set| set.eq_ignore_ascii_case(name))
+    }) {
+        let denial = Denial::new(
+            Reason::MalformedRequest,
+            format!(
+                "the request carries {name}, an identity header Portcullis sets: the proxy must not pass it on"
+            ),
+        );
+        return refused(&pipeline, &denial);
+    }
     let envoy_uri;
     let original = match convention {
         Convention::Envoy => {

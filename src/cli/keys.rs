@@ -214,9 +214,26 @@ fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// Latest time RFC 3339 can write (9999-12-31T23:59:59Z).
+const LAST_RFC3339_SECOND: i64 = 253_402_300_799;
+/// Longest `--expires-in` and `--overlap` accepted.
+const MAX_KEY_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 fn rfc3339(seconds: i64) -> String {
+    if seconds > LAST_RFC3339_SECOND {
+        return "after 9999-12-31T23:59:59Z".to_owned();
+    }
     let at = UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).unwrap_or(0));
     humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// Refuses a key duration over 100 years (exit 2), naming the option.
+fn check_duration(option: &str, duration: Option<Duration>) -> Result<(), ExitCode> {
+    if duration.is_some_and(|d| d > MAX_KEY_DURATION) {
+        eprintln!("portcullis keys: {option} is at most 100 years");
+        return Err(ExitCode::from(2));
+    }
+    Ok(())
 }
 
 fn list_file(path: &std::path::Path) -> ExitCode {
@@ -263,6 +280,11 @@ fn new_key(prefix: &str, command: &str) -> Result<(String, String), ExitCode> {
 }
 
 fn rotate(args: RotateArgs) -> ExitCode {
+    if let Err(code) = check_duration("--overlap", Some(args.overlap))
+        .and_then(|()| check_duration("--expires-in", args.expires_in))
+    {
+        return code;
+    }
     let (key, successor_id) = match new_key(&args.prefix, "rotate") {
         Ok(made) => made,
         Err(code) => return code,
@@ -364,15 +386,12 @@ fn rotate_in_file(
         successor_expires,
         ("rotated_from", &old.id),
     );
-    let mut previous = entry(
+    let previous = entry(
         &old.id,
         &format::hex(digest),
         Some(old_expires),
         ("rotated_to", successor_id),
     );
-    if let Some(metadata) = previous["metadata"].as_object_mut() {
-        metadata.remove("rotated_from");
-    }
     let yaml = serde_norway::to_string(&serde_json::json!({ "keys": [previous, successor] }))
         .unwrap_or_default();
     println!("API key (shown once; only its SHA-256 is stored):\n{key}\n");
@@ -410,6 +429,9 @@ where
 }
 
 fn generate(args: GenerateArgs) -> ExitCode {
+    if let Err(code) = check_duration("--expires-in", args.expires_in) {
+        return code;
+    }
     let (key, random_id) = match new_key(&args.prefix, "generate") {
         Ok(made) => made,
         Err(code) => return code,

@@ -86,7 +86,6 @@ async fn each_convention_decides_the_request_it_describes() {
 
     let mut allow = forwarded("GET", "/orders/1");
     allow.push(("authorization", bearer));
-    allow.push(("x-user-id", "forged"));
     let (status, user, _, _) = ask(&running, "/forwarded", &allow).await;
     assert_eq!(
         (status, user.as_deref()),
@@ -131,6 +130,18 @@ async fn each_convention_decides_the_request_it_describes() {
         (200, Some("alice")),
         "Envoy http_service"
     );
+    let (status, _, _, body) = ask(&running, "/envoy/", &envoy).await;
+    assert_eq!(
+        (status, &body["reason"]),
+        (403, &json!("POLICY_DENIED")),
+        "the root path is decided, not a 404"
+    );
+    let (status, user, _, _) = ask(&running, "/envoy/orders/1", &envoy).await;
+    assert_eq!(
+        (status, user.as_deref()),
+        (200, Some("alice")),
+        "Envoy http_service"
+    );
 
     // What must be refused, each with its reason.
     let with_token = |mut headers: Vec<(&'static str, &'static str)>, bearer: &'static str| {
@@ -141,6 +152,8 @@ async fn each_convention_decides_the_request_it_describes() {
     twice.push(("x-forwarded-uri", "/admin"));
     let mut spoofed = with_token(forwarded("GET", "/orders/1"), bearer);
     spoofed.push(("x_user_id", "mallory"));
+    let mut forged = with_token(forwarded("GET", "/orders/1"), bearer);
+    forged.push(("x-user-id", "mallory"));
     type Headers = Vec<(&'static str, &'static str)>;
     let refused: Vec<(&str, Headers, u16, &str)> = vec![
         (
@@ -168,6 +181,7 @@ async fn each_convention_decides_the_request_it_describes() {
             "POLICY_DENIED",
         ),
         ("spoofed identity header", spoofed, 400, "MALFORMED_REQUEST"),
+        ("forged identity header", forged, 400, "MALFORMED_REQUEST"),
         (
             "query credential",
             forwarded("GET", "/orders/1?access_token=abc.def.ghi"),
@@ -307,8 +321,8 @@ async fn listening(port: u16) {
 }
 
 /// Through a real proxy in front of the echo upstream: a verified request reaches it with
-/// the identity header Portcullis set (the client's forged copy replaced), a request without
-/// a credential or scope does not reach it at all.
+/// the identity header Portcullis set; a request without a credential or scope, or carrying
+/// its own copy of the identity header, does not reach it at all.
 async fn through_the_proxy(proxy_port: u16, key: &TestKey, hits: &std::sync::atomic::AtomicUsize) {
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{proxy_port}/orders/7");
@@ -316,7 +330,6 @@ async fn through_the_proxy(proxy_port: u16, key: &TestKey, hits: &std::sync::ato
     let allowed = client
         .get(&url)
         .header("authorization", &bearer)
-        .header("x-user-id", "forged")
         .send()
         .await
         .unwrap();
@@ -328,12 +341,18 @@ async fn through_the_proxy(proxy_port: u16, key: &TestKey, hits: &std::sync::ato
     );
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
 
-    let anonymous = client
+    let forged = client
         .get(&url)
-        .header("x-user-id", "forged")
+        .header("authorization", &bearer)
+        .header("x-user-id", "mallory")
         .send()
         .await
         .unwrap();
+    assert!(
+        !forged.status().is_success(),
+        "a request with its own identity header is refused (nginx answers 500 for the 400)"
+    );
+    let anonymous = client.get(&url).send().await.unwrap();
     assert_eq!(anonymous.status().as_u16(), 401);
     let delete = client
         .delete(&url)
@@ -389,6 +408,7 @@ http {{
       proxy_set_header X-Original-Method $request_method;
       proxy_set_header X-Original-URI $request_uri;
       proxy_set_header X-Original-Host $host;
+      proxy_set_header X-Forwarded-For $remote_addr;
     }}
     location / {{
       auth_request /_portcullis;
