@@ -368,6 +368,40 @@ async fn through_the_proxy(proxy_port: u16, key: &TestKey, hits: &std::sync::ato
     );
 }
 
+/// Where a proxy test runs: its directory, Portcullis's forward-auth address, the echo
+/// upstream's address, and the port the proxy must listen on.
+struct ProxySetup<'a> {
+    dir: &'a std::path::Path,
+    auth: std::net::SocketAddr,
+    upstream: std::net::SocketAddr,
+    port: u16,
+}
+
+/// Serves Portcullis and the echo upstream, starts the proxy `command` builds for them, and
+/// sends the requests of [`through_the_proxy`] through it.
+async fn behind_a_real_proxy(command: impl FnOnce(&ProxySetup<'_>) -> std::process::Command) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::new(ES256, "k1");
+    let running = serve(dir.path(), &key, "127.0.0.1/32").await;
+    let (upstream, hits) = echo_upstream().await;
+    let setup = ProxySetup {
+        dir: dir.path(),
+        auth: running.http_addr.unwrap(),
+        upstream,
+        port: free_port(),
+    };
+    let _proxy = Proxy(
+        command(&setup)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the proxy starts"),
+    );
+    listening(setup.port).await;
+    through_the_proxy(setup.port, &key, &hits).await;
+    running.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn nginx_auth_request_lets_only_verified_requests_through() {
     let Some(nginx) = proxy_binary(
@@ -377,15 +411,16 @@ async fn nginx_auth_request_lets_only_verified_requests_through() {
     ) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let key = TestKey::new(ES256, "k1");
-    let running = serve(dir.path(), &key, "127.0.0.1/32").await;
-    let auth = running.http_addr.unwrap();
-    let (upstream, hits) = echo_upstream().await;
-    let port = free_port();
-    let prefix = dir.path().display();
-    let config = format!(
-        r#"
+    behind_a_real_proxy(|setup| {
+        let ProxySetup {
+            dir,
+            auth,
+            upstream,
+            port,
+        } = setup;
+        let prefix = dir.display();
+        let config = format!(
+            r#"
 daemon off;
 master_process off;
 error_log {prefix}/error.log info;
@@ -419,22 +454,14 @@ http {{
   }}
 }}
 "#
-    );
-    let conf = dir.path().join("nginx.conf");
-    std::fs::write(&conf, config).unwrap();
-    let _nginx = Proxy(
-        std::process::Command::new(&nginx)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&conf)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nginx starts"),
-    );
-    listening(port).await;
-    through_the_proxy(port, &key, &hits).await;
-    running.shutdown().await.unwrap();
+        );
+        let conf = dir.join("nginx.conf");
+        std::fs::write(&conf, config).unwrap();
+        let mut command = std::process::Command::new(&nginx);
+        command.arg("-p").arg(dir).arg("-c").arg(&conf);
+        command
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -444,18 +471,19 @@ async fn caddy_forward_auth_lets_only_verified_requests_through() {
     else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let key = TestKey::new(ES256, "k1");
-    let running = serve(dir.path(), &key, "127.0.0.1/32").await;
-    let auth = running.http_addr.unwrap();
-    let (upstream, hits) = echo_upstream().await;
-    let port = free_port();
-    let caddyfile = format!(
-        r#"
+    behind_a_real_proxy(|setup| {
+        let ProxySetup {
+            dir,
+            auth,
+            upstream,
+            port,
+        } = setup;
+        let caddyfile = format!(
+            r#"
 {{
   admin off
   auto_https off
-  storage file_system {dir}
+  storage file_system {storage}
 }}
 http://127.0.0.1:{port} {{
   forward_auth {auth} {{
@@ -465,23 +493,18 @@ http://127.0.0.1:{port} {{
   reverse_proxy {upstream}
 }}
 "#,
-        dir = dir.path().display()
-    );
-    let path = dir.path().join("Caddyfile");
-    std::fs::write(&path, caddyfile).unwrap();
-    let _caddy = Proxy(
-        std::process::Command::new(&caddy)
+            storage = dir.display()
+        );
+        let path = dir.join("Caddyfile");
+        std::fs::write(&path, caddyfile).unwrap();
+        let mut command = std::process::Command::new(&caddy);
+        command
             .args(["run", "--adapter", "caddyfile", "--config"])
             .arg(&path)
-            .env("HOME", dir.path())
-            .env("XDG_DATA_HOME", dir.path())
-            .env("XDG_CONFIG_HOME", dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("caddy starts"),
-    );
-    listening(port).await;
-    through_the_proxy(port, &key, &hits).await;
-    running.shutdown().await.unwrap();
+            .env("HOME", dir)
+            .env("XDG_DATA_HOME", dir)
+            .env("XDG_CONFIG_HOME", dir);
+        command
+    })
+    .await;
 }

@@ -13,17 +13,31 @@ use jsonwebtoken::Algorithm::ES256;
 use portcullis::pb::{self, auth_client::AuthClient};
 use serde_json::{Value, json};
 
-/// The server binary on `config`, its stderr lines, and a client of its gRPC port.
+/// The server binary with issuer `corp` (https://a.test, audience api://orders, `key`'s
+/// JWKS) and then `rest` of its config (YAML), its stderr lines, and a client of its gRPC port.
 async fn serve_with_logs(
-    config: &std::path::Path,
-    grpc: u16,
+    dir: &std::path::Path,
+    key: &TestKey,
+    rest: &str,
 ) -> (
     ServerProcess,
     std::sync::mpsc::Receiver<String>,
     AuthClient<tonic::transport::Channel>,
 ) {
+    let jwks_path = dir.join("jwks.json");
+    std::fs::write(&jwks_path, jwks(&[key]).to_string()).unwrap();
+    let (grpc, admin) = (free_port(), free_port());
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server: {{grpc_listen: 127.0.0.1:{grpc}, admin_listen: 127.0.0.1:{admin}}}\nissuers:\n  - name: corp\n    issuer: https://a.test\n    jwks_file: {}\n    audiences: [api://orders]\n{rest}",
+            jwks_path.display()
+        ),
+    )
+    .unwrap();
     let mut server = ServerProcess::spawn(
-        config,
+        &config,
         Options {
             capture_logs: true,
             ..Options::default()
@@ -48,19 +62,12 @@ async fn serve_with_logs(
 async fn denials_are_audited_and_no_secret_is_logged() {
     let dir = tempfile::tempdir().unwrap();
     let key = TestKey::new(ES256, "k1");
-    let jwks_path = dir.path().join("jwks.json");
-    std::fs::write(&jwks_path, jwks(&[&key]).to_string()).unwrap();
-    let (grpc, admin) = (free_port(), free_port());
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "server: {{grpc_listen: 127.0.0.1:{grpc}, admin_listen: 127.0.0.1:{admin}}}\nissuers:\n  - name: corp\n    issuer: https://a.test\n    jwks_file: {}\n    audiences: [api://orders]\nauthorization:\n  rules:\n    - name: admins-only\n      require: {{ claims: {{ role: admin }} }}\ntelemetry: {{log_format: json, log_level: info}}\n",
-            jwks_path.display()
-        ),
+    let (mut server, lines, mut client) = serve_with_logs(
+        dir.path(),
+        &key,
+        "authorization:\n  rules:\n    - name: admins-only\n      require: { claims: { role: admin } }\ntelemetry: {log_format: json, log_level: info}\n",
     )
-    .unwrap();
-    let (mut server, lines, mut client) = serve_with_logs(&config, grpc).await;
+    .await;
 
     let valid = key.sign(&claims("https://a.test", "api://orders"));
     let expired = key.sign(
@@ -181,41 +188,28 @@ fn base64_std(text: &str) -> String {
 async fn decision_logs_record_allows_and_denies_without_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let key = TestKey::new(ES256, "k1");
-    let jwks_path = dir.path().join("jwks.json");
-    std::fs::write(&jwks_path, jwks(&[&key]).to_string()).unwrap();
-    let (grpc, admin) = (free_port(), free_port());
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-server: {{grpc_listen: 127.0.0.1:{grpc}, admin_listen: 127.0.0.1:{admin}}}
-issuers:
-  - name: corp
-    issuer: https://a.test
-    jwks_file: {}
-    audiences: [api://orders]
+    let (mut server, lines, mut client) = serve_with_logs(
+        dir.path(),
+        &key,
+        r#"
 authorization:
   rules:
     - name: health
-      match: {{ http: {{ paths: ["/healthz"] }} }}
+      match: { http: { paths: ["/healthz"] } }
       anonymous: true
     - name: orders-read
-      match: {{ http: {{ methods: [GET], paths: ["/orders/**"] }} }}
-      require: {{ claims: {{ sub: alice }} }}
+      match: { http: { methods: [GET], paths: ["/orders/**"] } }
+      require: { claims: { sub: alice } }
 telemetry:
   log_format: json
   log_level: warn
   decision_log:
     enabled: true
-    rules: {{ health: 0.0 }}
+    rules: { health: 0.0 }
     claims: [email]
 "#,
-            jwks_path.display()
-        ),
     )
-    .unwrap();
-    let (mut server, lines, mut client) = serve_with_logs(&config, grpc).await;
+    .await;
     let mut alice_claims = claims("https://a.test", "api://orders");
     alice_claims["email"] = json!("alice@example.com");
     alice_claims["ssn"] = json!("078-05-1120");
