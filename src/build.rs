@@ -12,6 +12,7 @@ use crate::{
     client_address::TrustedProxies,
     config::{Config, ConfigError, ConfigErrors, IssuerConfig, KeySourceConfig, PublicKeyFile},
     credentials::Extraction,
+    identity_token::IdentityTokens,
     jwt::{self, Algorithm, ClaimPolicy, KeySet},
     keys::{
         KeySource, RemoteKeySource,
@@ -70,13 +71,28 @@ pub fn pipeline(
             .then(|| config.api_keys.prefix.clone()),
         trusted_proxies: TrustedProxies::new(&config.credentials.trusted_proxies),
     };
-    let upstream = UpstreamHeaders::new(&config.response.claims_to_headers);
+    let identity_tokens = match config
+        .response
+        .identity_token
+        .as_ref()
+        .map(IdentityTokens::new)
+    {
+        Some(Ok(tokens)) => Some(tokens),
+        Some(Err(err)) => {
+            push(&mut errors, "response.identity_token", err.to_string());
+            return Err(ConfigErrors(errors));
+        }
+        None => None,
+    };
+    let upstream = UpstreamHeaders::new(&config.response.claims_to_headers)
+        .with_identity_header(identity_tokens.as_ref().map(IdentityTokens::header));
     Ok(Pipeline::new(
         Arc::new(config),
         extraction,
         verifiers,
         policy,
         upstream,
+        identity_tokens,
         metrics.clone(),
     ))
 }

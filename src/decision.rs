@@ -10,7 +10,7 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use crate::pb;
+use crate::{identity_token::IdentityToken, pb};
 
 /// Stable reason codes (SPEC §2). Also used as metric labels and span attributes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -289,6 +289,8 @@ pub struct Principal {
     check_allow: ArcSwapOption<CheckAllowParts>,
     /// The principal as CEL rules see it, made on the first CEL evaluation.
     cel_variables: OnceLock<Result<CelVariables, String>>,
+    /// Identity tokens minted for this principal (`response.identity_token`), newest last.
+    identity_tokens: ArcSwapOption<Vec<Arc<IdentityToken>>>,
 }
 
 /// The `claims` and `principal` variables of a CEL rule, for one principal. Values share
@@ -306,6 +308,8 @@ pub struct CelVariables {
 pub struct CheckAllowParts {
     pipeline: u64,
     rule: Box<str>,
+    /// The serial of the identity token the parts carry (0: none).
+    identity_token: u64,
     /// An encoded `OkHttpResponse`: identity headers and `headers_to_remove`.
     pub ok_response: Bytes,
     /// An encoded `google.protobuf.Struct`: decision, rule and principal.
@@ -333,7 +337,46 @@ impl Principal {
             encoded: OnceLock::new(),
             check_allow: ArcSwapOption::empty(),
             cel_variables: OnceLock::new(),
+            identity_tokens: ArcSwapOption::empty(),
         }
+    }
+
+    /// The claim at a dotted path (`realm_access.roles`), split into its segments.
+    pub fn claim_at(&self, path: &[String]) -> Option<&Value> {
+        let (first, rest) = path.split_first()?;
+        rest.iter()
+            .try_fold(self.claims.get(first)?, |value, segment| value.get(segment))
+    }
+
+    /// A kept identity token that `usable` accepts.
+    pub fn identity_token(
+        &self,
+        usable: impl Fn(&IdentityToken) -> bool,
+    ) -> Option<Arc<IdentityToken>> {
+        let kept = self.identity_tokens.load();
+        kept.as_deref()?.iter().rev().find(|t| usable(t)).cloned()
+    }
+
+    /// Keeps `token`, with the kept tokens `still_useful` accepts, the newest `at_most`.
+    pub fn keep_identity_token(
+        &self,
+        token: Arc<IdentityToken>,
+        at_most: usize,
+        still_useful: impl Fn(&IdentityToken) -> bool,
+    ) {
+        self.identity_tokens.rcu(|kept| {
+            let mut tokens: Vec<Arc<IdentityToken>> = kept
+                .as_deref()
+                .into_iter()
+                .flatten()
+                .filter(|t| still_useful(t))
+                .cloned()
+                .collect();
+            tokens.push(token.clone());
+            let excess = tokens.len().saturating_sub(at_most);
+            tokens.drain(..excess);
+            Some(Arc::new(tokens))
+        });
     }
 
     /// The principal's CEL variables, made by `make` the first time (a conversion that failed
@@ -373,20 +416,23 @@ impl Principal {
         }
     }
 
-    /// The ext_authz allow parts for `pipeline` and `rule`: the last ones rendered if they
-    /// are for the same pipeline and rule, else what `render` encodes (`OkHttpResponse`,
-    /// dynamic metadata), kept for the next request under that key. A principal allowed by
-    /// alternating rules renders each time, as if nothing were kept.
+    /// The ext_authz allow parts for `pipeline`, `rule` and identity token (its serial, 0
+    /// for none): the last ones rendered if they are for the same three, else what `render`
+    /// encodes (`OkHttpResponse`, dynamic metadata), kept for the next request under that
+    /// key. A principal allowed by alternating rules renders each time, as if nothing were
+    /// kept.
     pub fn check_allow(
         &self,
         pipeline: u64,
         rule: &str,
+        identity_token: u64,
         render: impl FnOnce() -> (Bytes, Bytes),
     ) -> Arc<CheckAllowParts> {
         let last = self.check_allow.load();
         if let Some(parts) = &*last
             && parts.pipeline == pipeline
             && *parts.rule == *rule
+            && parts.identity_token == identity_token
         {
             return parts.clone();
         }
@@ -394,6 +440,7 @@ impl Principal {
         let parts = Arc::new(CheckAllowParts {
             pipeline,
             rule: rule.into(),
+            identity_token,
             ok_response,
             dynamic_metadata,
         });
@@ -422,6 +469,8 @@ pub enum Decision {
         credential: Option<CredentialType>,
         /// A short digest of that credential, for decision logs: empty unless they are on.
         credential_digest: String,
+        /// The token minted for upstreams (`response.identity_token`), when configured.
+        identity_token: Option<Arc<IdentityToken>>,
     },
     Deny {
         denial: Denial,
@@ -535,7 +584,7 @@ mod tests {
     }
 
     #[test]
-    fn check_allow_parts_are_reused_only_for_the_same_pipeline_and_rule() {
+    fn check_allow_parts_are_reused_only_for_the_same_pipeline_rule_and_identity_token() {
         let principal = Principal::new(
             "alice".into(),
             "corp".into(),
@@ -546,18 +595,38 @@ mod tests {
             String::new(),
         );
         let renders = std::cell::Cell::new(0);
-        let parts = |pipeline: u64, rule: &str| {
-            principal.check_allow(pipeline, rule, || {
+        let parts = |pipeline: u64, rule: &str, token: u64| {
+            principal.check_allow(pipeline, rule, token, || {
                 renders.set(renders.get() + 1);
-                (Bytes::from(format!("{pipeline}/{rule}")), Bytes::new())
+                (
+                    Bytes::from(format!("{pipeline}/{rule}/{token}")),
+                    Bytes::new(),
+                )
             })
         };
-        let asked = [(1, "a"), (1, "a"), (2, "a"), (2, "b"), (2, "b"), (1, "b")];
-        for (pipeline, rule) in asked {
-            let got = parts(pipeline, rule);
-            assert_eq!(got.ok_response, format!("{pipeline}/{rule}").as_bytes());
+        let asked = [
+            (1, "a", 0),
+            (1, "a", 0),
+            (2, "a", 0),
+            (2, "b", 0),
+            (2, "b", 0),
+            (1, "b", 0),
+            (1, "b", 7),
+            (1, "b", 7),
+            (1, "b", 8),
+        ];
+        for (pipeline, rule, token) in asked {
+            let got = parts(pipeline, rule, token);
+            assert_eq!(
+                got.ok_response,
+                format!("{pipeline}/{rule}/{token}").as_bytes()
+            );
         }
-        assert_eq!(renders.get(), 4, "rendered once per new (pipeline, rule)");
+        assert_eq!(
+            renders.get(),
+            6,
+            "rendered once per new (pipeline, rule, identity token)"
+        );
     }
 
     #[test]

@@ -282,12 +282,17 @@ fn refused(pipeline: &Pipeline, denial: &Denial) -> Response {
 
 fn answer(pipeline: &Pipeline, decision: &Decision) -> Response {
     match decision {
-        Decision::Allow { principal, .. } => {
+        Decision::Allow {
+            principal,
+            identity_token,
+            ..
+        } => {
             let mut response = Response::new(Body::empty());
             let headers = response.headers_mut();
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             if let Some(principal) = principal {
-                for (name, value) in pipeline.upstream_headers(principal) {
+                for (name, value) in pipeline.upstream_headers(principal, identity_token.as_deref())
+                {
                     // Names were validated at config load; a value that cannot be a header
                     // value was already refused by the renderer (see `upstream`).
                     if let (Ok(name), Ok(value)) = (

@@ -16,6 +16,7 @@ pub mod forward_auth;
 pub mod grpc;
 pub mod headers;
 pub mod http_body;
+pub mod identity_token;
 pub mod jwt;
 pub mod keys;
 pub mod listener;

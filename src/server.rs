@@ -13,6 +13,7 @@ use crate::{
     build::{self, BuildMode},
     config::{Config, ConfigErrors, LimitsConfig},
     grpc::{auth_service::AuthService, ext_authz::ExtAuthzService},
+    identity_token::IdentityTokens,
     listener,
     load_shed::LoadShedLayer,
     pb, reload,
@@ -384,7 +385,43 @@ fn admin_router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/.well-known/jwks.json", get(identity_jwks))
+        .route("/.well-known/openid-configuration", get(identity_discovery))
         .with_state(shared)
+}
+
+/// The identity token keys (`response.identity_token`): current, next and previous, from
+/// the serving generation; 404 while identity tokens are off.
+async fn identity_jwks(State(shared): State<Arc<Shared>>) -> axum::response::Response {
+    let pipeline = shared.pipeline.load();
+    identity_document(pipeline.identity_tokens().map(IdentityTokens::jwks))
+}
+
+/// OpenID discovery for identity tokens: the issuer and where its keys are.
+async fn identity_discovery(State(shared): State<Arc<Shared>>) -> axum::response::Response {
+    let pipeline = shared.pipeline.load();
+    identity_document(pipeline.identity_tokens().map(IdentityTokens::discovery))
+}
+
+/// Upstreams may cache the documents for five minutes: the next key is published at least
+/// that long before it signs (see docs/identity-tokens.md).
+fn identity_document(document: Option<bytes::Bytes>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match document {
+        Some(body) => (
+            [
+                (axum::http::header::CONTENT_TYPE, "application/json"),
+                (axum::http::header::CACHE_CONTROL, "public, max-age=300"),
+            ],
+            body,
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "identity tokens are not configured\n",
+        )
+            .into_response(),
+    }
 }
 
 /// Ready once the serving generation's key sources have all loaded once; otherwise 503

@@ -23,11 +23,13 @@ enum Source {
     Claim(Vec<String>),
 }
 
-/// The configured claims-to-headers mapping, parsed once.
+/// The configured claims-to-headers mapping, parsed once, and the identity token's header.
 #[derive(Debug, Clone, Default)]
 pub struct UpstreamHeaders {
     mappings: Vec<(Source, String)>,
-    /// `_` / `-` spellings of the mapped names that are not mapped themselves.
+    /// `response.identity_token.header`, when identity tokens are minted.
+    identity_header: Option<String>,
+    /// `_` / `-` spellings of the set names that are not set themselves.
     aliases: Vec<String>,
 }
 
@@ -49,19 +51,39 @@ impl UpstreamHeaders {
                 (source, header.clone())
             })
             .collect::<Vec<_>>();
-        let mut aliases: Vec<String> = mappings
+        Self {
+            mappings,
+            identity_header: None,
+            aliases: Vec::new(),
+        }
+        .with_aliases()
+    }
+
+    /// The same, also setting `header` to the identity token (`None`: none is minted).
+    pub fn with_identity_header(mut self, header: Option<&str>) -> Self {
+        self.identity_header = header.map(str::to_owned);
+        self.with_aliases()
+    }
+
+    fn with_aliases(mut self) -> Self {
+        let names: Vec<&str> = self.names().collect();
+        let mut aliases: Vec<String> = names
             .iter()
-            .flat_map(|(_, header)| [header.replace('-', "_"), header.replace('_', "-")])
-            .filter(|alias| !mappings.iter().any(|(_, header)| header == alias))
+            .flat_map(|header| [header.replace('-', "_"), header.replace('_', "-")])
+            .filter(|alias| !names.contains(&alias.as_str()))
             .collect();
         aliases.sort();
         aliases.dedup();
-        Self { mappings, aliases }
+        self.aliases = aliases;
+        self
     }
 
     /// Every header name this mapping can set.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.mappings.iter().map(|(_, header)| header.as_str())
+        self.mappings
+            .iter()
+            .map(|(_, header)| header.as_str())
+            .chain(self.identity_header.as_deref())
     }
 
     /// Other spellings of those names that some upstreams treat as the same header.
@@ -69,9 +91,14 @@ impl UpstreamHeaders {
         self.aliases.iter().map(String::as_str)
     }
 
-    /// The headers to set for `principal`; a claim that is absent sets nothing.
-    pub fn render(&self, principal: &Principal) -> Vec<(String, String)> {
-        let mut headers = Vec::with_capacity(self.mappings.len());
+    /// The headers to set for `principal` (a claim that is absent sets nothing), and the
+    /// identity token's header when one was minted.
+    pub fn render(
+        &self,
+        principal: &Principal,
+        identity_token: Option<&str>,
+    ) -> Vec<(String, String)> {
+        let mut headers = Vec::with_capacity(self.mappings.len() + 1);
         for (source, header) in &self.mappings {
             let value = match source {
                 Source::Subject => Some(encode_text(&principal.subject)),
@@ -86,20 +113,17 @@ impl UpstreamHeaders {
                         .collect::<Vec<_>>()
                         .join(" "),
                 ),
-                Source::Claim(path) => lookup(&principal.claims, path).and_then(encode_value),
+                Source::Claim(path) => principal.claim_at(path).and_then(encode_value),
             };
             if let Some(value) = value.filter(|v| !v.is_empty()) {
                 headers.push((header.clone(), value));
             }
         }
+        if let (Some(header), Some(token)) = (&self.identity_header, identity_token) {
+            headers.push((header.clone(), token.to_owned()));
+        }
         headers
     }
-}
-
-fn lookup<'a>(claims: &'a serde_json::Map<String, Value>, path: &[String]) -> Option<&'a Value> {
-    let (first, rest) = path.split_first()?;
-    rest.iter()
-        .try_fold(claims.get(first)?, |value, segment| value.get(segment))
 }
 
 /// Scalars as text; arrays and objects as compact JSON whose strings are encoded list items;
@@ -201,7 +225,8 @@ mod tests {
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect();
-        let headers = UpstreamHeaders::new(mapping.iter().map(|(a, b)| (a, b))).render(&principal);
+        let headers =
+            UpstreamHeaders::new(mapping.iter().map(|(a, b)| (a, b))).render(&principal, None);
         let get = |name: &str| {
             headers
                 .iter()
@@ -252,7 +277,7 @@ mod tests {
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect();
         let upstream = UpstreamHeaders::new(mapping.iter().map(|(a, b)| (a, b)));
-        let headers = upstream.render(&principal);
+        let headers = upstream.render(&principal, None);
         let get = |name: &str| {
             headers
                 .iter()

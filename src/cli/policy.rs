@@ -222,7 +222,14 @@ impl Evaluator {
                 .map_err(|errors| format!("invalid rules:\n{}", config::ConfigErrors(errors)))?;
             return Ok(Self::RulesOnly {
                 policy,
-                upstream: UpstreamHeaders::new(&config.response.claims_to_headers),
+                upstream: UpstreamHeaders::new(&config.response.claims_to_headers)
+                    .with_identity_header(
+                        config
+                            .response
+                            .identity_token
+                            .as_ref()
+                            .map(|identity| identity.header.as_str()),
+                    ),
                 issuers: config
                     .issuers
                     .iter()

@@ -4,7 +4,7 @@
 //! `serde_ignored` (unknown keys) and `serde_path_to_error` (type errors), so one mistake does
 //! not hide the next. Semantic checks run afterwards over whatever parsed.
 
-use std::{fmt, path::Path};
+use std::{fmt, path::Path, time::Duration};
 
 use serde::de::DeserializeOwned;
 use serde_norway::Value;
@@ -320,6 +320,7 @@ fn validate(config: &Config, positions: &[usize], errors: &mut Vec<ConfigError>)
     }
     validate_rules(config, errors);
     validate_headers(config, errors);
+    validate_identity_token(config, errors);
     if !(0.0..=1.0).contains(&config.telemetry.trace_sample_ratio) {
         errors.push(error(
             "telemetry.trace_sample_ratio",
@@ -509,36 +510,154 @@ fn validate_headers(config: &Config, errors: &mut Vec<ConfigError>) {
     let mut seen = std::collections::HashSet::new();
     for (claim, header) in &config.response.claims_to_headers {
         let path = format!("response.claims_to_headers.{claim}");
-        let valid = !header.is_empty()
-            && header
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if !valid {
-            errors.push(error(
-                &path,
-                format!("{header:?} is not a lower-case header name"),
-            ));
-        } else if matches!(
-            header.as_str(),
-            "authorization"
-                | "cookie"
-                | "host"
-                | "connection"
-                | "content-length"
-                | "transfer-encoding"
-                | "te"
-                | "upgrade"
-        ) || header.starts_with(':')
-        {
-            errors.push(error(
-                &path,
-                format!("{header:?} cannot be set from claims"),
-            ));
+        if let Some(problem) = upstream_header_problem(config, header) {
+            errors.push(error(&path, problem));
         } else if !seen.insert(header.as_str()) {
             errors.push(error(
                 &path,
                 format!("header {header:?} is set from two claims"),
             ));
+        }
+    }
+}
+
+/// Why `header` cannot carry identity upstream: not a lower-case token, hop-by-hop, or a
+/// header credentials are read from (the upstream would take the identity for a credential).
+fn upstream_header_problem(config: &Config, header: &str) -> Option<String> {
+    let valid = !header.is_empty()
+        && header
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !valid {
+        return Some(format!("{header:?} is not a lower-case header name"));
+    }
+    let reserved = matches!(
+        header,
+        "authorization"
+            | "proxy-authorization"
+            | "cookie"
+            | "host"
+            | "connection"
+            | "content-length"
+            | "transfer-encoding"
+            | "te"
+            | "upgrade"
+    );
+    let credential = config
+        .credentials
+        .api_key_headers
+        .iter()
+        .any(|name| name == header);
+    (reserved || credential).then(|| format!("{header:?} cannot carry identity upstream"))
+}
+
+/// Claims every identity token sets itself: a configured claim may not replace them.
+const IDENTITY_TOKEN_CLAIMS: [&str; 10] = [
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "iat",
+    "nbf",
+    "jti",
+    "scope",
+    "credential_type",
+    "original_issuer",
+];
+
+/// Most claims an identity token may copy.
+const MAX_IDENTITY_TOKEN_CLAIMS: usize = 32;
+
+/// `response.identity_token`: an absolute http(s) issuer, a header no other mapping sets,
+/// a bounded lifetime and size, audiences for configured rules, and copied claims that
+/// neither replace the token's own claims nor collide.
+fn validate_identity_token(config: &Config, errors: &mut Vec<ConfigError>) {
+    let Some(identity) = &config.response.identity_token else {
+        return;
+    };
+    let at = |field: &str| format!("response.identity_token.{field}");
+    let absolute_url = |url: &str| {
+        is_http_url(url)
+            && reqwest::Url::parse(url)
+                .is_ok_and(|url| url.query().is_none() && url.fragment().is_none())
+    };
+    if !absolute_url(&identity.issuer) {
+        errors.push(error(
+            at("issuer"),
+            "must be an absolute http(s) URL without query or fragment",
+        ));
+    }
+    if let Some(uri) = &identity.jwks_uri
+        && !absolute_url(uri)
+    {
+        errors.push(error(at("jwks_uri"), "must be an absolute http(s) URL"));
+    }
+    if let Some(problem) = upstream_header_problem(config, &identity.header) {
+        errors.push(error(at("header"), problem));
+    } else if config
+        .response
+        .claims_to_headers
+        .values()
+        .any(|header| *header == identity.header)
+    {
+        errors.push(error(
+            at("header"),
+            "is also set from a claim (response.claims_to_headers)",
+        ));
+    }
+    if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&identity.ttl) {
+        errors.push(error(at("ttl"), "must be between 1s and 24h"));
+    }
+    if !(512..=65536).contains(&identity.max_bytes) {
+        errors.push(error(at("max_bytes"), "must be between 512 and 65536"));
+    }
+    let audience_ok = |aud: &str| !aud.is_empty() && aud.len() <= 256;
+    if !audience_ok(&identity.audience) {
+        errors.push(error(at("audience"), "must be 1 to 256 characters"));
+    }
+    for (rule, audience) in &identity.audience_by_rule {
+        let path = at(&format!("audience_by_rule.{rule}"));
+        let known = rule == super::DEFAULT_RULE
+            || config.authorization.rules.iter().any(|r| &r.name == rule);
+        if !known {
+            errors.push(error(
+                path,
+                "names no rule in authorization.rules (or `default`)",
+            ));
+        } else if !audience_ok(audience) {
+            errors.push(error(path, "must be 1 to 256 characters"));
+        }
+    }
+    for (host, audience) in &identity.audience_by_host {
+        if !audience_ok(audience) || host.is_empty() || host.bytes().any(|b| b.is_ascii_uppercase())
+        {
+            errors.push(error(
+                at(&format!("audience_by_host.{host}")),
+                "needs a lower-case host and an audience of 1 to 256 characters",
+            ));
+        }
+    }
+    if identity.claims.len() > MAX_IDENTITY_TOKEN_CLAIMS {
+        errors.push(error(
+            at("claims"),
+            format!("at most {MAX_IDENTITY_TOKEN_CLAIMS} claims"),
+        ));
+    }
+    let mut names = std::collections::HashSet::new();
+    for (path, name) in &identity.claims {
+        let field = at(&format!("claims.{path}"));
+        if path.is_empty() || name.is_empty() || name.len() > 128 {
+            errors.push(error(
+                field,
+                "needs a claim path and a name of 1 to 128 characters",
+            ));
+        } else if IDENTITY_TOKEN_CLAIMS.contains(&name.as_str()) {
+            errors.push(error(
+                field,
+                format!("{name:?} is a claim the identity token sets itself"),
+            ));
+        } else if !names.insert(name.as_str()) {
+            errors.push(error(field, format!("{name:?} is copied from two claims")));
         }
     }
 }
@@ -692,6 +811,56 @@ unknown_section: {}
             "telemetry.decision_log.claims",
         ] {
             assert!(paths.contains(&path), "{path}: {errors:?}");
+        }
+    }
+
+    #[test]
+    fn identity_token_settings_are_checked() {
+        let base = "issuers:\n  - name: a\n    issuer: https://a.example\n    jwks_uri: https://a.example/jwks\nauthorization:\n  rules:\n    - name: orders\n";
+        let with = |identity: &str| {
+            format!(
+                "{base}response:\n  claims_to_headers: {{sub: x-user}}\n  identity_token: {identity}\n"
+            )
+        };
+        let good = load_str(&with(
+            "{issuer: 'https://portcullis.example', signing_key: 'file:k.pem', audience: api, audience_by_rule: {orders: o}, claims: {email: email}}",
+        ))
+        .unwrap();
+        let identity = good.response.identity_token.expect("configured");
+        assert_eq!(identity.header, "x-identity-token");
+        assert_eq!(identity.ttl, Duration::from_secs(300));
+        assert_eq!(
+            identity.jwks_uri(),
+            "https://portcullis.example/.well-known/jwks.json"
+        );
+        let bad = with(
+            "{issuer: 'https://p.example/?x=1', signing_key: k, audience: '', header: x-api-key, ttl: 2d, max_bytes: 10, audience_by_rule: {ordrs: o}, audience_by_host: {API.example: a}, claims: {email: sub, name: n, nick: n}}",
+        );
+        let errors = load_str(&bad).unwrap_err().0;
+        let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
+        for path in [
+            "response.identity_token.issuer",
+            "response.identity_token.audience",
+            "response.identity_token.header",
+            "response.identity_token.ttl",
+            "response.identity_token.max_bytes",
+            "response.identity_token.audience_by_rule.ordrs",
+            "response.identity_token.audience_by_host.API.example",
+            "response.identity_token.claims.email",
+            "response.identity_token.claims.nick",
+        ] {
+            assert!(paths.contains(&path), "{path}: {errors:?}");
+        }
+        for header in ["authorization", "x-user"] {
+            let errors = load_str(&with(&format!(
+                "{{issuer: 'https://p.example', signing_key: k, audience: a, header: {header}}}"
+            )))
+            .unwrap_err()
+            .0;
+            assert_eq!(
+                errors[0].path, "response.identity_token.header",
+                "{header}: {errors:?}"
+            );
         }
     }
 

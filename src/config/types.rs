@@ -45,6 +45,9 @@ impl Config {
                     .and_then(|i| i.client_secret.file().cloned()),
             );
         }
+        if let Some(identity) = &self.response.identity_token {
+            files.extend(identity.keys().filter_map(SecretRef::file).cloned());
+        }
         files.extend(self.api_keys.file.clone());
         files.extend(self.basic.htpasswd_file.clone());
         files.extend(self.client_certificates.ca_files.iter().cloned());
@@ -84,6 +87,9 @@ impl Config {
         self.api_keys.file.iter_mut().for_each(fix);
         if let Some(postgres) = &mut self.api_keys.postgres {
             fix_secret(&mut postgres.url);
+        }
+        if let Some(identity) = &mut self.response.identity_token {
+            identity.keys_mut().for_each(fix_secret);
         }
         self.basic.htpasswd_file.iter_mut().for_each(fix);
         self.client_certificates.ca_files.iter_mut().for_each(fix);
@@ -579,6 +585,8 @@ pub struct ResponseConfig {
     pub realm: String,
     /// Dotted claim path -> upstream header name, set on allow (ext_authz, Authorize).
     pub claims_to_headers: std::collections::BTreeMap<String, String>,
+    /// A JWT signed by Portcullis for upstreams after each allow; unset: none is minted.
+    pub identity_token: Option<super::IdentityTokenConfig>,
 }
 
 impl Default for ResponseConfig {
@@ -586,6 +594,7 @@ impl Default for ResponseConfig {
         Self {
             realm: "portcullis".to_owned(),
             claims_to_headers: Default::default(),
+            identity_token: None,
         }
     }
 }

@@ -93,15 +93,23 @@ impl Auth for AuthService {
             .instrument(span)
             .await;
         let response = match decision {
-            Decision::Allow { principal, .. } => AuthenticateReply {
+            Decision::Allow {
+                principal,
+                identity_token,
+                ..
+            } => AuthenticateReply {
                 authenticated: true,
                 principal: principal.map(|p| p.encoded()),
                 denial: None,
+                identity_token: identity_token
+                    .map(|t| t.token.to_string())
+                    .unwrap_or_default(),
             },
             Decision::Deny { denial, .. } => AuthenticateReply {
                 authenticated: false,
                 principal: None,
                 denial: Some(denial.to_proto(pipeline.realm_for(&denial))),
+                identity_token: String::new(),
             },
         };
         Ok(Response::new(response))
@@ -146,18 +154,24 @@ impl Auth for AuthService {
             .await
         {
             Decision::Allow {
-                principal, rule, ..
+                principal,
+                rule,
+                identity_token,
+                ..
             } => AuthorizeReply {
                 allowed: true,
                 upstream_headers: principal
                     .as_deref()
-                    .map(|p| pipeline.upstream_headers(p))
+                    .map(|p| pipeline.upstream_headers(p, identity_token.as_deref()))
                     .unwrap_or_default()
                     .into_iter()
                     .collect(),
                 principal: principal.map(|p| p.encoded()),
                 denial: None,
                 rule,
+                identity_token: identity_token
+                    .map(|t| t.token.to_string())
+                    .unwrap_or_default(),
             },
             Decision::Deny {
                 denial,
@@ -170,6 +184,7 @@ impl Auth for AuthService {
                 denial: Some(denial.to_proto(pipeline.realm_for(&denial))),
                 rule,
                 upstream_headers: Default::default(),
+                identity_token: String::new(),
             },
         };
         Ok(Response::new(response))

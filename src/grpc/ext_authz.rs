@@ -28,6 +28,7 @@ use crate::{
     credentials::{self, Carried},
     decision::{Decision, Denial, Principal, Reason, json_object_to_struct},
     headers::Headers,
+    identity_token::IdentityToken,
     pipeline::{Pipeline, RequestAttrs},
     policy::Resource,
     telemetry::{self, TraceCarrier, metrics::Surface},
@@ -188,10 +189,13 @@ async fn check_parts(
         Decision::Allow {
             principal: Some(principal),
             rule,
+            identity_token,
             ..
         } => {
-            let parts = principal.check_allow(pipeline.id(), &rule, || {
-                allow_parts(pipeline, Some(&principal), &rule)
+            let token = identity_token.as_deref();
+            let serial = token.map_or(0, IdentityToken::serial);
+            let parts = principal.check_allow(pipeline.id(), &rule, serial, || {
+                allow_parts(pipeline, Some((&principal, token)), &rule)
             });
             allowed(parts.ok_response.clone(), parts.dynamic_metadata.clone())
         }
@@ -220,12 +224,17 @@ fn allowed(ok_response: Bytes, dynamic_metadata: Bytes) -> CheckReply {
     }
 }
 
-/// An allow's `OkHttpResponse` and dynamic metadata, encoded: the identity headers set over
-/// any incoming copies, every other name Portcullis can set removed, and the decision, rule
-/// and principal as metadata. `None`: an anonymous (public-route) allow.
-fn allow_parts(pipeline: &Pipeline, principal: Option<&Principal>, rule: &str) -> (Bytes, Bytes) {
+/// An allow's `OkHttpResponse` and dynamic metadata, encoded: the identity headers (and the
+/// identity token) set over any incoming copies, every other name Portcullis can set
+/// removed, and the decision, rule and principal as metadata. `None`: an anonymous
+/// (public-route) allow.
+fn allow_parts(
+    pipeline: &Pipeline,
+    principal: Option<(&Principal, Option<&IdentityToken>)>,
+    rule: &str,
+) -> (Bytes, Bytes) {
     let upstream_headers = principal
-        .map(|p| pipeline.upstream_headers(p))
+        .map(|(p, token)| pipeline.upstream_headers(p, token))
         .unwrap_or_default();
     let set: Vec<HeaderValueOption> = upstream_headers
         .iter()
@@ -252,7 +261,7 @@ fn allow_parts(pipeline: &Pipeline, principal: Option<&Principal>, rule: &str) -
         ("decision", text_value("allow")),
         ("rule", text_value(rule)),
     ];
-    if let Some(principal) = principal {
+    if let Some((principal, _)) = principal {
         metadata.push(("principal", principal_metadata(principal)));
     }
     (
@@ -539,6 +548,78 @@ rules:
         assert_eq!(denied.status.as_ref().map(|s| s.code), Some(401));
         let metadata = response.dynamic_metadata.as_ref().expect("metadata");
         assert_eq!(text(metadata, "reason"), "MISSING_CREDENTIAL");
+    }
+
+    /// The headers an allow sets upstream, by name.
+    fn set_headers(ok: &OkHttpResponse) -> Vec<(&str, &str)> {
+        ok.headers
+            .iter()
+            .filter_map(|option| option.header.as_ref())
+            .map(|h| (h.key.as_str(), h.value.as_str()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn identity_tokens_are_set_upstream_reused_while_cached_and_never_passed_through() {
+        let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/testdata/identity");
+        let pipeline = crate::pipeline::quickstart_with(|config| {
+            config.response.identity_token = Some(
+                serde_norway::from_str(&format!(
+                    "{{issuer: 'https://portcullis.test', audience: upstream, \
+                     signing_key: 'file:{keys}/ed25519-a.pem', \
+                     audience_by_host: {{orders.internal: orders}}}}"
+                ))
+                .expect("an identity token config"),
+            );
+        });
+        let token = format!(
+            "Bearer {}",
+            portcullis_test_support::quickstart_token("orders:read")
+        );
+        let identity = |response: &CheckResponse| {
+            set_headers(ok(response))
+                .iter()
+                .find(|(name, _)| *name == "x-identity-token")
+                .map(|(_, value)| value.to_string())
+                .expect("the identity token is set")
+        };
+        let first = envoy_reads(&pipeline, &request("/orders/1", Some(&token))).await;
+        let second = envoy_reads(&pipeline, &request("/orders/2", Some(&token))).await;
+        assert_eq!(identity(&first), identity(&second), "not signed again");
+        let minted = identity(&first);
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::Engine::decode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                minted.split('.').nth(1).expect("a payload"),
+            )
+            .expect("base64url"),
+        )
+        .expect("JSON claims");
+        assert_eq!(claims["sub"], "alice");
+        assert_eq!(claims["aud"], "upstream");
+        assert_eq!(claims["iss"], "https://portcullis.test");
+
+        let mut to_orders = request("/orders/1", Some(&token));
+        if let Some(http) = to_orders
+            .attributes
+            .as_mut()
+            .and_then(|a| a.request.as_mut())
+            .and_then(|r| r.http.as_mut())
+        {
+            http.host = "orders.internal".to_owned();
+        }
+        let orders = envoy_reads(&pipeline, &to_orders).await;
+        assert_ne!(identity(&orders), minted, "another audience, another token");
+
+        let anonymous = envoy_reads(&pipeline, &request("/healthz", None)).await;
+        let ok = ok(&anonymous);
+        assert!(set_headers(ok).is_empty());
+        for stripped in ["x-identity-token", "x_identity_token"] {
+            assert!(
+                ok.headers_to_remove.iter().any(|name| name == stripped),
+                "a client's own {stripped} never reaches the upstream"
+            );
+        }
     }
 
     fn view_with(http: HttpRequestView) -> CheckRequestView {

@@ -38,6 +38,8 @@ pub struct AuthenticateReply {
     pub principal: Option<Bytes>,
     #[prost(message, optional, tag = "3")]
     pub denial: Option<pb::Denial>,
+    #[prost(string, tag = "4")]
+    pub identity_token: String,
 }
 
 /// `portcullis.v1.AuthorizeResponse` with the principal pre-encoded.
@@ -54,6 +56,8 @@ pub struct AuthorizeReply {
     pub rule: String,
     #[prost(map = "string, string", tag = "5")]
     pub upstream_headers: HashMap<String, String>,
+    #[prost(string, tag = "6")]
+    pub identity_token: String,
 }
 
 /// `envoy.service.auth.v3.CheckResponse` with an allow's parts pre-encoded. At most one of

@@ -23,6 +23,7 @@ use crate::{
     config::Config,
     credentials::{self, Carried, Extraction, Presented},
     decision::{CredentialType, Decision, Denial, Principal, Reason, Scheme},
+    identity_token::{IdentityToken, IdentityTokens},
     keys::{KeySource, RemoteKeySource},
     policy::{Policy, Resource, RuleTrace, Verdict},
     telemetry::{
@@ -59,6 +60,8 @@ pub struct Pipeline {
     verifiers: Verifiers,
     policy: Policy,
     upstream: UpstreamHeaders,
+    /// `response.identity_token`, when on: the shaping step that mints for upstreams.
+    identity_tokens: Option<IdentityTokens>,
     /// Where decided requests are counted.
     metrics: Arc<Metrics>,
     /// `telemetry.decision_log`, when on.
@@ -73,6 +76,7 @@ impl Pipeline {
         verifiers: Verifiers,
         policy: Policy,
         upstream: UpstreamHeaders,
+        identity_tokens: Option<IdentityTokens>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -83,6 +87,7 @@ impl Pipeline {
             verifiers,
             policy,
             upstream,
+            identity_tokens,
             metrics,
         }
     }
@@ -134,16 +139,12 @@ impl Pipeline {
         }
     }
 
-    /// Authenticate: extract, authenticate, bind.
+    /// Authenticate: extract, authenticate, bind, shape (an identity token for the default
+    /// audience).
     async fn authenticate_only(&self, request: &RequestAttrs<'_>) -> Decision {
         let presented = credentials::extract(&request.carried, &self.extraction);
         match self.authenticate(&presented, request.audience).await {
-            Ok(principal) => Decision::Allow {
-                credential: Some(principal.credential_type),
-                principal: Some(principal),
-                rule: String::new(),
-                credential_digest: self.allow_digest(&presented),
-            },
+            Ok(principal) => self.allow(principal, String::new(), "", &presented),
             Err(denial) => deny(denial, None, String::new(), Some(&presented)),
         }
     }
@@ -165,7 +166,7 @@ impl Pipeline {
         }
         let authn = self.authenticate(&presented, request.audience).await;
         let verdict = rules.decide(authn.as_deref(), request.required_scopes);
-        self.shape(verdict, authn.ok(), &presented)
+        self.shape(verdict, authn.ok(), &presented, resource.host)
     }
 
     /// Extracts and authenticates the request's credential, as Authorize does before its
@@ -205,24 +206,53 @@ impl Pipeline {
         Ok(principal)
     }
 
-    /// The decision for a verdict.
+    /// The decision for a verdict on a request to `host`.
     fn shape(
         &self,
         verdict: Verdict,
         principal: Option<Arc<Principal>>,
         presented: &Presented<'_>,
+        host: &str,
     ) -> Decision {
-        match verdict {
-            Verdict::Allow { rule } => Decision::Allow {
-                credential: principal
-                    .as_ref()
-                    .map(|p| p.credential_type)
-                    .or(presented.kind()),
-                principal,
+        match (verdict, principal) {
+            (Verdict::Allow { rule }, Some(principal)) => {
+                self.allow(principal, rule, host, presented)
+            }
+            (Verdict::Allow { rule }, None) => Decision::Allow {
+                credential: presented.kind(),
+                principal: None,
                 rule,
                 credential_digest: self.allow_digest(presented),
+                identity_token: None,
             },
-            Verdict::Deny { denial, rule } => deny(denial, principal, rule, Some(presented)),
+            (Verdict::Deny { denial, rule }, principal) => {
+                deny(denial, principal, rule, Some(presented))
+            }
+        }
+    }
+
+    /// An allow of `principal` by `rule` on `host`, with its identity token when they are
+    /// minted; a token that cannot be made denies instead (fail closed).
+    fn allow(
+        &self,
+        principal: Arc<Principal>,
+        rule: String,
+        host: &str,
+        presented: &Presented<'_>,
+    ) -> Decision {
+        let identity_token = match &self.identity_tokens {
+            Some(tokens) => match tokens.for_principal(&principal, &rule, host) {
+                Ok(token) => Some(token),
+                Err(denial) => return deny(denial, Some(principal), rule, Some(presented)),
+            },
+            None => None,
+        };
+        Decision::Allow {
+            credential: Some(principal.credential_type),
+            principal: Some(principal),
+            rule,
+            credential_digest: self.allow_digest(presented),
+            identity_token,
         }
     }
 
@@ -232,9 +262,21 @@ impl Pipeline {
     }
 
     /// The identity headers an allow of `principal` sets upstream
-    /// (`response.claims_to_headers`); a surface renders them when it answers.
-    pub fn upstream_headers(&self, principal: &Principal) -> Vec<(String, String)> {
-        self.upstream.render(principal)
+    /// (`response.claims_to_headers`, and the identity token's header with `identity_token`);
+    /// a surface renders them when it answers.
+    pub fn upstream_headers(
+        &self,
+        principal: &Principal,
+        identity_token: Option<&IdentityToken>,
+    ) -> Vec<(String, String)> {
+        self.upstream
+            .render(principal, identity_token.map(|t| &*t.token))
+    }
+
+    /// The identity token minter (`response.identity_token`), when configured: its keys
+    /// are what the admin listener publishes.
+    pub fn identity_tokens(&self) -> Option<&IdentityTokens> {
+        self.identity_tokens.as_ref()
     }
 
     pub(crate) fn verifiers(&self) -> &Verifiers {
@@ -319,6 +361,7 @@ pub fn decide_for(
             principal: principal.cloned(),
             rule,
             credential_digest: String::new(),
+            identity_token: None,
         },
         Verdict::Deny { denial, rule } => deny(denial, principal.cloned(), rule, None),
     }
@@ -389,13 +432,19 @@ fn digest_of(presented: Option<&Presented<'_>>) -> String {
 /// built for serving: what the unit tests of the pipeline and its surfaces run on.
 #[cfg(test)]
 pub(crate) fn quickstart_with_rules(rules: &str) -> Pipeline {
+    let extra: crate::config::AuthorizationConfig =
+        serde_norway::from_str(rules).expect("rules in YAML");
+    quickstart_with(|config| config.authorization.rules.extend(extra.rules))
+}
+
+/// The quickstart config as `edit` changes it, built for serving.
+#[cfg(test)]
+pub(crate) fn quickstart_with(edit: impl FnOnce(&mut Config)) -> Pipeline {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
     let mut config =
         crate::config::load_file(std::path::Path::new(&format!("{dir}/quickstart.yaml")))
             .expect("the quickstart config is valid");
-    let extra: crate::config::AuthorizationConfig =
-        serde_norway::from_str(rules).expect("rules in YAML");
-    config.authorization.rules.extend(extra.rules);
+    edit(&mut config);
     let client = crate::outbound::http_client().expect("an HTTP client");
     let metrics = Arc::new(Metrics::new(true));
     crate::build::pipeline(

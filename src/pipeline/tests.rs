@@ -198,7 +198,7 @@ async fn a_decision_carries_what_telemetry_and_the_upstream_need() {
         panic!("allowed")
     };
     assert_eq!(credential, Some(CredentialType::Jwt));
-    let upstream_headers = pipeline.upstream_headers(&principal);
+    let upstream_headers = pipeline.upstream_headers(&principal, None);
     assert!(upstream_headers.contains(&("x-user-id".to_owned(), "alice".to_owned())));
     let Decision::Deny {
         credential,

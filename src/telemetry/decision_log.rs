@@ -107,6 +107,7 @@ impl DecisionLog {
                 rule,
                 credential,
                 credential_digest,
+                ..
             } => (true, principal, rule, credential, credential_digest, None),
             Decision::Deny {
                 denial,
