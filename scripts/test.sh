@@ -2,7 +2,7 @@
 # The whole test suite, on a fresh machine: provisions what the tests need (the npm OpenID
 # provider, PostgreSQL, nginx, Caddy, helm, helm-docs, actionlint, Python test tools), then
 # runs formatting and lint checks, the Rust tests (unit, integration, real OpenID provider), the Helm chart,
-# release workflow, docs and load benchmark script tests (pytest), and the Go checks of the
+# release workflow, docs, load benchmark script and identity token upstream tests (pytest), and the Go checks of the
 # Envoy and Istio examples.
 # Under CI=true a test that cannot get a component it needs fails instead of skipping.
 set -euo pipefail
@@ -40,7 +40,7 @@ cargo test --locked
 
 step "helm chart, container image, release workflow, docs and bench script tests (pytest)"
 PORTCULLIS_BIN="${CARGO_TARGET_DIR:-$REPO/target}/debug/portcullis" "$REPO/.tools/venv/bin/python" -m pytest -q \
-  tests/helm tests/image tests/release tests/docs tests/scripts
+  tests/helm tests/image tests/release tests/docs tests/scripts tests/upstream
 
 step "Envoy and Istio examples (go test, tests/examples-validation)"
 # GOFLAGS=-mod=mod: go.sum pins every module; downloads stay in the Go module cache.

@@ -268,7 +268,7 @@ def dotted(path: tuple) -> str:
 
 def test_scenarios_exist():
     names = set(SCENARIOS)
-    for expected in ("minimal", "tls", "cert-manager", "postgres", "existing-secrets", "autoscaling-off",
+    for expected in ("minimal", "tls", "cert-manager", "postgres", "existing-secrets", "identity-token", "autoscaling-off",
                      "monitoring", "api-keys-basic"):
         assert expected in names, f"missing ci/{expected}-values.yaml"
 

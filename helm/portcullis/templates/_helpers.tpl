@@ -150,6 +150,7 @@ The file secrets the chart knows: values key -> directory under /etc/portcullis/
 apiKeys: api-keys
 htpasswd: htpasswd
 jwt: jwt
+identity: identity
 tls: tls
 {{- end }}
 
