@@ -9,6 +9,11 @@ rate, alternating the binaries for several rounds, and prints server CPU microse
 request (utime+stime from /proc/PID/stat) for each.
 
 Usage: scripts/bench-ab.py OLD_BINARY NEW_BINARY [--rps 5000] [--seconds 8] [--rounds 3]
+                           [--new-identity-token]
+
+--new-identity-token turns `response.identity_token` on for NEW only (EdDSA, the throwaway
+keys under tests/testdata/identity): with the same binary twice, it measures what minting,
+keeping and setting the identity token costs a cached request.
 Needs ghz in .tools/bin (scripts/provision/grpc-tools.sh) or $PORTCULLIS_TOOLS; shares its helpers with
 scripts/bench.py (scripts/benchlib.py).
 """
@@ -26,7 +31,22 @@ from benchlib import (CLK_TCK, REPO, TOOLS_BIN, free_port, ghz_command, latency_
 GHZ = os.path.join(TOOLS_BIN, "ghz")
 
 
-def start(binary, directory):
+IDENTITY_KEYS = os.path.join(REPO, "tests", "testdata", "identity")
+
+
+def identity_token_config(admin):
+    return (
+        "response:\n"
+        "  identity_token:\n"
+        f"    issuer: http://127.0.0.1:{admin}\n"
+        f"    signing_key: file:{IDENTITY_KEYS}/ed25519-a.pem\n"
+        f"    next_signing_key: file:{IDENTITY_KEYS}/ed25519-b.pem\n"
+        "    audience: upstream\n"
+        "    claims: {email: email}\n"
+    )
+
+
+def start(binary, directory, identity_token=False):
     grpc, admin = free_port(), free_port()
     config = open(os.path.join(REPO, "examples", "quickstart.yaml")).read()
     config = (
@@ -34,6 +54,8 @@ def start(binary, directory):
         .replace("127.0.0.1:9090", f"127.0.0.1:{admin}")
         .replace("path: keys/", "path: " + os.path.join(REPO, "examples", "keys") + "/")
     )
+    if identity_token:
+        config = config.replace("response:\n", identity_token_config(admin), 1)
     config += "\ntelemetry: {log_level: warn}\n" if "telemetry:" not in config else ""
     path = os.path.join(directory, f"config-{grpc}.yaml")
     with open(path, "w") as f:
@@ -80,13 +102,15 @@ def main():
     parser.add_argument("--rps", type=int, default=5000)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--new-identity-token", action="store_true",
+                        help="response.identity_token on for NEW only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         servers = {}
         results = {}
         try:
             for name, binary in (("old", args.old), ("new", args.new)):
-                servers[name] = start(binary, directory)
+                servers[name] = start(binary, directory, name == "new" and args.new_identity_token)
             tok = sign_token(args.new)
             for _ in range(args.rounds):
                 for label, call, data in scenarios(tok):

@@ -488,6 +488,18 @@ fn validate_decision_log(config: &Config, errors: &mut Vec<ConfigError>) {
             ));
         }
     }
+    if log.enabled && log.outputs.is_empty() {
+        errors.push(error(
+            "telemetry.decision_log.outputs",
+            "names no output: list stderr, otlp or both",
+        ));
+    }
+    if log.logs_to(DecisionLogOutput::Otlp) && config.telemetry.otlp_endpoint.is_none() {
+        errors.push(error(
+            "telemetry.decision_log.outputs",
+            "otlp needs telemetry.otlp_endpoint",
+        ));
+    }
     if log.claims.len() > MAX_DECISION_LOG_CLAIMS {
         errors.push(error(
             "telemetry.decision_log.claims",

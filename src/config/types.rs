@@ -625,9 +625,9 @@ pub struct TelemetryConfig {
     pub decision_log: DecisionLogConfig,
 }
 
-/// Decision logs: a JSON line (target `decision_log`) per sampled decision with the
-/// rule, reason, principal, credential type and digest, request and duration. Never the
-/// credential, and no claim unless listed in `claims`.
+/// Decision logs: a JSON line (target `decision_log`) or OTLP log record per sampled
+/// decision with the rule, reason, principal, credential type and digest, request and
+/// duration. Never the credential, and no claim unless listed in `claims`.
 #[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]
 #[schemars(deny_unknown_fields)]
 #[serde(default)]
@@ -640,6 +640,20 @@ pub struct DecisionLogConfig {
     pub rules: BTreeMap<String, f64>,
     /// Claims copied into each line of a verified principal, by name (at most 32).
     pub claims: Vec<String>,
+    /// Where decisions go: `stderr` (with the other logs, in their format) and/or `otlp`
+    /// (OTLP log records to `telemetry.otlp_endpoint`). Read at start: a restart applies
+    /// a change.
+    pub outputs: Vec<DecisionLogOutput>,
+}
+
+/// A destination of decision logs.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DecisionLogOutput {
+    /// A line on stderr, in `telemetry.log_format`.
+    Stderr,
+    /// An OTLP log record, exported with the traces' endpoint.
+    Otlp,
 }
 
 impl Default for DecisionLogConfig {
@@ -649,7 +663,15 @@ impl Default for DecisionLogConfig {
             sample_ratio: 1.0,
             rules: BTreeMap::new(),
             claims: Vec::new(),
+            outputs: vec![DecisionLogOutput::Stderr],
         }
+    }
+}
+
+impl DecisionLogConfig {
+    /// Whether decisions are logged to `output`.
+    pub fn logs_to(&self, output: DecisionLogOutput) -> bool {
+        self.enabled && self.outputs.contains(&output)
     }
 }
 

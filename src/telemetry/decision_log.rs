@@ -1,6 +1,7 @@
 //! Decision logs (`telemetry.decision_log`): one line per sampled decision, allow and deny,
-//! as an info event with target `decision_log`, so it takes the log format (JSON lines by
-//! default) and reaches wherever logs go. A line names the decision, rule, reason,
+//! as an info event with target `decision_log`. `telemetry::init` routes the target to its
+//! outputs: stderr, in the log format (JSON lines by default), and/or OTLP log records
+//! (each field an attribute). A line names the decision, rule, reason,
 //! principal (subject, issuer), credential type and a short digest of the credential, the
 //! request (surface, method, host, path) and the duration. Never the credential itself: the
 //! path is cut before any query string, fragment or `;` parameter (they may carry
@@ -175,6 +176,7 @@ mod tests {
             sample_ratio: ratio,
             rules: rules.iter().map(|(r, v)| (r.to_string(), *v)).collect(),
             claims: Vec::new(),
+            ..DecisionLogConfig::default()
         })
         .expect("enabled")
     }

@@ -16,9 +16,11 @@ pub use events::{
 use std::sync::OnceLock;
 
 use opentelemetry::{KeyValue, propagation::TextMapPropagator, trace::TracerProvider as _};
+use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{
     Resource,
+    logs::SdkLoggerProvider,
     propagation::TraceContextPropagator,
     trace::{Sampler, SdkTracerProvider},
 };
@@ -26,25 +28,30 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
     EnvFilter, Layer,
     field::RecordFields,
+    filter::filter_fn,
     fmt::{FormatFields, format::Writer},
     layer::SubscriberExt,
     util::SubscriberInitExt,
 };
 
 use crate::{
-    config::{LogFormat, TelemetryConfig},
+    config::{DecisionLogOutput, LogFormat, TelemetryConfig},
     headers::Headers,
 };
 
-/// Keeps the trace exporter alive; flushes pending spans when dropped.
+/// Keeps the trace and decision log exporters alive; flushes what is pending when dropped.
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    decision_logs: Option<SdkLoggerProvider>,
 }
 
 impl TelemetryGuard {
-    /// Exports every finished span now (tests and shutdown).
+    /// Exports every finished span and pending decision record now (tests and shutdown).
     pub fn flush(&self) {
         if let Some(provider) = &self.provider {
+            let _ = provider.force_flush();
+        }
+        if let Some(provider) = &self.decision_logs {
             let _ = provider.force_flush();
         }
     }
@@ -53,6 +60,9 @@ impl TelemetryGuard {
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
         if let Some(provider) = self.provider.take() {
+            let _ = provider.shutdown();
+        }
+        if let Some(provider) = self.decision_logs.take() {
             let _ = provider.shutdown();
         }
     }
@@ -94,6 +104,38 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
             .boxed(),
         LogFormat::Text => fmt.boxed(),
     };
+    // Decision lines reach stderr only when it is one of their outputs.
+    let decisions_to_stderr = config.decision_log.logs_to(DecisionLogOutput::Stderr);
+    let fmt = fmt.with_filter(filter_fn(move |meta| {
+        decisions_to_stderr || meta.target() != decision_log::TARGET
+    }));
+    let resource = || {
+        Resource::builder()
+            .with_service_name("portcullis")
+            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+            .build()
+    };
+    let decision_logs = match &config.otlp_endpoint {
+        Some(endpoint) if config.decision_log.logs_to(DecisionLogOutput::Otlp) => {
+            let exporter = opentelemetry_otlp::LogExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.clone())
+                .build()
+                .map_err(|err| TelemetryError(err.to_string()))?;
+            Some(
+                SdkLoggerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(resource())
+                    .build(),
+            )
+        }
+        _ => None,
+    };
+    // Only decision events become OTLP log records: each field an attribute.
+    let decision_records = decision_logs.as_ref().map(|provider| {
+        OpenTelemetryTracingBridge::new(provider)
+            .with_filter(filter_fn(|meta| meta.target() == decision_log::TARGET))
+    });
     let (otel, provider) = match &config.otlp_endpoint {
         Some(endpoint) => {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -101,10 +143,6 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
                 .with_endpoint(endpoint.clone())
                 .build()
                 .map_err(|err| TelemetryError(err.to_string()))?;
-            let resource = Resource::builder()
-                .with_service_name("portcullis")
-                .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-                .build();
             // Follow the caller's sampling decision; sample root spans at the configured ratio.
             let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
                 config.trace_sample_ratio,
@@ -112,7 +150,7 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
             let provider = SdkTracerProvider::builder()
                 .with_sampler(sampler)
                 .with_batch_exporter(exporter)
-                .with_resource(resource)
+                .with_resource(resource())
                 .build();
             // A request span carries what `request_span` records, nothing per poll: no busy/
             // idle timing, source location, thread or target attributes, and no OTel context
@@ -132,12 +170,16 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
         .with(filter)
         .with(fmt)
         .with(otel)
+        .with(decision_records)
         .try_init()
         .is_ok()
     {
         let _ = SPAN_POLICY.set(SpanPolicy::of(config));
     }
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard {
+        provider,
+        decision_logs,
+    })
 }
 
 /// Formats no span fields (see `init`); the JSON event formatter writes event fields itself.

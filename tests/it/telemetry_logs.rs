@@ -303,3 +303,160 @@ telemetry:
         "{logs}"
     );
 }
+
+/// Decision records received by an in-process OTLP collector (the official
+/// opentelemetry-proto LogsService).
+#[derive(Clone, Default)]
+struct LogsCollector {
+    received: std::sync::Arc<std::sync::Mutex<Vec<ExportLogsServiceRequest>>>,
+}
+
+#[tonic::async_trait]
+impl LogsService for LogsCollector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        self.received.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(ExportLogsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+impl LogsCollector {
+    /// Each record's attributes, as text.
+    fn records(&self) -> Vec<std::collections::HashMap<String, String>> {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+        let text = |value: Option<&AnyValue>| match value {
+            Some(AnyValue::StringValue(s)) => s.clone(),
+            Some(AnyValue::IntValue(i)) => i.to_string(),
+            Some(AnyValue::BoolValue(b)) => b.to_string(),
+            other => format!("{other:?}"),
+        };
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|request| &request.resource_logs)
+            .flat_map(|resource| &resource.scope_logs)
+            .flat_map(|scope| &scope.log_records)
+            .map(|record| {
+                record
+                    .attributes
+                    .iter()
+                    .map(|kv| {
+                        let value = kv.value.as_ref().and_then(|v| v.value.as_ref());
+                        (kv.key.clone(), text(value))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn exported_bytes(&self) -> Vec<u8> {
+        use prost::Message;
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(Message::encode_to_vec)
+            .collect()
+    }
+}
+
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+    logs_service_server::{LogsService, LogsServiceServer},
+};
+
+/// `outputs: [otlp]`: every decision becomes an OTLP log record whose attributes are the
+/// line's fields (a real exporter to an in-process collector), and none reaches stderr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decision_logs_are_exported_as_otlp_log_records_instead_of_lines() {
+    let collector = LogsCollector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(LogsServiceServer::new(collector.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::new(ES256, "k1");
+    let (mut server, lines, mut client) = serve_with_logs(
+        dir.path(),
+        &key,
+        &format!(
+            r#"
+authorization:
+  rules:
+    - name: orders-read
+      match: {{ http: {{ methods: [GET], paths: ["/orders/**"] }} }}
+telemetry:
+  log_format: json
+  log_level: info
+  otlp_endpoint: {endpoint}
+  decision_log:
+    enabled: true
+    outputs: [otlp]
+"#
+        ),
+    )
+    .await;
+    let alice = key.sign(&claims("https://a.test", "api://orders"));
+    for (token, allowed) in [(Some(alice.as_str()), true), (None, false)] {
+        let answer = client
+            .authorize(pb::AuthorizeRequest {
+                credential: token.map(|t| pb::Credential {
+                    kind: Some(pb::credential::Kind::BearerToken(t.to_owned())),
+                }),
+                resource: Some(pb::Resource {
+                    http_method: "GET".into(),
+                    host: "api.example.com".into(),
+                    path: "/orders/1?access_token=leaked-query-secret".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.allowed, allowed);
+    }
+    // A graceful stop flushes the batch of records.
+    assert!(server.terminate().success());
+    eventually(Duration::from_secs(10), || collector.records().len() >= 2).await;
+    let records = collector.records();
+    assert_eq!(records.len(), 2, "{records:?}");
+    let allow = &records[0];
+    assert_eq!(allow["decision"], "allow");
+    assert_eq!(allow["rule"], "orders-read");
+    assert_eq!(allow["subject"], "alice");
+    assert_eq!(allow["credential_type"], "JWT");
+    assert_eq!(
+        allow["credential_digest"],
+        portcullis::telemetry::short_digest(&alice)
+    );
+    assert_eq!(allow["path"], "/orders/1");
+    assert_eq!(records[1]["reason"], "MISSING_CREDENTIAL");
+    let exported = collector.exported_bytes();
+    for part in alice.split('.').filter(|p| p.len() >= 8) {
+        assert!(
+            !exported
+                .windows(part.len())
+                .any(|window| window == part.as_bytes()),
+            "a credential fragment was exported"
+        );
+    }
+    assert!(
+        !exported
+            .windows(19)
+            .any(|window| window == b"leaked-query-secret")
+    );
+    let logs = lines.iter().collect::<Vec<_>>().join("\n");
+    assert!(
+        !logs.contains("\"target\":\"decision_log\""),
+        "outputs without stderr print no decision line:\n{logs}"
+    );
+}
