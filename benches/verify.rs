@@ -1,12 +1,16 @@
 //! Micro-benchmarks of the JWT verify path, per algorithm: the signature check alone, a full
-//! uncached verification (parse, key lookup, signature, claims, principal), and a cache hit.
+//! uncached verification (parse, key lookup, signature, claims, principal), and a cache hit;
+//! and of identity tokens: minting one for a new principal (EdDSA, ES256), and reusing the
+//! one a cached principal keeps.
 
 use std::{hint::black_box, sync::Arc, time::Duration};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::Algorithm::*;
 use portcullis::{
-    config::IssuerConfig,
+    config::{IdentityTokenConfig, IssuerConfig},
+    decision::{CredentialType, Principal},
+    identity_token::IdentityTokens,
     jwt::{ClaimPolicy, KeyLookup, KeySet, parse_jws},
     keys::KeySource,
     verify::jwt::{IssuerVerifier, JwtVerifier},
@@ -73,9 +77,53 @@ fn bench_verify(c: &mut Criterion) {
     }
 }
 
+fn bench_identity_token(c: &mut Criterion) {
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/testdata/identity");
+    let principal = || {
+        let serde_json::Value::Object(claims) =
+            serde_json::json!({"sub": "alice", "email": "alice@example.com"})
+        else {
+            unreachable!()
+        };
+        Principal::new(
+            "alice".into(),
+            "bench".into(),
+            CredentialType::Jwt,
+            claims,
+            vec!["orders:read".into()],
+            None,
+            "k".into(),
+        )
+    };
+    for (name, key) in [("EdDSA", "ed25519-a"), ("ES256", "p256-a")] {
+        let config: IdentityTokenConfig = serde_norway::from_str(&format!(
+            "{{issuer: 'https://portcullis.bench', audience: upstream, \
+             signing_key: 'file:{keys}/{key}.pem', claims: {{email: email}}}}"
+        ))
+        .unwrap();
+        let tokens = IdentityTokens::new(&config).unwrap();
+        c.bench_function(&format!("identity_token/mint/{name}"), |b| {
+            b.iter_batched(
+                principal,
+                |fresh| tokens.for_principal(&fresh, "rule", "host").unwrap(),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+        let cached = principal();
+        tokens.for_principal(&cached, "rule", "host").unwrap();
+        c.bench_function(&format!("identity_token/kept/{name}"), |b| {
+            b.iter(|| {
+                tokens
+                    .for_principal(black_box(&cached), "rule", "host")
+                    .unwrap()
+            })
+        });
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500)).sample_size(30);
-    targets = bench_verify
+    targets = bench_verify, bench_identity_token
 }
 criterion_main!(benches);

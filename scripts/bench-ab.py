@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import urllib.request
 
 from benchlib import (CLK_TCK, REPO, TOOLS_BIN, free_port, ghz_command, latency_ms, proc_ticks, sign_token,
                       stop, wait_ready)
@@ -66,6 +67,10 @@ def start(binary, directory, identity_token=False):
         stderr=subprocess.DEVNULL,
     )
     if wait_ready(process, admin, timeout=10):
+        if identity_token:
+            # The keys are published only when identity tokens are on: proof the config took.
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/.well-known/jwks.json", timeout=5) as jwks:
+                assert len(json.load(jwks)["keys"]) == 2, "identity tokens are on"
         return process, grpc
     stop([process])
     sys.exit(f"{binary} did not become ready")

@@ -824,6 +824,25 @@ unknown_section: {}
         ] {
             assert!(paths.contains(&path), "{path}: {errors:?}");
         }
+        for outputs in ["[]", "[otlp]", "[stderr, otlp]"] {
+            let errors = load_str(&with(&format!("{{enabled: true, outputs: {outputs}}}")))
+                .unwrap_err()
+                .0;
+            assert_eq!(
+                errors[0].path, "telemetry.decision_log.outputs",
+                "{outputs}: no output, or otlp without an endpoint"
+            );
+        }
+        let to_otlp = format!(
+            "{base}telemetry:\n  otlp_endpoint: http://collector:4317\n  decision_log: {{enabled: true, outputs: [otlp]}}\n"
+        );
+        assert!(
+            load_str(&to_otlp)
+                .unwrap()
+                .telemetry
+                .decision_log
+                .logs_to(DecisionLogOutput::Otlp)
+        );
     }
 
     #[test]
