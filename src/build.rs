@@ -22,6 +22,7 @@ use crate::{
     },
     pipeline::Pipeline,
     policy::Policy,
+    revocation::{self, Revocations},
     telemetry::metrics::Metrics,
     upstream::UpstreamHeaders,
     verify::{
@@ -142,7 +143,40 @@ fn verifiers(
         basic: basic_verifier(config, errors),
         opaque: opaque_introspector(config, client, metrics, errors),
         certificates: certificate_verifier(config, errors),
+        revocations: revocations(config, previous, mode, errors),
     }
+}
+
+/// The JWT denylist: the previous configuration's follower when its settings are
+/// unchanged (no gap in a reload), else a new one seeded with the previous list, in force
+/// until the new database's list has loaded.
+fn revocations(
+    config: &Config,
+    previous: Option<&Pipeline>,
+    mode: BuildMode,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Arc<Revocations>> {
+    let settings = config.revocation.as_ref()?;
+    let url = settings
+        .url
+        .resolve()
+        .and_then(|bytes| String::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned()))
+        .map_err(|err| push(errors, "revocation.url", err))
+        .ok()?;
+    let previous = previous.and_then(|p| p.verifiers().revocations.as_ref());
+    if mode == BuildMode::Check {
+        return revocation::postgres::pool(&url, settings.timeout)
+            .map_err(|err| push(errors, "revocation.url", err.to_string()))
+            .ok()
+            .and(None);
+    }
+    if let Some(follower) = previous.filter(|follower| follower.same_settings(settings)) {
+        return Some(follower.clone());
+    }
+    let seed = previous.and_then(|follower| follower.snapshot());
+    Revocations::start(settings, &url, seed)
+        .map_err(|err| push(errors, "revocation.url", err.to_string()))
+        .ok()
 }
 
 fn issuer_verifier(

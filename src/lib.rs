@@ -26,6 +26,7 @@ pub mod pb;
 pub mod pipeline;
 pub mod policy;
 pub mod reload;
+pub mod revocation;
 pub mod server;
 pub mod serving;
 pub mod telemetry;

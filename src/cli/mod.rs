@@ -6,6 +6,7 @@ mod keys;
 mod passwd;
 mod policy;
 mod token;
+mod tokens;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -49,6 +50,11 @@ enum Command {
         #[command(subcommand)]
         command: token::TokenCommand,
     },
+    /// Revoke JWTs (by jti, or every token of a subject) on every replica.
+    Tokens {
+        #[command(subcommand)]
+        command: tokens::TokensCommand,
+    },
     /// Call a running server's Authenticate and print the result as JSON.
     Authenticate(authenticate::AuthenticateArgs),
     /// API keys: generate, and the PostgreSQL store's schema and revocation.
@@ -81,6 +87,7 @@ impl Cli {
                 }
             },
             Command::Token { command } => token::run(command),
+            Command::Tokens { command } => tokens::run(command),
             Command::Authenticate(args) => authenticate::run(args),
             Command::Keys { command } => keys::run(command),
             Command::Passwd { user } => passwd::run(&user),

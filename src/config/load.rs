@@ -9,7 +9,7 @@ use std::{fmt, path::Path, time::Duration};
 use serde::de::DeserializeOwned;
 use serde_norway::Value;
 
-use super::types::*;
+use super::{SecretRef, types::*};
 use crate::vocabulary::{Algorithm, CredentialType, parse_network, valid_api_key_prefix};
 
 /// One problem in a config file, located by its dotted path (`issuers[0].leeway`).
@@ -321,6 +321,7 @@ fn validate(config: &Config, positions: &[usize], errors: &mut Vec<ConfigError>)
     validate_rules(config, errors);
     validate_headers(config, errors);
     validate_identity_token(config, errors);
+    validate_revocation(config, errors);
     if !(0.0..=1.0).contains(&config.telemetry.trace_sample_ratio) {
         errors.push(error(
             "telemetry.trace_sample_ratio",
@@ -543,6 +544,7 @@ fn upstream_header_problem(config: &Config, header: &str) -> Option<String> {
     if !valid {
         return Some(format!("{header:?} is not a lower-case header name"));
     }
+    // Credentials, hop-by-hop headers, and what proxies route, trace and forward by.
     let reserved = matches!(
         header,
         "authorization"
@@ -554,13 +556,51 @@ fn upstream_header_problem(config: &Config, header: &str) -> Option<String> {
             | "transfer-encoding"
             | "te"
             | "upgrade"
-    );
+            | "forwarded"
+            | "x-real-ip"
+            | "traceparent"
+            | "tracestate"
+    ) || ["x-forwarded-", "x-original-", "x-envoy-"]
+        .iter()
+        .any(|prefix| header.starts_with(prefix));
     let credential = config
         .credentials
         .api_key_headers
         .iter()
         .any(|name| name == header);
     (reserved || credential).then(|| format!("{header:?} cannot carry identity upstream"))
+}
+
+/// `revocation`: bounded retention, resync and timeout.
+fn validate_revocation(config: &Config, errors: &mut Vec<ConfigError>) {
+    let Some(revocation) = &config.revocation else {
+        return;
+    };
+    let within = |value: Duration, low: Duration, high: Duration| (low..=high).contains(&value);
+    if !within(
+        revocation.retention,
+        Duration::from_secs(60),
+        Duration::from_secs(366 * 24 * 3600),
+    ) {
+        errors.push(error("revocation.retention", "must be between 1m and 366d"));
+    }
+    if !within(
+        revocation.resync_interval,
+        Duration::from_secs(1),
+        Duration::from_secs(24 * 3600),
+    ) {
+        errors.push(error(
+            "revocation.resync_interval",
+            "must be between 1s and 24h",
+        ));
+    }
+    if !within(
+        revocation.timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(60),
+    ) {
+        errors.push(error("revocation.timeout", "must be between 100ms and 60s"));
+    }
 }
 
 /// Claims every identity token sets itself: a configured claim may not replace them.
@@ -593,11 +633,25 @@ fn validate_identity_token(config: &Config, errors: &mut Vec<ConfigError>) {
             && reqwest::Url::parse(url)
                 .is_ok_and(|url| url.query().is_none() && url.fragment().is_none())
     };
-    if !absolute_url(&identity.issuer) {
+    // Discovery is served at the root of the admin listener, so the issuer has no path.
+    let root_url = |url: &str| {
+        absolute_url(url)
+            && !url.ends_with('/')
+            && reqwest::Url::parse(url).is_ok_and(|url| url.path() == "/")
+    };
+    if !root_url(&identity.issuer) {
         errors.push(error(
             at("issuer"),
-            "must be an absolute http(s) URL without query or fragment",
+            "must be an absolute http(s) URL with no path, query or fragment, e.g. http://portcullis.auth.svc:9090",
         ));
+    }
+    for (i, key) in identity.keys().enumerate() {
+        if key.file().is_none() && !matches!(key, SecretRef::Env(_)) {
+            errors.push(error(
+                at(&format!("keys[{i}]")),
+                "a private key is read from `file:/path` or `env:NAME`, never written inline",
+            ));
+        }
     }
     if let Some(uri) = &identity.jwks_uri
         && !absolute_url(uri)
@@ -641,11 +695,16 @@ fn validate_identity_token(config: &Config, errors: &mut Vec<ConfigError>) {
         }
     }
     for (host, audience) in &identity.audience_by_host {
-        if !audience_ok(audience) || host.is_empty() || host.bytes().any(|b| b.is_ascii_uppercase())
-        {
+        // Rules see the canonical host: lower-case, without port or trailing dot.
+        let canonical = !host.is_empty()
+            && !host.ends_with('.')
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+        if !audience_ok(audience) || !canonical {
             errors.push(error(
                 at(&format!("audience_by_host.{host}")),
-                "needs a lower-case host and an audience of 1 to 256 characters",
+                "needs a lower-case host name without port and an audience of 1 to 256 characters",
             ));
         }
     }
@@ -865,7 +924,7 @@ unknown_section: {}
             "https://portcullis.example/.well-known/jwks.json"
         );
         let bad = with(
-            "{issuer: 'https://p.example/?x=1', signing_key: k, audience: '', header: x-api-key, ttl: 2d, max_bytes: 10, audience_by_rule: {ordrs: o}, audience_by_host: {API.example: a}, claims: {email: sub, name: n, nick: n}}",
+            "{issuer: 'https://p.example/?x=1', signing_key: k, audience: '', header: x-api-key, ttl: 2d, max_bytes: 10, audience_by_rule: {ordrs: o}, audience_by_host: {API.example: a, 'b.example:8443': b}, claims: {email: sub, name: n, nick: n}}",
         );
         let errors = load_str(&bad).unwrap_err().0;
         let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
@@ -877,14 +936,29 @@ unknown_section: {}
             "response.identity_token.max_bytes",
             "response.identity_token.audience_by_rule.ordrs",
             "response.identity_token.audience_by_host.API.example",
+            "response.identity_token.audience_by_host.b.example:8443",
+            "response.identity_token.keys[0]",
             "response.identity_token.claims.email",
             "response.identity_token.claims.nick",
         ] {
             assert!(paths.contains(&path), "{path}: {errors:?}");
         }
-        for header in ["authorization", "x-user"] {
+        for issuer in ["https://p.example/", "https://p.example/tokens"] {
             let errors = load_str(&with(&format!(
-                "{{issuer: 'https://p.example', signing_key: k, audience: a, header: {header}}}"
+                "{{issuer: '{issuer}', signing_key: 'file:k', audience: a}}"
+            )))
+            .unwrap_err()
+            .0;
+            assert_eq!(errors[0].path, "response.identity_token.issuer", "{issuer}");
+        }
+        for header in [
+            "authorization",
+            "x-user",
+            "x-forwarded-host",
+            "x-envoy-original-path",
+        ] {
+            let errors = load_str(&with(&format!(
+                "{{issuer: 'https://p.example', signing_key: 'file:k', audience: a, header: {header}}}"
             )))
             .unwrap_err()
             .0;

@@ -3,12 +3,14 @@
 
 mod identity_token;
 mod load;
+mod revocation;
 mod secret;
 mod types;
 mod verifiers;
 
 pub use identity_token::IdentityTokenConfig;
 pub use load::{ConfigError, ConfigErrors, load_file, load_file_partial, load_str};
+pub use revocation::RevocationConfig;
 pub use secret::SecretRef;
 pub use types::*;
 pub use verifiers::*;

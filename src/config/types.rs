@@ -27,6 +27,8 @@ pub struct Config {
     pub api_keys: ApiKeysConfig,
     pub basic: BasicConfig,
     pub client_certificates: ClientCertificatesConfig,
+    /// The JWT denylist in PostgreSQL; unset: JWTs are revoked only by expiring.
+    pub revocation: Option<super::RevocationConfig>,
 }
 
 impl Config {
@@ -87,6 +89,9 @@ impl Config {
         self.api_keys.file.iter_mut().for_each(fix);
         if let Some(postgres) = &mut self.api_keys.postgres {
             fix_secret(&mut postgres.url);
+        }
+        if let Some(revocation) = &mut self.revocation {
+            fix_secret(&mut revocation.url);
         }
         if let Some(identity) = &mut self.response.identity_token {
             identity.keys_mut().for_each(fix_secret);

@@ -18,17 +18,17 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use bytes::Bytes;
 use serde_json::{Map, Value};
-pub use signing::{KeyError, SigningKey};
+use signing::SigningKey;
 
 use crate::{
     config::{IdentityTokenConfig, SecretRef},
     decision::{Denial, Principal, Reason},
+    verify::unix_now,
 };
 
 /// Distinguishes the minters built in this process: a token is reused only by its minter.
@@ -37,8 +37,9 @@ static NEXT_MINTER_ID: AtomicU64 = AtomicU64::new(1);
 /// Distinguishes minted tokens: what an ext_authz allow rendered with one is keyed by.
 static NEXT_TOKEN_SERIAL: AtomicU64 = AtomicU64::new(1);
 
-/// Most tokens one principal keeps (one per audience it was minted for).
-const KEPT_PER_PRINCIPAL: usize = 8;
+/// Most tokens one principal keeps (one per audience it was minted for): with the largest
+/// `max_bytes`, 256 KiB beside a cached principal, outside `cache.max_bytes`.
+const KEPT_PER_PRINCIPAL: usize = 4;
 
 /// One minted token, as a principal keeps it.
 #[derive(Debug)]
@@ -124,14 +125,26 @@ impl IdentityTokens {
             .collect();
         algorithms.sort();
         algorithms.dedup();
+        let mut claims_supported: Vec<&str> = [
+            "iss",
+            "sub",
+            "aud",
+            "exp",
+            "iat",
+            "jti",
+            "scope",
+            "credential_type",
+            "original_issuer",
+        ]
+        .into();
+        claims_supported.extend(config.claims.values().map(String::as_str));
+        // The fields a token verifier reads: Portcullis signs tokens but is no OpenID
+        // provider, so nothing about authorization endpoints or response types is claimed.
         let discovery = serde_json::json!({
             "issuer": config.issuer,
             "jwks_uri": config.jwks_uri(),
             "id_token_signing_alg_values_supported": algorithms,
-            "response_types_supported": ["id_token"],
-            "subject_types_supported": ["public"],
-            "claims_supported": ["iss", "sub", "aud", "exp", "iat", "jti", "scope",
-                "credential_type", "original_issuer"],
+            "claims_supported": claims_supported,
         });
         Ok(Self {
             id: NEXT_MINTER_ID.fetch_add(1, Ordering::Relaxed),
@@ -168,22 +181,12 @@ impl IdentityTokens {
         self.discovery.clone()
     }
 
-    /// The `kid` new tokens are signed under.
-    pub fn signing_kid(&self) -> &str {
-        self.signing.kid()
-    }
-
-    /// The audience for a request `rule` allowed on `host`: by rule, then by host (as
-    /// given, then without its port), then the default.
+    /// The audience for a request `rule` allowed on `host` (canonical: lower-case, without
+    /// a port): by rule, then by host, then the default.
     pub fn audience_for(&self, rule: &str, host: &str) -> &str {
-        let without_port = host
-            .rsplit_once(':')
-            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-            .map_or(host, |(name, _)| name);
         self.audience_by_rule
             .get(rule)
             .or_else(|| self.audience_by_host.get(host))
-            .or_else(|| self.audience_by_host.get(without_port))
             .unwrap_or(&self.audience)
     }
 
@@ -215,8 +218,22 @@ impl IdentityTokens {
         audience: &str,
         now: i64,
     ) -> Result<IdentityToken, Denial> {
+        if principal.subject.is_empty() {
+            return Err(Denial::new(
+                Reason::InvalidClaims,
+                "an identity token needs a subject, and the credential has none",
+            ));
+        }
         let mut expires_at = now.saturating_add(self.ttl_seconds);
         if let Some(credential_expiry) = principal.expires_at {
+            // Within the verifier's leeway a credential past its `exp` is still accepted;
+            // a token minted for it would be born expired.
+            if credential_expiry <= now {
+                return Err(Denial::new(
+                    Reason::Expired,
+                    "the credential expires before an identity token could be used",
+                ));
+            }
             expires_at = expires_at.min(credential_expiry);
         }
         let mut claims = Map::new();
@@ -272,14 +289,6 @@ fn random_jti() -> Result<String, Denial> {
     let mut bytes = [0u8; 16];
     aws_lc_rs::rand::fill(&mut bytes).map_err(|_| unsignable())?;
     Ok(URL_SAFE_NO_PAD.encode(bytes))
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
-        })
 }
 
 #[cfg(test)]

@@ -27,10 +27,10 @@ enum KeyPairKind {
     P256(EcdsaKeyPair),
 }
 
-/// One signing key: its key pair, `kid`, public JWK and the token header it signs under.
+/// One signing key: its key pair, public JWK (with its `kid`) and the token header it
+/// signs under.
 pub struct SigningKey {
     pair: KeyPairKind,
-    kid: String,
     jwk: Jwk,
     /// The base64url protected header (`alg`, `kid`, `typ`), the same for every token.
     encoded_header: String,
@@ -101,16 +101,17 @@ impl SigningKey {
         Ok(Self {
             pair,
             encoded_header: URL_SAFE_NO_PAD.encode(header.to_string()),
-            kid,
             jwk,
         })
     }
 
+    #[cfg(test)]
     pub fn kid(&self) -> &str {
-        &self.kid
+        self.jwk.common.key_id.as_deref().unwrap_or_default()
     }
 
     /// The JWS `alg` this key signs with.
+    #[cfg(test)]
     pub fn algorithm(&self) -> Algorithm {
         match self.pair {
             KeyPairKind::Ed25519(_) => Algorithm::EdDSA,

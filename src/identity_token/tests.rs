@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use jsonwebtoken::{DecodingKey, Validation, decode, decode_header, jwk::JwkSet};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::*;
 use crate::{config::SecretRef, decision::CredentialType};
@@ -25,11 +25,7 @@ fn config() -> IdentityTokenConfig {
         ttl: Duration::from_secs(300),
         audience: "upstream".to_owned(),
         audience_by_rule: [("admin".to_owned(), "admin-api".to_owned())].into(),
-        audience_by_host: [
-            ("orders.internal".to_owned(), "orders".to_owned()),
-            ("exact.internal:8443".to_owned(), "exact".to_owned()),
-        ]
-        .into(),
+        audience_by_host: [("orders.internal".to_owned(), "orders".to_owned())].into(),
         claims: [
             ("email".to_owned(), "email".to_owned()),
             ("realm_access.roles".to_owned(), "roles".to_owned()),
@@ -102,10 +98,11 @@ fn the_jwks_publishes_current_next_and_previous_and_discovery_names_it() {
     let tokens = IdentityTokens::new(&config()).expect("keys load");
     let jwks: JwkSet = serde_json::from_slice(&tokens.jwks()).expect("a JWKS");
     assert_eq!(jwks.keys.len(), 3);
-    assert_eq!(
-        jwks.keys[0].common.key_id.as_deref(),
-        Some(tokens.signing_kid())
-    );
+    let minted = tokens
+        .for_principal(&principal(json!({}), None), "r", "")
+        .expect("mints");
+    let kid = decode_header(&*minted.token).expect("a header").kid;
+    assert_eq!(jwks.keys[0].common.key_id, kid, "the current key signs");
     let text = String::from_utf8_lossy(&tokens.jwks()).into_owned();
     assert!(!text.contains("\"d\""), "no private key material: {text}");
     let discovery: Value = serde_json::from_slice(&tokens.discovery()).expect("JSON");
@@ -118,6 +115,12 @@ fn the_jwks_publishes_current_next_and_previous_and_discovery_names_it() {
         discovery["id_token_signing_alg_values_supported"],
         json!(["ES256", "EdDSA"])
     );
+    assert!(
+        discovery["claims_supported"]
+            .as_array()
+            .is_some_and(|claims| claims.contains(&json!("roles"))),
+        "configured claims are named"
+    );
 }
 
 #[test]
@@ -125,9 +128,7 @@ fn the_audience_is_chosen_by_rule_then_host_then_default() {
     let tokens = IdentityTokens::new(&config()).expect("keys load");
     assert_eq!(tokens.audience_for("admin", "orders.internal"), "admin-api");
     assert_eq!(tokens.audience_for("r", "orders.internal"), "orders");
-    assert_eq!(tokens.audience_for("r", "orders.internal:8080"), "orders");
-    assert_eq!(tokens.audience_for("r", "exact.internal:8443"), "exact");
-    assert_eq!(tokens.audience_for("r", "exact.internal:9999"), "upstream");
+    assert_eq!(tokens.audience_for("r", "billing.internal"), "upstream");
     assert_eq!(tokens.audience_for("", ""), "upstream");
 }
 
@@ -139,6 +140,29 @@ fn a_token_never_outlives_the_credential_it_stands_for() {
     let minted = tokens.for_principal(&alice, "r", "").expect("mints");
     let claims = verify(&tokens, &minted.token, "upstream");
     assert_eq!(claims["exp"].as_i64(), Some(soon));
+}
+
+#[test]
+fn a_credential_past_its_expiry_or_without_a_subject_gets_no_token() {
+    let tokens = IdentityTokens::new(&config()).expect("keys load");
+    let in_leeway = principal(json!({}), Some(unix_now() - 5));
+    let denial = tokens
+        .for_principal(&in_leeway, "r", "")
+        .expect_err("born expired");
+    assert_eq!(denial.reason, Reason::Expired);
+    let anonymous = Principal::new(
+        String::new(),
+        "corp".into(),
+        CredentialType::Jwt,
+        Map::new(),
+        Vec::new(),
+        None,
+        String::new(),
+    );
+    let denial = tokens
+        .for_principal(&anonymous, "r", "")
+        .expect_err("no subject");
+    assert_eq!(denial.reason, Reason::InvalidClaims);
 }
 
 #[test]

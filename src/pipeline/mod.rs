@@ -291,13 +291,15 @@ impl Pipeline {
         }
     }
 
-    /// Readiness of key stores that load asynchronously (PostgreSQL's change listener).
+    /// Readiness of stores that load asynchronously (PostgreSQL's API key change listener,
+    /// the token revocation list).
     pub fn store_readiness(&self) -> Vec<tokio::sync::watch::Receiver<bool>> {
         self.verifiers
             .api_keys
             .iter()
             .filter_map(|keys| keys.postgres.as_ref())
             .map(|store| store.ready())
+            .chain(self.verifiers.revocations.iter().map(|r| r.ready()))
             .collect()
     }
 

@@ -105,7 +105,11 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
         LogFormat::Text => fmt.boxed(),
     };
     // Decision lines reach stderr only when it is one of their outputs.
-    let decisions_to_stderr = config.decision_log.logs_to(DecisionLogOutput::Stderr);
+    // (`outputs`, not `enabled`: a reload may turn decision logs on later.)
+    let decisions_to_stderr = config
+        .decision_log
+        .outputs
+        .contains(&DecisionLogOutput::Stderr);
     let fmt = fmt.with_filter(filter_fn(move |meta| {
         decisions_to_stderr || meta.target() != decision_log::TARGET
     }));

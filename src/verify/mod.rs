@@ -20,6 +20,7 @@ use std::{
 use crate::{
     credentials::{Credential, Presented},
     decision::{CredentialType, Denial, Principal, Reason},
+    revocation::Revocations,
 };
 
 /// The verifiers of one config generation.
@@ -31,6 +32,8 @@ pub struct Verifiers {
     /// The introspection that receives opaque bearer tokens.
     pub opaque: Option<introspection::Introspector>,
     pub certificates: Option<certificate::CertificateVerifier>,
+    /// The JWT denylist (`revocation`), checked after every JWT verification.
+    pub revocations: Option<Arc<Revocations>>,
 }
 
 impl Verifiers {
@@ -47,7 +50,11 @@ impl Verifiers {
                 if self.jwt.is_empty() {
                     return Err(not_configured("token issuer"));
                 }
-                self.jwt.verify(token, audience).await
+                let principal = self.jwt.verify(token, audience).await?;
+                if let Some(revocations) = &self.revocations {
+                    revocations.check(&principal)?;
+                }
+                Ok(principal)
             }
             Credential::OpaqueToken(token) => match &self.opaque {
                 Some(introspector) => introspector.verify(token, audience).await,
@@ -130,6 +137,7 @@ mod tests {
             basic: None,
             opaque: None,
             certificates: None,
+            revocations: None,
         }
     }
 
