@@ -438,7 +438,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
         .iter()
         .any(|ready| !*ready.borrow())
     {
-        waiting.push("the PostgreSQL API key store".to_owned());
+        waiting.push("a PostgreSQL store (API keys or token revocations)".to_owned());
     }
     if waiting.is_empty() && shared.is_ready() {
         (StatusCode::OK, "ready\n".to_owned())

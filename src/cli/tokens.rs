@@ -39,7 +39,7 @@ pub struct RevokeArgs {
     issuer: Option<String>,
     /// With `--subject`: tokens issued (`iat`) before this RFC 3339 time are revoked;
     /// default now. Later tokens keep working.
-    #[arg(long, requires = "subject", value_parser = parse_time)]
+    #[arg(long, value_parser = parse_time)]
     issued_before: Option<SystemTime>,
     /// How long the revocation is kept: the longest lifetime of the tokens concerned.
     /// Default: the config's `revocation.retention`, else 24h.
@@ -151,6 +151,9 @@ fn revocation(args: &RevokeArgs) -> Result<Revocation, String> {
         .map(|issuer| checked("issuer", issuer))
         .transpose()?;
     if let Some(jti) = &args.jti {
+        if args.issued_before.is_some() {
+            return Err("--issued-before goes with --subject, not --jti".to_owned());
+        }
         return Ok(Revocation::Token {
             jti: checked("jti", jti)?,
             issuer,

@@ -131,6 +131,7 @@ fn parse(text: &str) -> (Config, Vec<ConfigError>) {
             "client_certificates" => {
                 section(value, name, &mut errors).map(|v| config.client_certificates = v)
             }
+            "revocation" => section(value, name, &mut errors).map(|v| config.revocation = Some(v)),
             other => {
                 errors.push(error(other, "unknown key"));
                 None

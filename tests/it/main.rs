@@ -18,6 +18,7 @@ mod limits;
 mod oidc_provider;
 mod postgres_store;
 mod reload_race;
+mod revocation;
 mod server;
 mod telemetry;
 mod telemetry_logs;

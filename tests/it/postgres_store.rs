@@ -19,95 +19,28 @@ use portcullis::{
 use sqlx::{Executor, PgPool};
 
 use crate::support::{
+    postgres::test_database,
     process::{BIN, Options, ServerProcess, free_port},
     *,
 };
 
-/// A database of its own for one test, dropped by `drop_database`.
-struct TestDb {
-    admin: PgPool,
-    name: String,
-    url: String,
-}
-
-async fn test_database() -> Option<TestDb> {
-    let in_ci = std::env::var("CI").as_deref() == Ok("true");
-    let Ok(base) = std::env::var("PORTCULLIS_TEST_DATABASE_URL") else {
-        assert!(
-            !in_ci,
-            "CI=true: PORTCULLIS_TEST_DATABASE_URL must be set (scripts/provision/postgres.sh)"
-        );
-        eprintln!(
-            "SKIPPED: PORTCULLIS_TEST_DATABASE_URL is not set; eval \"$(scripts/provision/postgres.sh)\""
-        );
-        return None;
+/// Inserts a key record as `keys generate` prints it; returns the key.
+async fn insert_key(pool: &PgPool, id: &str, subject: &str) -> String {
+    let key = format::generate("pcl").unwrap();
+    let record = ApiKeyRecord {
+        id: id.to_owned(),
+        subject: subject.to_owned(),
+        scopes: vec!["orders:read".to_owned()],
+        expires_at: None,
+        disabled: false,
+        metadata: serde_json::json!({"team": "payments"})
+            .as_object()
+            .unwrap()
+            .clone(),
     };
-    let admin = match sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(&base)
-        .await
-    {
-        Ok(pool) => pool,
-        Err(err) => {
-            assert!(!in_ci, "CI=true: cannot reach the test database: {err}");
-            eprintln!("SKIPPED: cannot reach PORTCULLIS_TEST_DATABASE_URL: {err}");
-            return None;
-        }
-    };
-    let name = format!(
-        "portcullis_t_{}",
-        format::random_base62(10).unwrap().to_lowercase()
-    );
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .unwrap();
-    let (prefix, _) = base.split('?').next().unwrap().rsplit_once('/').unwrap();
-    let url = format!("{prefix}/{name}");
-    Some(TestDb { admin, name, url })
-}
-
-impl TestDb {
-    async fn drop_database(self) {
-        let _ = self
-            .admin
-            .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
-            .await;
-    }
-
-    fn cli(&self, args: &[&str]) -> std::process::Output {
-        let output = Command::new(BIN)
-            .args(args)
-            .env("DATABASE_URL", &self.url)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "portcullis {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output
-    }
-
-    /// Inserts a key record as `keys generate` prints it; returns the key.
-    async fn insert_key(&self, pool: &PgPool, id: &str, subject: &str) -> String {
-        let key = format::generate("pcl").unwrap();
-        let record = ApiKeyRecord {
-            id: id.to_owned(),
-            subject: subject.to_owned(),
-            scopes: vec!["orders:read".to_owned()],
-            expires_at: None,
-            disabled: false,
-            metadata: serde_json::json!({"team": "payments"})
-                .as_object()
-                .unwrap()
-                .clone(),
-        };
-        let statement = postgres::insert_statement(&format::hex(&format::digest(&key)), &record);
-        pool.execute(statement.as_str()).await.unwrap();
-        key
-    }
+    let statement = postgres::insert_statement(&format::hex(&format::digest(&key)), &record);
+    pool.execute(statement.as_str()).await.unwrap();
+    key
 }
 
 async fn authenticate_key(
@@ -166,8 +99,8 @@ async fn revocation_reaches_another_replica_within_a_second() {
     db.cli(&["keys", "migrate"]);
     db.cli(&["keys", "migrate"]); // idempotent
     let pool = PgPool::connect(&db.url).await.unwrap();
-    let revoked = db.insert_key(&pool, "k_old", "billing").await;
-    let rotated = db.insert_key(&pool, "k_new", "billing").await;
+    let revoked = insert_key(&pool, "k_old", "billing").await;
+    let rotated = insert_key(&pool, "k_new", "billing").await;
 
     let dir = tempfile::tempdir().unwrap();
     let a = replica(dir.path(), &db.url);
@@ -234,8 +167,8 @@ async fn database_outage_serves_cached_keys_and_the_store_reconnects() {
     };
     db.cli(&["keys", "migrate"]);
     let pool = PgPool::connect(&db.url).await.unwrap();
-    let cached = db.insert_key(&pool, "k_cached", "svc").await;
-    let uncached = db.insert_key(&pool, "k_uncached", "svc").await;
+    let cached = insert_key(&pool, "k_cached", "svc").await;
+    let uncached = insert_key(&pool, "k_uncached", "svc").await;
     pool.close().await;
 
     let running = start(&format!(
@@ -264,20 +197,7 @@ async fn database_outage_serves_cached_keys_and_the_store_reconnects() {
     assert!(principal.claims.unwrap().fields.contains_key("team"));
 
     // The database goes away: no new connections, existing ones cut.
-    db.admin
-        .execute(format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", db.name).as_str())
-        .await
-        .unwrap();
-    db.admin
-        .execute(
-            format!(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
-                db.name
-            )
-            .as_str(),
-        )
-        .await
-        .unwrap();
+    db.go_down().await;
     assert_eq!(
         authenticate_key(&mut client, &cached).await,
         None,
@@ -295,10 +215,7 @@ async fn database_outage_serves_cached_keys_and_the_store_reconnects() {
     );
 
     // The database is back: the store reconnects by itself.
-    db.admin
-        .execute(format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", db.name).as_str())
-        .await
-        .unwrap();
+    db.come_back().await;
     let back = Instant::now();
     while authenticate_key(&mut client, &uncached).await.is_some() {
         assert!(
@@ -322,7 +239,7 @@ async fn rotation_overlaps_then_only_the_successor_works() {
     };
     db.cli(&["keys", "migrate"]);
     let pool = PgPool::connect(&db.url).await.unwrap();
-    let old = db.insert_key(&pool, "k_rotating", "billing").await;
+    let old = insert_key(&pool, "k_rotating", "billing").await;
     let dir = tempfile::tempdir().unwrap();
     let a = replica(dir.path(), &db.url);
     let mut client = AuthClient::connect(format!("http://127.0.0.1:{}", a.grpc))

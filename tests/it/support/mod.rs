@@ -4,6 +4,7 @@
 //! provider and the server binary are exercised in their own tests.
 
 pub mod oidc;
+pub mod postgres;
 pub mod process;
 
 pub use portcullis_test_support::*;

@@ -1,0 +1,222 @@
+//! JWT revocation (`revocation`) against a real PostgreSQL: `portcullis tokens revoke` on
+//! the database reaches two server processes within a second, whether the token is cached
+//! or not; a subject-wide revocation spares tokens issued after it; with the database down,
+//! the last list keeps applying; a server whose list never loaded refuses JWTs.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use jsonwebtoken::Algorithm::ES256;
+use portcullis::pb::{Reason, auth_client::AuthClient};
+use serde_json::json;
+use tonic::transport::Channel;
+
+use crate::support::{
+    postgres::test_database,
+    process::{BIN, Options, ServerProcess, free_port},
+    *,
+};
+
+const ISS: &str = "https://idp.test";
+const AUD: &str = "api://orders";
+
+/// A `portcullis serve` process whose JWTs come from `jwks_path` and whose revocations
+/// from `url`; ready once its list has loaded.
+fn replica(dir: &std::path::Path, jwks_path: &std::path::Path, url: &str) -> (ServerProcess, u16) {
+    let (grpc, admin) = (free_port(), free_port());
+    let config = dir.join(format!("replica-{grpc}.yaml"));
+    std::fs::write(
+        &config,
+        format!(
+            "server: {{grpc_listen: 127.0.0.1:{grpc}, admin_listen: 127.0.0.1:{admin}}}\n\
+             issuers:\n  - name: corp\n    issuer: {ISS}\n    jwks_file: {}\n    audiences: [{AUD}]\n\
+             cache: {{max_ttl: 5m}}\n\
+             revocation: {{url: env:PORTCULLIS_REPLICA_DB, resync_interval: 1h, timeout: 1s}}\n",
+            jwks_path.display()
+        ),
+    )
+    .unwrap();
+    let process = ServerProcess::spawn_ready(
+        &config,
+        &format!("127.0.0.1:{admin}"),
+        Options {
+            env: &[("PORTCULLIS_REPLICA_DB", url)],
+            ..Options::default()
+        },
+    );
+    (process, grpc)
+}
+
+async fn connect(grpc: u16) -> AuthClient<Channel> {
+    AuthClient::connect(format!("http://127.0.0.1:{grpc}"))
+        .await
+        .unwrap()
+}
+
+/// Waits until every client refuses `token` as REVOKED; panics after one second.
+async fn refused_everywhere_within_a_second(clients: &mut [AuthClient<Channel>], token: &str) {
+    let started = Instant::now();
+    for client in clients.iter_mut() {
+        loop {
+            match reason(&authenticate(client, token).await) {
+                Some(Reason::Revoked) => break,
+                None => {}
+                other => panic!("unexpected outcome {other:?}"),
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "a replica still accepts the revoked token after 1 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn revoke(url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["tokens", "revoke"])
+        .args(args)
+        .env("DATABASE_URL", url)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_reach_every_replica_within_a_second_and_survive_an_outage() {
+    let Some(db) = test_database().await else {
+        return;
+    };
+    db.cli(&["keys", "migrate"]);
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::new(ES256, "k1");
+    let jwks_path = dir.path().join("jwks.json");
+    std::fs::write(&jwks_path, jwks(&[&key]).to_string()).unwrap();
+    let token = |subject: &str, jti: &str, issued: i64| {
+        let mut claims = claims(ISS, AUD);
+        claims["sub"] = json!(subject);
+        claims["jti"] = json!(jti);
+        claims["iat"] = json!(issued);
+        key.sign(&claims)
+    };
+    let issued = now();
+    let stolen = token("alice", "jti-stolen", issued - 60);
+    let other = token("alice", "jti-other", issued - 60);
+    let mallory_old = token("mallory", "m-1", issued - 120);
+
+    let (a, grpc_a) = replica(dir.path(), &jwks_path, &db.url);
+    let (b, grpc_b) = replica(dir.path(), &jwks_path, &db.url);
+    let mut clients = [connect(grpc_a).await, connect(grpc_b).await];
+    for client in clients.iter_mut() {
+        // Every token works, and is now in each replica's verification cache.
+        for token in [&stolen, &other, &mallory_old] {
+            assert_eq!(reason(&authenticate(client, token).await), None);
+        }
+    }
+
+    let output = revoke(&db.url, &["--jti", "jti-stolen"]);
+    assert!(output.status.success(), "{output:?}");
+    refused_everywhere_within_a_second(&mut clients, &stolen).await;
+    for client in clients.iter_mut() {
+        assert_eq!(
+            reason(&authenticate(client, &other).await),
+            None,
+            "another token of the same subject still works"
+        );
+    }
+
+    // "Log out everywhere": every token of mallory issued until now.
+    let output = revoke(&db.url, &["--subject", "mallory", "--issuer", "corp"]);
+    assert!(output.status.success(), "{output:?}");
+    refused_everywhere_within_a_second(&mut clients, &mallory_old).await;
+    let mallory_new = token("mallory", "m-2", now() + 1);
+    for client in clients.iter_mut() {
+        assert_eq!(
+            reason(&authenticate(client, &mallory_new).await),
+            None,
+            "a token issued after the revocation works"
+        );
+    }
+
+    // The database goes away: the last known list keeps applying, on cached and new tokens.
+    db.go_down().await;
+    let stolen_again = token("alice", "jti-stolen", issued - 30);
+    for client in clients.iter_mut() {
+        assert_eq!(
+            reason(&authenticate(client, &stolen).await),
+            Some(Reason::Revoked)
+        );
+        assert_eq!(
+            reason(&authenticate(client, &stolen_again).await),
+            Some(Reason::Revoked),
+            "an uncached token with a revoked jti"
+        );
+        assert_eq!(reason(&authenticate(client, &other).await), None);
+    }
+
+    // Back: revocations made while a replica was away are read when it reconnects.
+    db.come_back().await;
+    let output = revoke(&db.url, &["--jti", "jti-other"]);
+    assert!(output.status.success(), "{output:?}");
+    let started = Instant::now();
+    for client in clients.iter_mut() {
+        while reason(&authenticate(client, &other).await) != Some(Reason::Revoked) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the replicas did not catch up after the outage"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    drop((a, b));
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_list_never_loaded_refuses_jwts() {
+    let key = TestKey::new(ES256, "k1");
+    let dir = tempfile::tempdir().unwrap();
+    let jwks_path = dir.path().join("jwks.json");
+    std::fs::write(&jwks_path, jwks(&[&key]).to_string()).unwrap();
+    // Nothing listens on this port: the list cannot load.
+    let url = format!("postgres://postgres@127.0.0.1:{}/none", free_port());
+    let running = start(&format!(
+        "issuers:\n  - name: corp\n    issuer: {ISS}\n    jwks_file: {}\n    audiences: [{AUD}]\nrevocation: {{url: '{url}', timeout: 200ms}}\n",
+        jwks_path.display()
+    ))
+    .await;
+    let mut client = client(&running).await;
+    let token = key.sign(&claims(ISS, AUD));
+    assert_eq!(
+        reason(&authenticate(&mut client, &token).await),
+        Some(Reason::UpstreamUnavailable)
+    );
+    assert!(
+        !running.shared.is_ready(),
+        "not ready before the list loads"
+    );
+    running.shutdown().await.unwrap();
+}
+
+#[test]
+fn tokens_revoke_refuses_what_it_cannot_mean() {
+    let refused = |args: &[&str]| {
+        let output = Command::new(BIN)
+            .args(["tokens", "revoke"])
+            .args(args)
+            .args(["--database-url", "postgres://postgres@127.0.0.1:1/none"])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    refused(&[]);
+    refused(&["--jti", "a", "--subject", "b"]);
+    refused(&["--jti", "a", "--issued-before", "2026-01-01T00:00:00Z"]);
+    let future = refused(&["--subject", "b", "--issued-before", "2999-01-01T00:00:00Z"]);
+    assert!(future.contains("future"), "{future}");
+    refused(&["--subject", "b", "--issued-before", "yesterday"]);
+    refused(&["--jti", ""]);
+    refused(&["--jti", "a", "--retention", "1s"]);
+}
