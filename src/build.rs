@@ -27,7 +27,7 @@ use crate::{
     upstream::UpstreamHeaders,
     verify::{
         Verifiers,
-        api_key::ApiKeyVerifier,
+        api_key::{ApiKeyVerifier, FileUsage},
         basic::BasicVerifier,
         certificate::CertificateVerifier,
         introspection::Introspector,
@@ -314,20 +314,24 @@ fn api_key_verifier(
                 .ok()
                 .and(None);
         }
+        let interval = config.api_keys.usage_flush_interval;
         if let Some(store) = previous
             .and_then(|p| p.postgres.as_ref())
-            .filter(|store| store.same_settings(settings))
+            .filter(|store| store.same_settings(settings, interval))
         {
             return Some(store.clone());
         }
-        PostgresStore::new(settings, &url, config.cache.max_entries, true)
+        PostgresStore::new(settings, &url, config.cache.max_entries, true, interval)
             .map_err(|err| push(errors, "api_keys.postgres.url", err.to_string()))
             .ok()
     });
+    let file_usage = (file.is_some() && mode == BuildMode::Serve)
+        .then(|| FileUsage::start(config.api_keys.usage_flush_interval));
     Some(ApiKeyVerifier {
         prefix: config.api_keys.prefix.clone(),
         file,
         postgres,
+        file_usage,
     })
 }
 

@@ -10,7 +10,7 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use crate::{identity_token::IdentityToken, pb};
+use crate::pb;
 
 /// Stable reason codes (SPEC §2). Also used as metric labels and span attributes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -266,6 +266,31 @@ impl CredentialType {
             CredentialType::Basic => pb::CredentialType::Basic,
             CredentialType::ClientCertificate => pb::CredentialType::ClientCertificate,
         }
+    }
+}
+
+/// One identity token minted for upstreams (`identity_token`), as a principal keeps it.
+#[derive(Debug)]
+pub struct IdentityToken {
+    /// The compact JWS.
+    pub token: Box<str>,
+    pub(crate) audience: Box<str>,
+    /// The minter (`identity_token::IdentityTokens`) that made it.
+    pub(crate) minter: u64,
+    pub(crate) serial: u64,
+    /// Seconds since the epoch from which a request mints a fresh token instead.
+    pub(crate) refresh_at: i64,
+}
+
+impl IdentityToken {
+    /// Unique in this process: ext_authz answers rendered with this token are keyed by it.
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
+
+    /// Whether `minter` may answer a request for `audience` at `now` with this token.
+    pub(crate) fn reusable(&self, minter: u64, audience: &str, now: i64) -> bool {
+        self.minter == minter && *self.audience == *audience && now < self.refresh_at
     }
 }
 

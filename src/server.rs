@@ -480,6 +480,20 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl axum::response::Into
                 .set(age.as_secs_f64());
         }
     }
+    if let Some(keys) = &pipeline.verifiers().api_keys {
+        for (store, counts) in keys.expiring() {
+            for (within, count) in ["7d", "30d"].into_iter().zip(counts) {
+                let labels = crate::telemetry::metrics::ExpiringLabels {
+                    store: store.to_owned(),
+                    within: within.to_owned(),
+                };
+                metrics
+                    .api_keys_expiring
+                    .get_or_create(&labels)
+                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+            }
+        }
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

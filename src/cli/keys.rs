@@ -38,8 +38,17 @@ pub enum KeysCommand {
     /// PostgreSQL: applied. A key file (`--file`): the records to write are printed.
     Rotate(RotateArgs),
     /// List the keys of PostgreSQL or of a key file (`--file`): id, subject, scopes,
-    /// expiry, state and rotation relation. Never a key or digest.
+    /// expiry, state, rotation relation, and (PostgreSQL) uses and last use. Never a key or
+    /// digest.
     List(StoreArgs),
+    /// Show one key: its record, metadata, and (PostgreSQL) usage and activity: uses, last
+    /// use and last client address, as written by the replicas. Never the key or digest.
+    Show {
+        /// The key's id.
+        id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -160,10 +169,89 @@ pub fn run(command: KeysCommand) -> ExitCode {
                     disabled: key.disabled,
                     rotated_from: key.rotated_from.as_deref(),
                     rotated_to: key.rotated_to.as_deref(),
+                    usage: Some((key.uses, key.last_used)),
                 }));
                 Ok(())
             }),
         },
+        KeysCommand::Show { id, store } => match &store.file {
+            Some(path) => show_file(path, &id),
+            None => with_database(&store.database, |pool| async move {
+                let (key, metadata) = postgres::show(&pool, &id).await?;
+                let state = key_state(key.disabled, key.expires_at, unix_now());
+                println!("id: {}", key.id);
+                println!("subject: {}", key.subject);
+                println!("scopes: {}", scopes_text(&key.scopes));
+                println!("state: {state}");
+                println!("created: {}", rfc3339(key.created_at));
+                println!(
+                    "expires: {}",
+                    key.expires_at.map_or("never".to_owned(), rfc3339)
+                );
+                if let Some(revoked_at) = key.revoked_at {
+                    println!("revoked: {}", rfc3339(revoked_at));
+                }
+                println!("uses: {}", key.uses);
+                println!(
+                    "last used: {}",
+                    key.last_used.map_or("never".to_owned(), rfc3339)
+                );
+                println!(
+                    "last client address: {}",
+                    key.last_address.as_deref().unwrap_or("-")
+                );
+                println!("metadata: {metadata}");
+                Ok(())
+            }),
+        },
+    }
+}
+
+/// `keys show` for a key file: the record. Its usage is in the server's `api_key_usage`
+/// log lines.
+fn show_file(path: &std::path::Path, id: &str) -> ExitCode {
+    let store = match FileStore::load(path) {
+        Ok(store) => store,
+        Err(err) => {
+            eprintln!("portcullis keys show: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(record) = store.records().map(|(_, r)| r).find(|r| r.id == id) else {
+        eprintln!("portcullis keys show: no API key has id {id:?}");
+        return ExitCode::FAILURE;
+    };
+    println!("id: {}", record.id);
+    println!("subject: {}", record.subject);
+    println!("scopes: {}", scopes_text(&record.scopes));
+    println!(
+        "state: {}",
+        key_state(record.disabled, record.expires_at, unix_now())
+    );
+    println!(
+        "expires: {}",
+        record.expires_at.map_or("never".to_owned(), rfc3339)
+    );
+    println!("usage: in the server's api_key_usage log lines (a key file records none)");
+    println!("metadata: {}", Value::Object(record.metadata.clone()));
+    ExitCode::SUCCESS
+}
+
+fn key_state(disabled: bool, expires_at: Option<i64>, now: i64) -> &'static str {
+    if disabled {
+        "disabled"
+    } else if expires_at.is_some_and(|at| at <= now) {
+        "expired"
+    } else {
+        "active"
+    }
+}
+
+fn scopes_text(scopes: &[String]) -> String {
+    if scopes.is_empty() {
+        "-".to_owned()
+    } else {
+        scopes.join(",")
     }
 }
 
@@ -176,18 +264,21 @@ struct KeyLine<'a> {
     disabled: bool,
     rotated_from: Option<&'a str>,
     rotated_to: Option<&'a str>,
+    /// Uses and last use (PostgreSQL); `None` for a key file.
+    usage: Option<(i64, Option<i64>)>,
 }
 
 fn print_keys<'a>(keys: impl Iterator<Item = KeyLine<'a>>) {
-    println!("ID\tSUBJECT\tSCOPES\tEXPIRES\tSTATE\tROTATION");
+    println!("ID\tSUBJECT\tSCOPES\tEXPIRES\tSTATE\tROTATION\tUSES\tLAST USED");
     let now = unix_now();
     for key in keys {
-        let state = if key.disabled {
-            "disabled"
-        } else if key.expires_at.is_some_and(|at| at <= now) {
-            "expired"
-        } else {
-            "active"
+        let state = key_state(key.disabled, key.expires_at, now);
+        let (uses, last_used) = match key.usage {
+            Some((uses, last_used)) => (
+                uses.to_string(),
+                last_used.map_or("never".to_owned(), rfc3339),
+            ),
+            None => ("-".to_owned(), "-".to_owned()),
         };
         let rotation = match (key.rotated_from, key.rotated_to) {
             (_, Some(to)) => format!("rotated to {to}"),
@@ -195,14 +286,10 @@ fn print_keys<'a>(keys: impl Iterator<Item = KeyLine<'a>>) {
             (None, None) => "-".to_owned(),
         };
         println!(
-            "{}\t{}\t{}\t{}\t{state}\t{rotation}",
+            "{}\t{}\t{}\t{}\t{state}\t{rotation}\t{uses}\t{last_used}",
             key.id,
             key.subject,
-            if key.scopes.is_empty() {
-                "-".to_owned()
-            } else {
-                key.scopes.join(",")
-            },
+            scopes_text(key.scopes),
             key.expires_at.map_or("never".to_owned(), rfc3339),
         );
     }
@@ -249,6 +336,7 @@ fn list_file(path: &std::path::Path) -> ExitCode {
                 disabled: record.disabled,
                 rotated_from: record.metadata.get("rotated_from").and_then(Value::as_str),
                 rotated_to: record.metadata.get("rotated_to").and_then(Value::as_str),
+                usage: None,
             }));
             ExitCode::SUCCESS
         }

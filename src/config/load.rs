@@ -323,6 +323,14 @@ fn validate(config: &Config, positions: &[usize], errors: &mut Vec<ConfigError>)
     validate_headers(config, errors);
     validate_identity_token(config, errors);
     validate_revocation(config, errors);
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600))
+        .contains(&config.api_keys.usage_flush_interval)
+    {
+        errors.push(error(
+            "api_keys.usage_flush_interval",
+            "must be between 1s and 1h",
+        ));
+    }
     if !(0.0..=1.0).contains(&config.telemetry.trace_sample_ratio) {
         errors.push(error(
             "telemetry.trace_sample_ratio",

@@ -34,6 +34,11 @@ pub struct ApiKeysConfig {
     /// A YAML file of key records (hot-reloaded).
     pub file: Option<PathBuf>,
     pub postgres: Option<PostgresConfig>,
+    /// How often each key's usage (uses, last use, last client address) is written out:
+    /// to PostgreSQL for its keys, as `api_key_usage` log lines for the file's (1s to 1h).
+    #[schemars(schema_with = "duration_schema")]
+    #[serde(deserialize_with = "duration")]
+    pub usage_flush_interval: Duration,
 }
 
 impl Default for ApiKeysConfig {
@@ -42,6 +47,7 @@ impl Default for ApiKeysConfig {
             prefix: "pcl".to_owned(),
             file: None,
             postgres: None,
+            usage_flush_interval: Duration::from_secs(10),
         }
     }
 }

@@ -26,9 +26,8 @@ use tracing::Instrument;
 
 use crate::{
     credentials::{self, Carried},
-    decision::{Decision, Denial, Principal, Reason, json_object_to_struct},
+    decision::{Decision, Denial, IdentityToken, Principal, Reason, json_object_to_struct},
     headers::Headers,
-    identity_token::IdentityToken,
     pipeline::{Pipeline, RequestAttrs},
     policy::Resource,
     telemetry::{self, TraceCarrier, metrics::Surface},

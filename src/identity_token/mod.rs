@@ -27,7 +27,7 @@ use signing::SigningKey;
 
 use crate::{
     config::{IdentityTokenConfig, SecretRef},
-    decision::{Denial, Principal, Reason},
+    decision::{Denial, IdentityToken, Principal, Reason},
     verify::unix_now,
 };
 
@@ -40,30 +40,6 @@ static NEXT_TOKEN_SERIAL: AtomicU64 = AtomicU64::new(1);
 /// Most tokens one principal keeps (one per audience it was minted for): with the largest
 /// `max_bytes`, 256 KiB beside a cached principal, outside `cache.max_bytes`.
 const KEPT_PER_PRINCIPAL: usize = 4;
-
-/// One minted token, as a principal keeps it.
-#[derive(Debug)]
-pub struct IdentityToken {
-    /// The compact JWS.
-    pub token: Box<str>,
-    audience: Box<str>,
-    minter: u64,
-    serial: u64,
-    /// Seconds since the epoch from which a request mints a fresh token instead.
-    refresh_at: i64,
-}
-
-impl IdentityToken {
-    /// Unique in this process: ext_authz answers rendered with this token are keyed by it.
-    pub fn serial(&self) -> u64 {
-        self.serial
-    }
-
-    /// Whether `minter` may answer a request for `audience` at `now` with this token.
-    fn reusable(&self, minter: u64, audience: &str, now: i64) -> bool {
-        self.minter == minter && *self.audience == *audience && now < self.refresh_at
-    }
-}
 
 /// The minter of one pipeline: configuration, signing key and the published key set.
 pub struct IdentityTokens {

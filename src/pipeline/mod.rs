@@ -22,8 +22,8 @@ pub use target::Target;
 use crate::{
     config::Config,
     credentials::{self, Carried, Extraction, Presented},
-    decision::{CredentialType, Decision, Denial, Principal, Reason, Scheme},
-    identity_token::{IdentityToken, IdentityTokens},
+    decision::{CredentialType, Decision, Denial, IdentityToken, Principal, Reason, Scheme},
+    identity_token::IdentityTokens,
     keys::{KeySource, RemoteKeySource},
     policy::{Policy, Resource, RuleTrace, Verdict},
     telemetry::{

@@ -66,6 +66,13 @@ pub struct IssuerLabels {
     pub issuer: String,
 }
 
+/// An API key store and a horizon (`7d`, `30d`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExpiringLabels {
+    pub store: String,
+    pub within: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FetchLabels {
     pub issuer: String,
@@ -105,6 +112,8 @@ pub struct Metrics {
     pub jwks_fetches: Family<FetchLabels, Counter>,
     pub jwks_keys: Family<IssuerLabels, Gauge>,
     pub jwks_key_age: Family<IssuerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Set when scraped: API keys (not disabled) expiring within 7 and 30 days, by store.
+    pub api_keys_expiring: Family<ExpiringLabels, Gauge>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub config_generation: Gauge,
     pub config_last_reload_successful: Gauge,
@@ -254,6 +263,12 @@ impl Metrics {
             "Keys in each issuer's current remote key set",
             jwks_keys.clone(),
         );
+        let api_keys_expiring = Family::default();
+        registry.register(
+            "api_keys_expiring",
+            "API keys (not disabled) expiring within the horizon `within` (7d, 30d), by store",
+            api_keys_expiring.clone(),
+        );
         let jwks_key_age = Family::default();
         registry.register_with_unit(
             "jwks_key_set_age",
@@ -323,6 +338,7 @@ impl Metrics {
             jwks_fetches,
             jwks_keys,
             jwks_key_age,
+            api_keys_expiring,
             config_reloads,
             config_generation,
             config_last_reload_successful,

@@ -39,6 +39,9 @@ use crate::{
     headers::Headers,
 };
 
+/// The target of API key usage lines (`keys::api_keys::usage`).
+pub const USAGE_TARGET: &str = "api_key_usage";
+
 /// Keeps the trace and decision log exporters alive; flushes what is pending when dropped.
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
@@ -79,15 +82,15 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    // Decision lines are logged whenever `decision_log` is on, whatever the log level,
-    // unless the filter itself says something of them (`RUST_LOG=decision_log=off`).
+    // Decision lines (when `decision_log` is on) and API key usage lines are records, logged
+    // whatever the log level, unless the filter itself names their target
+    // (`RUST_LOG=decision_log=off`).
     let filter_text = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log_level.clone());
-    let filter = match format!("{}=info", decision_log::TARGET).parse() {
-        Ok(directive) if !filter_text.contains(decision_log::TARGET) => {
-            filter.add_directive(directive)
-        }
-        _ => filter,
-    };
+    let filter = [decision_log::TARGET, USAGE_TARGET]
+        .into_iter()
+        .filter(|target| !filter_text.contains(target))
+        .filter_map(|target| format!("{target}=info").parse().ok())
+        .fold(filter, EnvFilter::add_directive);
     // ANSI colours only when a person reads the terminal, never in files or collectors.
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)

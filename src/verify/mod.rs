@@ -67,7 +67,7 @@ impl Verifiers {
             Credential::ApiKey(key) => {
                 let verifier = configured(&self.api_keys, "API key store")?;
                 refuse_audience(audience, CredentialType::ApiKey)?;
-                verifier.verify(key).await
+                verifier.verify(key, presented.client).await
             }
             Credential::Basic { user, password } => {
                 let verifier = configured(&self.basic, "Basic credential store")?;

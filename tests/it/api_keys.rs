@@ -283,3 +283,105 @@ async fn key_file_is_hot_reloaded_through_a_kubernetes_symlink_swap() {
     );
     running.shutdown().await.unwrap();
 }
+
+/// A file store's keys report their usage as `api_key_usage` log lines (uses, last use,
+/// last client address) once per flush interval, and the keys near expiry as a gauge per
+/// store without a per-key label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_keys_report_usage_in_log_lines_and_expiry_in_a_gauge() {
+    use crate::support::process::{Options, ServerProcess, free_port, http_get};
+    let dir = tempfile::tempdir().unwrap();
+    let used = format::generate("pcl").unwrap();
+    let soon = format::generate("pcl").unwrap();
+    let later = format::generate("pcl").unwrap();
+    let in_days = |days: u64| {
+        humantime::format_rfc3339_seconds(
+            std::time::SystemTime::now() + Duration::from_secs(days * 86_400),
+        )
+        .to_string()
+    };
+    let keys = dir.path().join("keys.yaml");
+    write(
+        &keys,
+        &format!(
+            "keys:\n{}{}{}",
+            entry("k_used", &used, "billing", ""),
+            entry(
+                "k_soon",
+                &soon,
+                "billing",
+                &format!(", expires_at: {}", in_days(3))
+            ),
+            entry(
+                "k_later",
+                &later,
+                "billing",
+                &format!(", expires_at: {}", in_days(20))
+            ),
+        ),
+    );
+    let (grpc, admin) = (free_port(), free_port());
+    let config = dir.path().join("config.yaml");
+    write(
+        &config,
+        &format!(
+            "server: {{grpc_listen: 127.0.0.1:{grpc}, admin_listen: 127.0.0.1:{admin}}}\napi_keys: {{file: {}, usage_flush_interval: 1s}}\ntelemetry: {{log_format: json, log_level: warn}}\n",
+            keys.display()
+        ),
+    );
+    let mut server = ServerProcess::spawn_ready(
+        &config,
+        &format!("127.0.0.1:{admin}"),
+        Options {
+            capture_logs: true,
+            ..Options::default()
+        },
+    );
+    let lines = server.log_lines();
+    let mut client = pb::auth_client::AuthClient::connect(format!("http://127.0.0.1:{grpc}"))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let answer = client
+            .authenticate(request_with_key(&used))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(answer.authenticated);
+    }
+    let metrics = http_get(&format!("127.0.0.1:{admin}"), "/metrics").unwrap();
+    for (within, count) in [("7d", 1), ("30d", 2)] {
+        let series = format!(
+            "portcullis_api_keys_expiring{{store=\"api_keys.file\",within=\"{within}\"}} {count}"
+        );
+        assert!(metrics.contains(&series), "{series}:\n{metrics}");
+    }
+    assert!(!metrics.contains("k_used"), "no per-key label");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let usage = loop {
+        let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines
+            .recv_timeout(remaining)
+            .expect("a usage line within 10 s");
+        let Ok(parsed) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if parsed["target"] == "api_key_usage" {
+            break parsed;
+        }
+    };
+    assert_eq!(usage["key_id"], "k_used");
+    assert_eq!(usage["store"], "api_keys.file");
+    assert_eq!(
+        usage["uses"], 3,
+        "one line for the interval's three uses: {usage}"
+    );
+    assert_eq!(usage["last_address"], "127.0.0.1");
+    assert!(
+        usage["last_used"]
+            .as_i64()
+            .is_some_and(|at| at > 1_700_000_000)
+    );
+    assert!(!usage.to_string().contains(&used), "never the key");
+    server.terminate();
+}

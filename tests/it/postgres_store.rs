@@ -20,7 +20,7 @@ use sqlx::{Executor, PgPool};
 
 use crate::support::{
     postgres::test_database,
-    process::{BIN, Options, ServerProcess, free_port},
+    process::{self, BIN, Options, ServerProcess, free_port},
     *,
 };
 
@@ -322,4 +322,117 @@ async fn rotation_overlaps_then_only_the_successor_works() {
     drop(a);
     pool.close().await;
     db.drop_database().await;
+}
+
+/// Usage and activity across replicas: each replica counts its uses in memory and writes
+/// them in batches; `keys show` and `keys list` report the sum with the last use and client
+/// address, a key never used shows none, and keys near expiry are a per-store gauge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_from_two_replicas_is_written_in_batches_and_shown() {
+    let Some(db) = test_database().await else {
+        return;
+    };
+    db.cli(&["keys", "migrate"]);
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    let used = insert_key(&pool, "k_used", "billing").await;
+    insert_key(&pool, "k_idle", "billing").await;
+    insert_key(&pool, "k_soon", "billing").await;
+    pool.execute(
+        "UPDATE portcullis_api_keys SET expires_at = now() + interval '3 days' WHERE id = 'k_soon'",
+    )
+    .await
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (a, admin_a) = usage_replica(dir.path(), &db.url);
+    let (b, _) = usage_replica(dir.path(), &db.url);
+    let mut clients = [
+        AuthClient::connect(format!("http://127.0.0.1:{}", a.grpc))
+            .await
+            .unwrap(),
+        AuthClient::connect(format!("http://127.0.0.1:{}", b.grpc))
+            .await
+            .unwrap(),
+    ];
+    for (client, times) in clients.iter_mut().zip([5, 3]) {
+        for _ in 0..times {
+            assert_eq!(authenticate_key(client, &used).await, None);
+        }
+    }
+    let started = Instant::now();
+    let shown = loop {
+        let output = db.cli(&["keys", "show", "k_used"]);
+        let text = String::from_utf8(output.stdout).unwrap();
+        if text.contains("uses: 8") {
+            break text;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the replicas' usage was not written: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(shown.contains("last client address: 127.0.0.1"), "{shown}");
+    assert!(!shown.contains("last used: never"), "{shown}");
+    assert!(!shown.contains(&used), "never the key");
+    let listed = String::from_utf8(db.cli(&["keys", "list"]).stdout).unwrap();
+    let line = |id: &str| {
+        listed
+            .lines()
+            .find(|l| l.starts_with(&format!("{id}\t")))
+            .unwrap_or_else(|| panic!("{id} listed:\n{listed}"))
+            .to_owned()
+    };
+    assert!(line("k_used").contains("\t8\t"), "{listed}");
+    assert!(line("k_idle").ends_with("\t0\tnever"), "{listed}");
+
+    let metrics = loop {
+        let metrics = process::http_get(&admin_a, "/metrics").unwrap();
+        if metrics
+            .contains("portcullis_api_keys_expiring{store=\"api_keys.postgres\",within=\"7d\"} 1")
+        {
+            break metrics;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(!metrics.contains("k_soon"), "no per-key label");
+    let missing = Command::new(BIN)
+        .args(["keys", "show", "k_missing"])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    drop((a, b));
+    pool.close().await;
+    db.drop_database().await;
+}
+
+/// A replica that writes usage every second; with its admin address.
+fn usage_replica(dir: &std::path::Path, url: &str) -> (Replica, String) {
+    let (grpc, admin) = (free_port(), free_port());
+    let config = dir.join(format!("usage-{grpc}.yaml"));
+    std::fs::write(
+        &config,
+        format!(
+            "server: {{grpc_listen: 127.0.0.1:{grpc}, admin_listen: 127.0.0.1:{admin}}}\napi_keys:\n  usage_flush_interval: 1s\n  postgres: {{url: env:PORTCULLIS_REPLICA_DB}}\n"
+        ),
+    )
+    .unwrap();
+    let admin = format!("127.0.0.1:{admin}");
+    let process = ServerProcess::spawn_ready(
+        &config,
+        &admin,
+        Options {
+            env: &[("PORTCULLIS_REPLICA_DB", url)],
+            ..Options::default()
+        },
+    );
+    (
+        Replica {
+            _process: process,
+            grpc,
+        },
+        admin,
+    )
 }

@@ -5,6 +5,7 @@
 pub mod file;
 pub mod format;
 pub mod postgres;
+pub mod usage;
 
 use serde_json::{Map, Value};
 

@@ -29,7 +29,10 @@ use sqlx::{
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{debug, info, warn};
 
-use super::{ApiKeyRecord, format};
+use super::{
+    ApiKeyRecord, format,
+    usage::{self, Activity, UsageTracker},
+};
 use crate::config::PostgresConfig;
 
 /// The NOTIFY channel the trigger and the listener agree on.
@@ -187,31 +190,64 @@ pub struct Listed {
     pub disabled: bool,
     pub rotated_from: Option<String>,
     pub rotated_to: Option<String>,
+    /// Uses written so far by the replicas (0 when never used).
+    pub uses: i64,
+    /// Seconds since the Unix epoch of the last written use.
+    pub last_used: Option<i64>,
+    /// The client address of that use, when known.
+    pub last_address: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
 }
 
-/// Every key, oldest first (digests are not listed).
+const LISTED_COLUMNS: &str = "k.id, k.subject, k.scopes, \
+    extract(epoch FROM k.expires_at)::bigint AS expires_at, k.disabled, \
+    k.metadata->>'rotated_from' AS rotated_from, k.metadata->>'rotated_to' AS rotated_to, \
+    coalesce(u.use_count, 0) AS uses, extract(epoch FROM u.last_used_at)::bigint AS last_used, \
+    u.last_address, extract(epoch FROM k.created_at)::bigint AS created_at, \
+    extract(epoch FROM k.revoked_at)::bigint AS revoked_at";
+
+fn listed(row: &sqlx::postgres::PgRow) -> Result<Listed, PostgresError> {
+    Ok(Listed {
+        id: row.try_get("id")?,
+        subject: row.try_get("subject")?,
+        scopes: row.try_get("scopes")?,
+        expires_at: row.try_get("expires_at")?,
+        disabled: row.try_get("disabled")?,
+        rotated_from: row.try_get("rotated_from")?,
+        rotated_to: row.try_get("rotated_to")?,
+        uses: row.try_get("uses")?,
+        last_used: row.try_get("last_used")?,
+        last_address: row.try_get("last_address")?,
+        created_at: row.try_get("created_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
+}
+
+/// Every key with its usage, oldest first (digests are not listed).
 pub async fn list(pool: &PgPool) -> Result<Vec<Listed>, PostgresError> {
-    let rows = sqlx::query(
-        "SELECT id, subject, scopes, extract(epoch FROM expires_at)::bigint AS expires_at, \
-                disabled, metadata->>'rotated_from' AS rotated_from, \
-                metadata->>'rotated_to' AS rotated_to \
-         FROM portcullis_api_keys ORDER BY created_at, id",
-    )
-    .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(Listed {
-                id: row.try_get("id")?,
-                subject: row.try_get("subject")?,
-                scopes: row.try_get("scopes")?,
-                expires_at: row.try_get("expires_at")?,
-                disabled: row.try_get("disabled")?,
-                rotated_from: row.try_get("rotated_from")?,
-                rotated_to: row.try_get("rotated_to")?,
-            })
-        })
-        .collect()
+    let query = format!(
+        "SELECT {LISTED_COLUMNS} FROM portcullis_api_keys k \
+         LEFT JOIN portcullis_api_key_usage u ON u.id = k.id ORDER BY k.created_at, k.id"
+    );
+    let rows = sqlx::query(&query).fetch_all(pool).await?;
+    rows.iter().map(listed).collect()
+}
+
+/// One key with its usage and metadata.
+pub async fn show(pool: &PgPool, id: &str) -> Result<(Listed, Value), PostgresError> {
+    let query = format!(
+        "SELECT {LISTED_COLUMNS}, k.metadata FROM portcullis_api_keys k \
+         LEFT JOIN portcullis_api_key_usage u ON u.id = k.id WHERE k.id = $1"
+    );
+    let row = sqlx::query(&query)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| PostgresError::NoSuchKey(id.to_owned()))?;
+    let metadata: sqlx::types::Json<Value> = row.try_get("metadata")?;
+    Ok((listed(&row)?, metadata.0))
 }
 
 /// The INSERT statement `keys generate` prints for a record.
@@ -260,7 +296,13 @@ impl moka::Expiry<[u8; 32], Entry> for EntryTtl {
 /// One replica's view of the shared store.
 pub struct PostgresStore {
     settings: PostgresConfig,
+    usage_flush_interval: Duration,
     pool: PgPool,
+    /// Uses of this store's keys not written yet.
+    usage: Arc<UsageTracker>,
+    /// Keys (not disabled) expiring within 7 and 30 days, as last counted by the usage task.
+    expiring: Arc<[AtomicU64; 2]>,
+    usage_task: Option<JoinHandle<()>>,
     cache: Cache<[u8; 32], Entry>,
     /// Bumped by every notification, so a lookup racing a revocation does not cache stale data.
     generation: Arc<AtomicU64>,
@@ -280,17 +322,23 @@ impl Drop for PostgresStore {
         if let Some(listener) = &self.listener {
             listener.abort();
         }
+        if let Some(task) = &self.usage_task {
+            task.abort();
+        }
+        // A replaced store's last uses are logged rather than lost.
+        usage::log_activity(usage::POSTGRES_STORE, &self.usage.drain());
     }
 }
 
 impl PostgresStore {
-    /// A store over a lazily connected pool. With `listen`, a task LISTENs for changes (needs
-    /// a tokio runtime).
+    /// A store over a lazily connected pool. With `listen`, a task LISTENs for changes and
+    /// another writes usage every `usage_flush_interval` (needs a tokio runtime).
     pub fn new(
         settings: &PostgresConfig,
         url: &str,
         max_entries: u64,
         listen: bool,
+        usage_flush_interval: Duration,
     ) -> Result<Arc<Self>, PostgresError> {
         let pool = lazy_pool(url, settings.max_connections, settings.timeout)?;
         let cache = Cache::builder()
@@ -310,9 +358,23 @@ impl PostgresStore {
                 ready.clone(),
             ))
         });
+        let usage = Arc::new(UsageTracker::default());
+        let expiring = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let usage_task = listen.then(|| {
+            tokio::spawn(write_usage(
+                pool.clone(),
+                usage.clone(),
+                expiring.clone(),
+                usage_flush_interval,
+            ))
+        });
         Ok(Arc::new(Self {
             settings: settings.clone(),
+            usage_flush_interval,
             pool,
+            usage,
+            expiring,
+            usage_task,
             cache,
             generation,
             listener,
@@ -326,8 +388,21 @@ impl PostgresStore {
     }
 
     /// Whether this store can serve a new config with these settings as is.
-    pub fn same_settings(&self, settings: &PostgresConfig) -> bool {
-        &self.settings == settings
+    pub fn same_settings(&self, settings: &PostgresConfig, usage_flush_interval: Duration) -> bool {
+        &self.settings == settings && self.usage_flush_interval == usage_flush_interval
+    }
+
+    /// Where uses of this store's keys are counted.
+    pub fn usage(&self) -> &UsageTracker {
+        &self.usage
+    }
+
+    /// Keys expiring within 7 and within 30 days (not disabled), as last counted.
+    pub fn expiring(&self) -> [u64; 2] {
+        [
+            self.expiring[0].load(Ordering::Relaxed),
+            self.expiring[1].load(Ordering::Relaxed),
+        ]
     }
 
     /// The record for a digest: from the cache, else from the database.
@@ -374,6 +449,75 @@ impl PostgresStore {
         }
         Ok(entry)
     }
+}
+
+/// Every `interval`: writes the pending usage in one statement (put back if it fails, to be
+/// written next time), then counts the keys near expiry.
+async fn write_usage(
+    pool: PgPool,
+    usage: Arc<UsageTracker>,
+    expiring: Arc<[AtomicU64; 2]>,
+    interval: Duration,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let batch = usage.drain();
+        if !batch.is_empty()
+            && let Err(err) = add_usage(&pool, &batch).await
+        {
+            warn!(error = %err, keys = batch.len(), "cannot write API key usage; keeping it for the next attempt");
+            usage.restore(batch);
+        }
+        match count_expiring(&pool).await {
+            Ok(counts) => {
+                for (gauge, count) in expiring.iter().zip(counts) {
+                    gauge.store(count, Ordering::Relaxed);
+                }
+            }
+            Err(err) => debug!(error = %err, "cannot count API keys near expiry"),
+        }
+    }
+}
+
+/// Adds a batch of usage to `portcullis_api_key_usage`, in one statement.
+pub async fn add_usage(pool: &PgPool, batch: &[(Box<str>, Activity)]) -> Result<(), PostgresError> {
+    let ids: Vec<&str> = batch.iter().map(|(id, _)| &**id).collect();
+    let uses: Vec<i64> = batch
+        .iter()
+        .map(|(_, a)| i64::try_from(a.uses).unwrap_or(i64::MAX))
+        .collect();
+    let last_used: Vec<f64> = batch.iter().map(|(_, a)| a.last_used as f64).collect();
+    let addresses: Vec<Option<String>> = batch
+        .iter()
+        .map(|(_, a)| a.last_address.map(|ip| ip.to_string()))
+        .collect();
+    sqlx::query(
+        "INSERT INTO portcullis_api_key_usage AS u (id, use_count, last_used_at, last_address)          SELECT b.id, b.uses, to_timestamp(b.last_used), b.address          FROM unnest($1::text[], $2::bigint[], $3::float8[], $4::text[]) AS b(id, uses, last_used, address)          WHERE EXISTS (SELECT 1 FROM portcullis_api_keys k WHERE k.id = b.id)          ON CONFLICT (id) DO UPDATE SET            use_count = u.use_count + EXCLUDED.use_count,            last_address = CASE WHEN u.last_used_at IS NULL OR EXCLUDED.last_used_at >= u.last_used_at                                THEN coalesce(EXCLUDED.last_address, u.last_address) ELSE u.last_address END,            last_used_at = greatest(u.last_used_at, EXCLUDED.last_used_at)",
+    )
+    .bind(ids)
+    .bind(uses)
+    .bind(last_used)
+    .bind(addresses)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Keys (not disabled) expiring within 7 and within 30 days.
+async fn count_expiring(pool: &PgPool) -> Result<[u64; 2], PostgresError> {
+    let row = sqlx::query(
+        "SELECT count(*) FILTER (WHERE expires_at <= now() + interval '7 days') AS week,                 count(*) AS month          FROM portcullis_api_keys          WHERE NOT disabled AND expires_at > now() AND expires_at <= now() + interval '30 days'",
+    )
+    .fetch_one(pool)
+    .await?;
+    let count = |name: &str| -> Result<u64, PostgresError> {
+        let value: i64 = row.try_get(name)?;
+        Ok(u64::try_from(value).unwrap_or(0))
+    };
+    Ok([count("week")?, count("month")?])
 }
 
 /// Keeps a LISTEN connection open for as long as the store lives, reconnecting after losses.
