@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: provisions what the tests need (the npm OpenID
-# provider, PostgreSQL, nginx, Caddy, helm, helm-docs, actionlint, Python test tools), then
+# provider, PostgreSQL, nginx, Caddy, Redis, helm, helm-docs, actionlint, Python test tools), then
 # runs formatting and lint checks, the Rust tests (unit, integration, real OpenID provider), the Helm chart,
 # release workflow, docs, load benchmark script and identity token upstream tests (pytest), and the Go checks of the
 # Envoy and Istio examples.
@@ -23,6 +23,9 @@ scripts/provision/buildah.sh >/dev/null
 PORTCULLIS_NGINX="$(scripts/provision/nginx.sh | tail -n 1)"
 PORTCULLIS_CADDY="$(scripts/provision/caddy.sh | tail -n 1)"
 export PORTCULLIS_NGINX PORTCULLIS_CADDY
+# Redis for the shared rate limits (tests/it/rate_limits.rs runs its own instances).
+PORTCULLIS_REDIS_SERVER="$(scripts/provision/redis.sh | tail -n 1)"
+export PORTCULLIS_REDIS_SERVER
 # Starts (installing Debian packages if needed) a test PostgreSQL on 127.0.0.1:54329 and
 # exports PORTCULLIS_TEST_DATABASE_URL for the API key store tests.
 PG_ENV="$(scripts/provision/postgres.sh)"

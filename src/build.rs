@@ -20,8 +20,9 @@ use crate::{
         htpasswd::Htpasswd,
         jwks::Location,
     },
-    pipeline::Pipeline,
+    pipeline::{Phases, Pipeline},
     policy::Policy,
+    rate_limit::{RateLimiter, redis::RedisCounters},
     revocation::{self, Revocations},
     telemetry::metrics::Metrics,
     upstream::UpstreamHeaders,
@@ -85,17 +86,51 @@ pub fn pipeline(
         }
         None => None,
     };
+    let rate_limiter = match rate_limiter(&config, previous, mode) {
+        Ok(limiter) => limiter,
+        Err(message) => {
+            push(&mut errors, "rate_limits.redis.url", message);
+            return Err(ConfigErrors(errors));
+        }
+    };
     let upstream = UpstreamHeaders::new(&config.response.claims_to_headers)
         .with_identity_header(identity_tokens.as_ref().map(IdentityTokens::header));
-    Ok(Pipeline::new(
-        Arc::new(config),
+    let phases = Phases {
         extraction,
         verifiers,
         policy,
+        rate_limiter,
         upstream,
         identity_tokens,
-        metrics.clone(),
-    ))
+    };
+    Ok(Pipeline::new(Arc::new(config), phases, metrics.clone()))
+}
+
+/// The rate limits, with the previous generation's counters: its local ones always, its
+/// Redis connection while the Redis settings are unchanged.
+fn rate_limiter(
+    config: &Config,
+    previous: Option<&Pipeline>,
+    mode: BuildMode,
+) -> Result<RateLimiter, String> {
+    let previous = previous.map(Pipeline::rate_limiter);
+    let local = previous.map(|p| p.local().clone()).unwrap_or_default();
+    let redis = match &config.rate_limits.redis {
+        None => None,
+        Some(settings) => match previous
+            .and_then(RateLimiter::redis)
+            .filter(|redis| redis.same_settings(settings))
+        {
+            Some(redis) => Some(redis.clone()),
+            None => {
+                let url = String::from_utf8(settings.url.resolve()?)
+                    .map_err(|_| "is not UTF-8".to_owned())?;
+                let counters = RedisCounters::new(settings, &url).map_err(|err| err.to_string())?;
+                (mode == BuildMode::Serve).then(|| Arc::new(counters))
+            }
+        },
+    };
+    Ok(RateLimiter::new(&config.rate_limits, redis, local))
 }
 
 fn push(errors: &mut Vec<ConfigError>, path: &str, message: impl Into<String>) {

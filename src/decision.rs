@@ -180,6 +180,39 @@ pub struct Denial {
     /// Scopes the caller lacks, for `insufficient_scope` challenges.
     pub missing_scopes: Vec<String>,
     pub scheme: Scheme,
+    /// For a rate limit that was hit: when to retry, and the limit (response headers).
+    pub rate_limit: Option<RateLimitExceeded>,
+}
+
+/// A rate limit a request exceeded, as HTTP answers report it: `Retry-After`, and the IETF
+/// `RateLimit` / `RateLimit-Policy` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitExceeded {
+    /// Which limit: `key`, `subject` or `rule`.
+    pub policy: &'static str,
+    /// Seconds until a request may succeed (at least 1).
+    pub retry_after: u64,
+    /// Requests the limit allows at once (its burst).
+    pub quota: u32,
+    /// Seconds over which the quota refills.
+    pub window: u64,
+}
+
+impl RateLimitExceeded {
+    /// The response headers of a request this limit refused.
+    pub fn headers(&self) -> [(&'static str, String); 3] {
+        [
+            ("retry-after", self.retry_after.to_string()),
+            (
+                "ratelimit",
+                format!("\"{}\";r=0;t={}", self.policy, self.retry_after),
+            ),
+            (
+                "ratelimit-policy",
+                format!("\"{}\";q={};w={}", self.policy, self.quota, self.window),
+            ),
+        ]
+    }
 }
 
 impl Denial {
@@ -189,6 +222,18 @@ impl Denial {
             message: message.into(),
             missing_scopes: Vec::new(),
             scheme: Scheme::Bearer,
+            rate_limit: None,
+        }
+    }
+
+    /// RATE_LIMITED by `limit`.
+    pub fn rate_limited(limit: RateLimitExceeded) -> Self {
+        Self {
+            rate_limit: Some(limit),
+            ..Self::new(
+                Reason::RateLimited,
+                "rate limit exceeded; retry after the time in Retry-After",
+            )
         }
     }
 
@@ -207,6 +252,7 @@ impl Denial {
             message,
             missing_scopes: missing,
             scheme: Scheme::Bearer,
+            rate_limit: None,
         }
     }
 
@@ -316,6 +362,8 @@ pub struct Principal {
     cel_variables: OnceLock<Result<CelVariables, String>>,
     /// Identity tokens minted for this principal (`response.identity_token`), newest last.
     identity_tokens: ArcSwapOption<Vec<Arc<IdentityToken>>>,
+    /// An API key's own rate limit (`rate_limit` on its record).
+    pub rate_limit: Option<crate::config::RateLimit>,
 }
 
 /// The `claims` and `principal` variables of a CEL rule, for one principal. Values share
@@ -363,7 +411,14 @@ impl Principal {
             check_allow: ArcSwapOption::empty(),
             cel_variables: OnceLock::new(),
             identity_tokens: ArcSwapOption::empty(),
+            rate_limit: None,
         }
+    }
+
+    /// The same principal, counted against `limit` (an API key's own rate limit).
+    pub fn with_rate_limit(mut self, limit: Option<crate::config::RateLimit>) -> Self {
+        self.rate_limit = limit;
+        self
     }
 
     /// The claim at a dotted path (`realm_access.roles`), split into its segments.

@@ -327,12 +327,33 @@ fn denied(denial: &Denial, realm: &str) -> Response {
     {
         headers.insert(header::WWW_AUTHENTICATE, value);
     }
+    for (name, value) in denial.rate_limit.iter().flat_map(|limit| limit.headers()) {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    }
     response
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rate_limited_answer_carries_retry_after_and_ratelimit_headers() {
+        let denial = Denial::rate_limited(crate::decision::RateLimitExceeded {
+            policy: "key",
+            retry_after: 3,
+            quota: 20,
+            window: 2,
+        });
+        let response = denied(&denial, "portcullis");
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
+        assert_eq!(header("retry-after"), Some("3"));
+        assert_eq!(header("ratelimit"), Some("\"key\";r=0;t=3"));
+        assert_eq!(header("ratelimit-policy"), Some("\"key\";q=20;w=2"));
+    }
 
     #[test]
     fn the_original_request_needs_each_header_exactly_once() {

@@ -25,6 +25,7 @@ pub mod outbound;
 pub mod pb;
 pub mod pipeline;
 pub mod policy;
+pub mod rate_limit;
 pub mod reload;
 pub mod revocation;
 pub mod server;

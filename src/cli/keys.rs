@@ -96,6 +96,12 @@ pub struct GenerateArgs {
     /// Record id (default: random).
     #[arg(long)]
     id: Option<String>,
+    /// The key's own rate limit, e.g. 10/s, 600/m or 1000/h (with `--burst`).
+    #[arg(long, requires = "burst")]
+    rate_limit: Option<String>,
+    /// Requests the key may make at once under `--rate-limit`.
+    #[arg(long, requires = "rate_limit")]
+    burst: Option<u32>,
     /// Output: `text` (the key, the file entry and the SQL, for people), `yaml` (the file
     /// entry, the key in a comment), `sql` (the INSERT, the key in a comment) or `json`.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
@@ -466,6 +472,9 @@ fn rotate_in_file(
         if let Some(at) = expires {
             entry["expires_at"] = Value::String(rfc3339(at));
         }
+        if let Some(limit) = &old.rate_limit {
+            entry["rate_limit"] = serde_json::to_value(limit.to_config()).unwrap_or_default();
+        }
         entry
     };
     let successor = entry(
@@ -536,6 +545,16 @@ fn generate(args: GenerateArgs) -> ExitCode {
         .flat_map(|s| s.split_whitespace())
         .map(str::to_owned)
         .collect();
+    let rate_limit = match args.rate_limit.as_deref().zip(args.burst) {
+        Some((rate, burst)) => match crate::config::RateLimit::new(rate, burst) {
+            Ok(limit) => Some(limit),
+            Err(message) => {
+                eprintln!("portcullis keys generate: --rate-limit: {message}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let record = ApiKeyRecord {
         id,
         subject: args.subject,
@@ -543,6 +562,7 @@ fn generate(args: GenerateArgs) -> ExitCode {
         expires_at: expires_at.map(|(seconds, _)| seconds),
         disabled: false,
         metadata: Map::new(),
+        rate_limit,
     };
     let sha256 = format::hex(&format::digest(&key));
     let mut entry = serde_json::json!({
@@ -553,6 +573,9 @@ fn generate(args: GenerateArgs) -> ExitCode {
     });
     if let Some((_, at)) = expires_at {
         entry["expires_at"] = Value::String(humantime::format_rfc3339_seconds(at).to_string());
+    }
+    if let Some(limit) = &record.rate_limit {
+        entry["rate_limit"] = serde_json::to_value(limit.to_config()).unwrap_or_default();
     }
     let yaml =
         serde_norway::to_string(&serde_json::json!({ "keys": [&entry] })).unwrap_or_default();

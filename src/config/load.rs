@@ -132,6 +132,7 @@ fn parse(text: &str) -> (Config, Vec<ConfigError>) {
                 section(value, name, &mut errors).map(|v| config.client_certificates = v)
             }
             "revocation" => section(value, name, &mut errors).map(|v| config.revocation = Some(v)),
+            "rate_limits" => section(value, name, &mut errors).map(|v| config.rate_limits = v),
             other => {
                 errors.push(error(other, "unknown key"));
                 None
@@ -323,6 +324,7 @@ fn validate(config: &Config, positions: &[usize], errors: &mut Vec<ConfigError>)
     validate_headers(config, errors);
     validate_identity_token(config, errors);
     validate_revocation(config, errors);
+    validate_rate_limits(config, errors);
     if !(Duration::from_secs(1)..=Duration::from_secs(3600))
         .contains(&config.api_keys.usage_flush_interval)
     {
@@ -578,6 +580,43 @@ fn upstream_header_problem(config: &Config, header: &str) -> Option<String> {
         .iter()
         .any(|name| name == header);
     (reserved || credential).then(|| format!("{header:?} cannot carry identity upstream"))
+}
+
+/// `rate_limits`: parseable limits, rules that exist, a bounded Redis timeout.
+fn validate_rate_limits(config: &Config, errors: &mut Vec<ConfigError>) {
+    let limits = &config.rate_limits;
+    if let Some(limit) = &limits.per_subject
+        && let Err(message) = limit.parse()
+    {
+        errors.push(error("rate_limits.per_subject", message));
+    }
+    for (rule, limit) in &limits.rules {
+        let path = format!("rate_limits.rules.{rule}");
+        if let Err(message) = limit.parse() {
+            errors.push(error(path, message));
+        } else if !config.authorization.rules.iter().any(|r| &r.name == rule)
+            && rule != super::DEFAULT_RULE
+        {
+            errors.push(error(
+                path,
+                "names no rule in authorization.rules (or `default`)",
+            ));
+        }
+    }
+    if let Some(redis) = &limits.redis {
+        if !(Duration::from_millis(1)..=Duration::from_secs(5)).contains(&redis.timeout) {
+            errors.push(error(
+                "rate_limits.redis.timeout",
+                "must be between 1ms and 5s",
+            ));
+        }
+        if redis.key_prefix.is_empty() || redis.key_prefix.len() > 64 {
+            errors.push(error(
+                "rate_limits.redis.key_prefix",
+                "must be 1 to 64 characters",
+            ));
+        }
+    }
 }
 
 /// `revocation`: bounded retention, resync and timeout.

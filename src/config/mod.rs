@@ -3,6 +3,7 @@
 
 mod identity_token;
 mod load;
+mod rate_limits;
 mod revocation;
 mod secret;
 mod types;
@@ -10,6 +11,7 @@ mod verifiers;
 
 pub use identity_token::IdentityTokenConfig;
 pub use load::{ConfigError, ConfigErrors, load_file, load_file_partial, load_str};
+pub use rate_limits::{LimitConfig, RateLimit, RateLimitsConfig, RedisConfig, RedisUnavailable};
 pub use revocation::RevocationConfig;
 pub use secret::SecretRef;
 pub use types::*;

@@ -29,6 +29,8 @@ pub struct Config {
     pub client_certificates: ClientCertificatesConfig,
     /// The JWT denylist in PostgreSQL; unset: JWTs are revoked only by expiring.
     pub revocation: Option<super::RevocationConfig>,
+    /// Limits per API key, subject and rule, shared through Redis.
+    pub rate_limits: super::RateLimitsConfig,
 }
 
 impl Config {
@@ -92,6 +94,9 @@ impl Config {
         }
         if let Some(revocation) = &mut self.revocation {
             fix_secret(&mut revocation.url);
+        }
+        if let Some(redis) = &mut self.rate_limits.redis {
+            fix_secret(&mut redis.url);
         }
         if let Some(identity) = &mut self.response.identity_token {
             identity.keys_mut().for_each(fix_secret);

@@ -374,6 +374,13 @@ fn denied(denial: &Denial, rule: &str, realm: &str) -> CheckReply {
             HeaderAppendAction::OverwriteIfExistsOrAdd,
         ));
     }
+    for (name, value) in denial.rate_limit.iter().flat_map(|limit| limit.headers()) {
+        headers.push(header(
+            name,
+            &value,
+            HeaderAppendAction::OverwriteIfExistsOrAdd,
+        ));
+    }
     let body = serde_json::json!({"reason": denial.reason.as_str(), "message": denial.message})
         .to_string();
     let metadata = metadata_struct(vec![
@@ -619,6 +626,47 @@ rules:
                 "a client's own {stripped} never reaches the upstream"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_request_over_its_rate_limit_is_a_429_with_retry_after_and_ratelimit_headers() {
+        let pipeline = crate::pipeline::quickstart_with(|config| {
+            config.rate_limits.per_subject = Some(crate::config::LimitConfig {
+                rate: "1/h".into(),
+                burst: 1,
+            });
+        });
+        let token = format!(
+            "Bearer {}",
+            portcullis_test_support::quickstart_token("orders:read")
+        );
+        let first = envoy_reads(&pipeline, &request("/orders/1", Some(&token))).await;
+        ok(&first);
+        let second = envoy_reads(&pipeline, &request("/orders/1", Some(&token))).await;
+        let Some(HttpResponse::DeniedResponse(denied)) = &second.http_response else {
+            panic!("limited")
+        };
+        assert_eq!(denied.status.as_ref().map(|s| s.code), Some(429));
+        let headers: Vec<(&str, &str)> = denied
+            .headers
+            .iter()
+            .filter_map(|option| option.header.as_ref())
+            .map(|h| (h.key.as_str(), h.value.as_str()))
+            .collect();
+        let retry_after: u64 = headers
+            .iter()
+            .find(|(name, _)| *name == "retry-after")
+            .and_then(|(_, value)| value.parse().ok())
+            .expect("Retry-After in seconds");
+        assert!((3500..=3600).contains(&retry_after), "{retry_after}");
+        assert!(headers.contains(&("ratelimit-policy", "\"subject\";q=1;w=3600")));
+        assert!(
+            headers.iter().any(
+                |(name, value)| *name == "ratelimit" && value.starts_with("\"subject\";r=0;t=")
+            )
+        );
+        let metadata = second.dynamic_metadata.as_ref().expect("metadata");
+        assert_eq!(text(metadata, "reason"), "RATE_LIMITED");
     }
 
     fn view_with(http: HttpRequestView) -> CheckRequestView {

@@ -26,6 +26,7 @@ use crate::{
     identity_token::IdentityTokens,
     keys::{KeySource, RemoteKeySource},
     policy::{Policy, Resource, RuleTrace, Verdict},
+    rate_limit::RateLimiter,
     telemetry::{
         self,
         decision_log::{DecisionLog, Requested},
@@ -62,23 +63,35 @@ pub struct Pipeline {
     upstream: UpstreamHeaders,
     /// `response.identity_token`, when on: the shaping step that mints for upstreams.
     identity_tokens: Option<IdentityTokens>,
+    /// Rate limits per API key, subject and rule, counted on allowed requests.
+    rate_limiter: RateLimiter,
     /// Where decided requests are counted.
     metrics: Arc<Metrics>,
     /// `telemetry.decision_log`, when on.
     decision_log: Option<DecisionLog>,
 }
 
+/// What the build layer makes from a config for each phase of a pipeline.
+pub(crate) struct Phases {
+    pub extraction: Extraction,
+    pub verifiers: Verifiers,
+    pub policy: Policy,
+    pub rate_limiter: RateLimiter,
+    pub upstream: UpstreamHeaders,
+    pub identity_tokens: Option<IdentityTokens>,
+}
+
 impl Pipeline {
-    /// Assembles a pipeline from parts the build layer made from `config`.
-    pub(crate) fn new(
-        config: Arc<Config>,
-        extraction: Extraction,
-        verifiers: Verifiers,
-        policy: Policy,
-        upstream: UpstreamHeaders,
-        identity_tokens: Option<IdentityTokens>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// Assembles a pipeline from the phases the build layer made from `config`.
+    pub(crate) fn new(config: Arc<Config>, phases: Phases, metrics: Arc<Metrics>) -> Self {
+        let Phases {
+            extraction,
+            verifiers,
+            policy,
+            rate_limiter,
+            upstream,
+            identity_tokens,
+        } = phases;
         Self {
             id: NEXT_PIPELINE_ID.fetch_add(1, Ordering::Relaxed),
             decision_log: DecisionLog::new(&config.telemetry.decision_log),
@@ -88,6 +101,7 @@ impl Pipeline {
             policy,
             upstream,
             identity_tokens,
+            rate_limiter,
             metrics,
         }
     }
@@ -143,10 +157,14 @@ impl Pipeline {
     /// audience).
     async fn authenticate_only(&self, request: &RequestAttrs<'_>) -> Decision {
         let presented = credentials::extract(&request.carried, &self.extraction);
-        match self.authenticate(&presented, request.audience).await {
-            Ok(principal) => self.allow(principal, String::new(), "", &presented),
-            Err(denial) => deny(denial, None, String::new(), Some(&presented)),
+        let principal = match self.authenticate(&presented, request.audience).await {
+            Ok(principal) => principal,
+            Err(denial) => return deny(denial, None, String::new(), Some(&presented)),
+        };
+        if let Err(denial) = self.rate_limiter.check(&principal, "").await {
+            return deny(denial, Some(principal), String::new(), Some(&presented));
         }
+        self.allow(principal, String::new(), "", &presented)
     }
 
     /// Authorize and Check: target, extract, (refuse query credentials no rule allows),
@@ -165,7 +183,16 @@ impl Pipeline {
             return deny(denial, None, String::new(), None);
         }
         let authn = self.authenticate(&presented, request.audience).await;
-        let verdict = rules.decide(authn.as_deref(), request.required_scopes);
+        let mut verdict = rules.decide(authn.as_deref(), request.required_scopes);
+        // The limit phase: an allowed request with a principal counts against its limits.
+        if let (Verdict::Allow { rule }, Ok(principal)) = (&verdict, &authn)
+            && let Err(denial) = self.rate_limiter.check(principal, rule).await
+        {
+            verdict = Verdict::Deny {
+                denial,
+                rule: rule.clone(),
+            };
+        }
         self.shape(verdict, authn.ok(), &presented, resource.host)
     }
 
@@ -271,6 +298,11 @@ impl Pipeline {
     ) -> Vec<(String, String)> {
         self.upstream
             .render(principal, identity_token.map(|t| &*t.token))
+    }
+
+    /// The rate limits, whose counters the next generation reuses.
+    pub fn rate_limiter(&self) -> &RateLimiter {
+        &self.rate_limiter
     }
 
     /// The identity token minter (`response.identity_token`), when configured: its keys

@@ -106,15 +106,18 @@ impl ApiKeyVerifier {
         if let Some(tracker) = tracker {
             tracker.record(&record.id, now, client);
         }
-        Ok(Arc::new(Principal::new(
-            record.subject.clone(),
-            issuer.to_owned(),
-            CredentialType::ApiKey,
-            record.metadata.clone(),
-            record.scopes.clone(),
-            record.expires_at,
-            record.id.clone(),
-        )))
+        Ok(Arc::new(
+            Principal::new(
+                record.subject.clone(),
+                issuer.to_owned(),
+                CredentialType::ApiKey,
+                record.metadata.clone(),
+                record.scopes.clone(),
+                record.expires_at,
+                record.id.clone(),
+            )
+            .with_rate_limit(record.rate_limit),
+        ))
     }
 }
 

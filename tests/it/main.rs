@@ -17,6 +17,7 @@ mod jwks_cache;
 mod limits;
 mod oidc_provider;
 mod postgres_store;
+mod rate_limits;
 mod reload_race;
 mod revocation;
 mod server;

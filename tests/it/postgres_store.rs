@@ -37,6 +37,7 @@ async fn insert_key(pool: &PgPool, id: &str, subject: &str) -> String {
             .as_object()
             .unwrap()
             .clone(),
+        rate_limit: None,
     };
     let statement = postgres::insert_statement(&format::hex(&format::digest(&key)), &record);
     pool.execute(statement.as_str()).await.unwrap();

@@ -59,6 +59,9 @@ struct Entry {
     disabled: bool,
     #[serde(default)]
     metadata: Map<String, Value>,
+    /// `{rate: 10/s, burst: 20}`: this key's own rate limit.
+    #[serde(default)]
+    rate_limit: Option<crate::config::LimitConfig>,
 }
 
 /// Key records by digest.
@@ -109,6 +112,15 @@ impl FileStore {
                         .ok_or_else(|| at("expires_at must be an RFC 3339 time"))
                 })
                 .transpose()?;
+            let rate_limit = entry
+                .rate_limit
+                .as_ref()
+                .map(|limit| {
+                    limit
+                        .parse()
+                        .map_err(|message| at(&format!("rate_limit: {message}")))
+                })
+                .transpose()?;
             let record = ApiKeyRecord {
                 id: entry.id,
                 subject: entry.subject,
@@ -116,6 +128,7 @@ impl FileStore {
                 expires_at,
                 disabled: entry.disabled,
                 metadata: entry.metadata,
+                rate_limit,
             };
             if by_digest.insert(digest, Arc::new(record)).is_some() {
                 return Err(at("the same key digest appears twice"));

@@ -24,4 +24,6 @@ pub struct ApiKeyRecord {
     pub disabled: bool,
     /// Returned as the principal's claims.
     pub metadata: Map<String, Value>,
+    /// The key's own rate limit (`rate_limits`), if any.
+    pub rate_limit: Option<crate::config::RateLimit>,
 }

@@ -147,9 +147,9 @@ pub async fn rotate(
         .or(old_lifetime);
     let overlap_seconds = i64::try_from(overlap.as_secs()).unwrap_or(i64::MAX);
     let inserted = sqlx::query(
-        "INSERT INTO portcullis_api_keys (id, sha256, subject, scopes, expires_at, metadata) \
+        "INSERT INTO portcullis_api_keys (id, sha256, subject, scopes, expires_at, metadata, rate_limit_per_second, rate_limit_burst) \
          SELECT $2, $3, subject, scopes, now() + make_interval(secs => $4::double precision), \
-                metadata || jsonb_build_object('rotated_from', id) \
+                metadata || jsonb_build_object('rotated_from', id), rate_limit_per_second, rate_limit_burst \
          FROM portcullis_api_keys WHERE id = $1 \
          RETURNING extract(epoch FROM expires_at)::bigint AS expires_at",
     )
@@ -250,6 +250,20 @@ pub async fn show(pool: &PgPool, id: &str) -> Result<(Listed, Value), PostgresEr
     Ok((listed(&row)?, metadata.0))
 }
 
+/// A row's rate limit columns (the table's checks keep them valid).
+fn rate_limit_of(
+    row: &sqlx::postgres::PgRow,
+) -> Result<Option<crate::config::RateLimit>, PostgresError> {
+    let per_second: Option<f64> = row.try_get("rate_limit_per_second")?;
+    let burst: Option<i32> = row.try_get("rate_limit_burst")?;
+    Ok(per_second.zip(burst).and_then(|(per_second, burst)| {
+        Some(crate::config::RateLimit {
+            per_second,
+            burst: u32::try_from(burst).ok().filter(|b| *b > 0)?,
+        })
+    }))
+}
+
 /// The INSERT statement `keys generate` prints for a record.
 pub fn insert_statement(sha256_hex: &str, record: &ApiKeyRecord) -> String {
     let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
@@ -267,8 +281,13 @@ pub fn insert_statement(sha256_hex: &str, record: &ApiKeyRecord) -> String {
         .map(|t| format!("to_timestamp({t})"))
         .unwrap_or_else(|| "NULL".to_owned());
     let metadata = quote(&Value::Object(record.metadata.clone()).to_string());
+    let (per_second, burst) = record
+        .rate_limit
+        .map_or(("NULL".to_owned(), "NULL".to_owned()), |l| {
+            (l.per_second.to_string(), l.burst.to_string())
+        });
     format!(
-        "INSERT INTO portcullis_api_keys (id, sha256, subject, scopes, expires_at, disabled, metadata) VALUES ({}, {}, {}, {scopes}, {expires}, {}, {metadata}::jsonb);",
+        "INSERT INTO portcullis_api_keys (id, sha256, subject, scopes, expires_at, disabled, metadata, rate_limit_per_second, rate_limit_burst) VALUES ({}, {}, {}, {scopes}, {expires}, {}, {metadata}::jsonb, {per_second}, {burst});",
         quote(&record.id),
         quote(sha256_hex),
         quote(&record.subject),
@@ -412,7 +431,7 @@ impl PostgresStore {
         }
         let generation = self.generation.load(Ordering::SeqCst);
         let query = sqlx::query(
-            "SELECT id, subject, scopes, extract(epoch FROM expires_at)::bigint AS expires_at, disabled, metadata FROM portcullis_api_keys WHERE sha256 = $1",
+            "SELECT id, subject, scopes, extract(epoch FROM expires_at)::bigint AS expires_at, disabled, metadata, rate_limit_per_second, rate_limit_burst FROM portcullis_api_keys WHERE sha256 = $1",
         )
         .bind(format::hex(digest))
         .fetch_optional(&self.pool);
@@ -441,6 +460,7 @@ impl PostgresStore {
                         Value::Object(map) => map,
                         _ => Default::default(),
                     },
+                    rate_limit: rate_limit_of(&row)?,
                 }))
             }
         };

@@ -1,0 +1,219 @@
+//! Rate limits shared through a real Redis (scripts/provision/redis.sh; each test runs its
+//! own `redis-server` on 127.0.0.1 and stops it by PID): two server processes hold one
+//! combined limit for an API key; with Redis stopped each replica limits alone
+//! (`when_unavailable: local`), and once Redis is back they share the limit again by
+//! themselves.
+//!
+//! Reads `PORTCULLIS_REDIS_SERVER` (else `redis-server` on PATH). Under CI=true a missing
+//! Redis fails the test; elsewhere it is skipped with a message.
+
+use std::{
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use portcullis::{
+    keys::api_keys::format,
+    pb::{self, Reason, auth_client::AuthClient},
+};
+use tonic::transport::Channel;
+
+use crate::support::{
+    process::{Options, ServerProcess, free_port},
+    *,
+};
+
+/// A `redis-server` of this test's own, stopped (by PID) when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn binary() -> Option<String> {
+        let in_ci = std::env::var("CI").as_deref() == Ok("true");
+        let binary =
+            std::env::var("PORTCULLIS_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let found = Command::new(&binary)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            assert!(
+                !in_ci,
+                "CI=true: redis-server is missing (scripts/provision/redis.sh)"
+            );
+            eprintln!("SKIPPED: redis-server not found; run scripts/provision/redis.sh");
+            return None;
+        }
+        Some(binary)
+    }
+
+    fn start(binary: &str, port: u16) -> Self {
+        let child = Command::new(binary)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port }
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn replica(dir: &std::path::Path, keys: &std::path::Path, redis_port: u16) -> (ServerProcess, u16) {
+    let (grpc, admin) = (free_port(), free_port());
+    let config = dir.join(format!("replica-{grpc}.yaml"));
+    std::fs::write(
+        &config,
+        format!(
+            "server: {{grpc_listen: 127.0.0.1:{grpc}, admin_listen: 127.0.0.1:{admin}}}\n\
+             api_keys: {{file: {}}}\n\
+             rate_limits:\n  redis: {{url: 'redis://127.0.0.1:{redis_port}/', timeout: 100ms, when_unavailable: local}}\n\
+             telemetry: {{log_level: error}}\n",
+            keys.display()
+        ),
+    )
+    .unwrap();
+    let process =
+        ServerProcess::spawn_ready(&config, &format!("127.0.0.1:{admin}"), Options::default());
+    (process, grpc)
+}
+
+/// Drives `key` from 4 concurrent callers per replica for `duration`; the allowed and
+/// limited counts, and how long the run took.
+async fn drive(grpc_ports: &[u16], key: &str, duration: Duration) -> (usize, usize, Duration) {
+    let allowed = Arc::new(AtomicUsize::new(0));
+    let limited = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut callers = Vec::new();
+    for port in grpc_ports {
+        for _ in 0..4 {
+            let mut client: AuthClient<Channel> =
+                AuthClient::connect(format!("http://127.0.0.1:{port}"))
+                    .await
+                    .unwrap();
+            let (allowed, limited, key) = (allowed.clone(), limited.clone(), key.to_owned());
+            callers.push(tokio::spawn(async move {
+                while started.elapsed() < duration {
+                    let answer = client
+                        .authenticate(pb::AuthenticateRequest {
+                            credential: Some(pb::Credential {
+                                kind: Some(pb::credential::Kind::ApiKey(key.clone())),
+                            }),
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    match reason(&answer) {
+                        None => allowed.fetch_add(1, Ordering::Relaxed),
+                        Some(Reason::RateLimited) => limited.fetch_add(1, Ordering::Relaxed),
+                        other => panic!("unexpected {other:?}"),
+                    };
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }));
+        }
+    }
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    (
+        allowed.load(Ordering::Relaxed),
+        limited.load(Ordering::Relaxed),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_a_keys_limit_through_redis_and_fall_back_while_it_is_down() {
+    let Some(binary) = Redis::binary() else {
+        return;
+    };
+    let redis_port = free_port();
+    let redis = Redis::start(&binary, redis_port);
+    let dir = tempfile::tempdir().unwrap();
+    let key = format::generate("pcl").unwrap();
+    let keys = dir.path().join("keys.yaml");
+    std::fs::write(
+        &keys,
+        format!(
+            "keys:\n  - {{id: k_limited, sha256: {}, subject: billing, rate_limit: {{rate: 20/s, burst: 10}}}}\n",
+            format::hex(&format::digest(&key))
+        ),
+    )
+    .unwrap();
+    let (a, grpc_a) = replica(dir.path(), &keys, redis_port);
+    let (b, grpc_b) = replica(dir.path(), &keys, redis_port);
+
+    // Shared: both replicas together get the burst plus the rate over the run.
+    let (allowed, limited, took) = drive(&[grpc_a, grpc_b], &key, Duration::from_secs(2)).await;
+    let expected = 10.0 + 20.0 * took.as_secs_f64();
+    let error = (allowed as f64 - expected) / expected;
+    eprintln!(
+        "shared limit: {allowed} allowed, {limited} limited in {took:?}; expected {expected:.1}, error {:+.1}%",
+        error * 100.0
+    );
+    assert!(limited > allowed, "the callers went well over the limit");
+    assert!(
+        error.abs() < 0.10,
+        "combined limit off by {:+.1}%",
+        error * 100.0
+    );
+
+    // Redis stops: each replica limits alone (more gets through, but not without limit).
+    redis.stop();
+    let (allowed, limited, took) = drive(&[grpc_a], &key, Duration::from_secs(1)).await;
+    eprintln!("Redis down, one replica: {allowed} allowed, {limited} limited in {took:?}");
+    assert!(allowed > 0 && limited > 0, "the local limit applies");
+    assert!(
+        (allowed as f64) <= 10.0 + 20.0 * took.as_secs_f64() + 2.0,
+        "no more than one replica's limit: {allowed}"
+    );
+
+    // Redis is back (empty). Each replica tries it again a second after its last failure
+    // and its connection reconnects by itself: after a warm-up of normal traffic, the
+    // replicas share the limit again (alone, each would let the full rate through).
+    let redis = Redis::start(&binary, redis_port);
+    drive(&[grpc_a, grpc_b], &key, Duration::from_secs(3)).await;
+    let (allowed, _, took) = drive(&[grpc_a, grpc_b], &key, Duration::from_secs(2)).await;
+    let shared = 20.0 * took.as_secs_f64();
+    eprintln!("Redis back: {allowed} allowed in {took:?}; shared rate gives {shared:.1}");
+    assert!(
+        (allowed as f64) < shared * 1.25,
+        "the replicas share the limit again: {allowed} allowed, {shared:.1} expected"
+    );
+    drop((a, b));
+    assert_eq!(redis.port, redis_port);
+}
