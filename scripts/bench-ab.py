@@ -14,6 +14,10 @@ Usage: scripts/bench-ab.py OLD_BINARY NEW_BINARY [--rps 5000] [--seconds 8] [--r
 --new-identity-token turns `response.identity_token` on for NEW only (EdDSA, the throwaway
 keys under tests/testdata/identity): with the same binary twice, it measures what minting,
 keeping and setting the identity token costs a cached request.
+
+--new-rate-limit local|redis gives NEW a per-subject rate limit too high to be reached, so
+every request is counted: in the process (local), or in a redis-server this script starts
+on 127.0.0.1 (pinned to CPU 1 with ghz; $PORTCULLIS_REDIS_SERVER or redis-server).
 Needs ghz in .tools/bin (scripts/provision/grpc-tools.sh) or $PORTCULLIS_TOOLS; shares its helpers with
 scripts/bench.py (scripts/benchlib.py).
 """
@@ -27,7 +31,7 @@ import tempfile
 import urllib.request
 
 from benchlib import (CLK_TCK, REPO, TOOLS_BIN, free_port, ghz_command, latency_ms, proc_ticks, sign_token,
-                      stop, wait_ready)
+                      stop, wait_ready, wait_tcp)
 
 GHZ = os.path.join(TOOLS_BIN, "ghz")
 
@@ -47,7 +51,28 @@ def identity_token_config(admin):
     )
 
 
-def start(binary, directory, identity_token=False):
+def rate_limit_config(mode, redis_port):
+    config = "rate_limits:\n  per_subject: {rate: 1000000/s, burst: 1000000}\n"
+    if mode == "redis":
+        config += f"  redis: {{url: 'redis://127.0.0.1:{redis_port}/', timeout: 100ms}}\n"
+    return config
+
+
+def start_redis():
+    port = free_port()
+    binary = os.environ.get("PORTCULLIS_REDIS_SERVER", "redis-server")
+    process = subprocess.Popen(
+        ["taskset", "-c", "1", binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    if not wait_tcp(process, port, timeout=10):
+        stop([process])
+        sys.exit("redis-server did not start")
+    return process, port
+
+
+def start(binary, directory, identity_token=False, extra=""):
     grpc, admin = free_port(), free_port()
     config = open(os.path.join(REPO, "examples", "quickstart.yaml")).read()
     config = (
@@ -57,6 +82,7 @@ def start(binary, directory, identity_token=False):
     )
     if identity_token:
         config = config.replace("response:\n", identity_token_config(admin), 1)
+    config += extra
     config += "\ntelemetry: {log_level: warn}\n" if "telemetry:" not in config else ""
     path = os.path.join(directory, f"config-{grpc}.yaml")
     with open(path, "w") as f:
@@ -109,13 +135,24 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--new-identity-token", action="store_true",
                         help="response.identity_token on for NEW only")
+    parser.add_argument("--new-rate-limit", choices=["local", "redis"],
+                        help="a per-subject rate limit (never reached) for NEW only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         servers = {}
         results = {}
+        helpers = []
         try:
+            extra = ""
+            if args.new_rate_limit:
+                redis_port = None
+                if args.new_rate_limit == "redis":
+                    redis, redis_port = start_redis()
+                    helpers.append(redis)
+                extra = rate_limit_config(args.new_rate_limit, redis_port)
             for name, binary in (("old", args.old), ("new", args.new)):
-                servers[name] = start(binary, directory, name == "new" and args.new_identity_token)
+                servers[name] = start(binary, directory, name == "new" and args.new_identity_token,
+                                      extra if name == "new" else "")
             tok = sign_token(args.new)
             for _ in range(args.rounds):
                 for label, call, data in scenarios(tok):
@@ -125,7 +162,7 @@ def main():
                         results.setdefault((label, name), []).append(
                             run(process.pid, grpc, call, data, args.rps, args.seconds))
         finally:
-            stop([process for process, _ in servers.values()])
+            stop([process for process, _ in servers.values()] + helpers)
     print(f"| scenario (fixed {args.rps} rps, {args.rounds} rounds of {args.seconds}s, medians) "
           "| old µs/req | new µs/req | new/old | old p99 ms | new p99 ms |")
     print("|---|---:|---:|---:|---:|---:|")
