@@ -123,8 +123,7 @@ fn rate_limiter(
         {
             Some(redis) => Some(redis.clone()),
             None => {
-                let url = String::from_utf8(settings.url.resolve()?)
-                    .map_err(|_| "is not UTF-8".to_owned())?;
+                let url = settings.url.resolve_string()?;
                 let counters = RedisCounters::new(settings, &url).map_err(|err| err.to_string())?;
                 (mode == BuildMode::Serve).then(|| Arc::new(counters))
             }
@@ -194,8 +193,7 @@ fn revocations(
     let settings = config.revocation.as_ref()?;
     let url = settings
         .url
-        .resolve()
-        .and_then(|bytes| String::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned()))
+        .resolve_string()
         .map_err(|err| push(errors, "revocation.url", err))
         .ok()?;
     let previous = previous.and_then(|p| p.verifiers().revocations.as_ref());

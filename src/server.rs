@@ -55,13 +55,16 @@ impl Running {
     /// configured grace period.
     pub async fn shutdown(self) -> Result<(), ServeError> {
         self.shutdown.send_replace(true);
-        match self.task.await {
+        let result = match self.task.await {
             Ok(result) => result,
             Err(join) => {
                 error!(error = %join, "server task failed");
                 Ok(())
             }
-        }
+        };
+        // The last counts of usage, which the periodic writer would not get to.
+        self.shared.pipeline.load().flush_usage().await;
+        result
     }
 }
 

@@ -122,8 +122,16 @@ fn target(args: &RevokeArgs) -> Result<(String, Duration), String> {
             (None, Some(postgres)) => (&postgres.url, None),
             (None, None) => return Err("the config has no revocation.url".to_owned()),
         };
-        let url = String::from_utf8(secret.resolve()?)
-            .map_err(|_| "the database URL is not UTF-8".to_owned())?;
+        let url = secret
+            .resolve_string()
+            .map_err(|err| format!("the database URL {err}"))?;
+        if let Some(issuer) = &args.issuer
+            && !config.issuers.iter().any(|i| &i.name == issuer)
+        {
+            return Err(format!(
+                "--issuer {issuer:?} names no issuer of the config (give its `name`, not its URL)"
+            ));
+        }
         (url, retention)
     };
     let retention = args
@@ -150,6 +158,12 @@ fn revocation(args: &RevokeArgs) -> Result<Revocation, String> {
         .as_deref()
         .map(|issuer| checked("issuer", issuer))
         .transpose()?;
+    if issuer.as_deref().is_some_and(|name| name.contains("://")) {
+        return Err(
+            "--issuer takes the issuer's `name` in the config, not its URL (the `iss` value)"
+                .to_owned(),
+        );
+    }
     if let Some(jti) = &args.jti {
         if args.issued_before.is_some() {
             return Err("--issued-before goes with --subject, not --jti".to_owned());
@@ -161,7 +175,11 @@ fn revocation(args: &RevokeArgs) -> Result<Revocation, String> {
     }
     let subject = checked("subject", args.subject.as_deref().unwrap_or_default())?;
     let now = SystemTime::now();
-    let issued_before = args.issued_before.unwrap_or(now);
+    // Tokens carry whole seconds: "now" is the next second, so a token issued earlier in
+    // this second is revoked too.
+    let issued_before = args
+        .issued_before
+        .unwrap_or_else(|| now + Duration::from_secs(1));
     if issued_before > now + Duration::from_secs(300) {
         return Err(
             "--issued-before is in the future: it would revoke tokens not issued yet".to_owned(),

@@ -29,6 +29,12 @@ impl LimitConfig {
     }
 }
 
+/// The slowest rate a limit may have: one request per day.
+const MIN_PER_SECOND: f64 = 1.0 / 86_400.0;
+
+/// The longest a burst may take to refill (the counters' lifetime): 30 days.
+pub const MAX_REFILL_SECONDS: f64 = 30.0 * 86_400.0;
+
 /// A parsed limit: a sustained rate and a burst (GCRA).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimit {
@@ -45,7 +51,8 @@ impl RateLimit {
         }
     }
 
-    /// `rate` as `N/s`, `N/m` or `N/h` (N a positive number), with `burst` at least 1.
+    /// `rate` as `N/s`, `N/m` or `N/h` (N a positive number, at least one per day), with
+    /// `burst` at least 1 and refilled within 30 days.
     pub fn new(rate: &str, burst: u32) -> Result<Self, String> {
         let invalid = || format!("{rate:?} is not a rate such as 100/s, 600/m or 1000/h");
         let (count, unit) = rate.trim().split_once('/').ok_or_else(invalid)?;
@@ -62,10 +69,14 @@ impl RateLimit {
         if burst == 0 || burst > 1_000_000 {
             return Err("burst must be between 1 and 1000000".to_owned());
         }
-        Ok(Self {
-            per_second: count / seconds,
-            burst,
-        })
+        let per_second = count / seconds;
+        if per_second < MIN_PER_SECOND {
+            return Err(format!("{rate:?} is below one request per day"));
+        }
+        if f64::from(burst) / per_second > MAX_REFILL_SECONDS {
+            return Err("the burst takes more than 30 days to refill at this rate".to_owned());
+        }
+        Ok(Self { per_second, burst })
     }
 }
 
@@ -122,12 +133,6 @@ pub struct RateLimitsConfig {
     pub redis: Option<RedisConfig>,
 }
 
-impl RateLimitsConfig {
-    pub fn is_configured(&self) -> bool {
-        self.per_subject.is_some() || !self.rules.is_empty() || self.redis.is_some()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +146,15 @@ mod tests {
             assert!(RateLimit::new(bad, 1).is_err(), "{bad}");
         }
         assert!(RateLimit::new("1/s", 0).is_err(), "burst 0");
+        assert!(
+            RateLimit::new("1e-320/s", 1).is_err(),
+            "slower than one a day"
+        );
+        assert!(RateLimit::new("0.01/h", 1).is_err());
+        assert!(
+            RateLimit::new("1/h", 1_000).is_err(),
+            "a burst refilled over 41 days"
+        );
+        assert!(RateLimit::new("1/h", 720).is_ok(), "30 days");
     }
 }

@@ -42,6 +42,11 @@ impl SecretRef {
         }
     }
 
+    /// The secret as text (URLs, names): UTF-8 or an error.
+    pub fn resolve_string(&self) -> Result<String, String> {
+        String::from_utf8(self.resolve()?).map_err(|_| "is not UTF-8".to_owned())
+    }
+
     /// A `file:` secret with a relative path is made relative to `base`.
     pub fn resolve_relative_to(&mut self, base: &std::path::Path) {
         if let SecretRef::File(path) = self

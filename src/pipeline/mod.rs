@@ -300,6 +300,18 @@ impl Pipeline {
             .render(principal, identity_token.map(|t| &*t.token))
     }
 
+    /// Writes the API key usage not written yet (graceful shutdown).
+    pub async fn flush_usage(&self) {
+        if let Some(store) = self
+            .verifiers
+            .api_keys
+            .as_ref()
+            .and_then(|k| k.postgres.as_ref())
+        {
+            store.flush_usage().await;
+        }
+    }
+
     /// The rate limits, whose counters the next generation reuses.
     pub fn rate_limiter(&self) -> &RateLimiter {
         &self.rate_limiter

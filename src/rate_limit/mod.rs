@@ -61,7 +61,9 @@ impl Default for LocalCounters {
             started: Instant::now(),
             cells: Cache::builder()
                 .max_capacity(1_000_000)
-                .time_to_idle(Duration::from_secs(3600))
+                // A counter idle this long has refilled whatever its limit (see
+                // `MAX_REFILL_SECONDS`).
+                .time_to_idle(Duration::from_secs(31 * 86_400))
                 .build(),
         }
     }
@@ -87,17 +89,22 @@ impl LocalCounters {
             .map(|i| (*i, cells[*i].lock().unwrap_or_else(PoisonError::into_inner)))
             .collect();
         let mut next = Vec::with_capacity(guards.len());
+        // The limit that needs the longest wait decides the retry.
+        let mut worst: Option<(usize, f64)> = None;
         for (index, tat) in &guards {
             let (interval, tolerance) = gcra(&counted[*index].limit);
             let arrival = tat.max(now) + interval;
             let over = arrival - now - tolerance;
-            if over > 0.0 {
-                return Verdict::Limited {
-                    index: *index,
-                    retry_after_ms: over.ceil() as u64,
-                };
+            if over > 0.0 && worst.is_none_or(|(_, longest)| over > longest) {
+                worst = Some((*index, over));
             }
             next.push(arrival);
+        }
+        if let Some((index, over)) = worst {
+            return Verdict::Limited {
+                index,
+                retry_after_ms: over.ceil() as u64,
+            };
         }
         for ((_, tat), arrival) in guards.iter_mut().zip(next) {
             **tat = arrival;
@@ -156,29 +163,41 @@ impl RateLimiter {
         &self.local
     }
 
-    /// The limits a request of `principal` allowed by `rule` counts against.
+    /// The limits a request of `principal` allowed by `rule` counts against. Each counted
+    /// identity is its parts, length-prefixed (no part can pass for another). A principal
+    /// without a subject is not limited per subject or rule: it would share one counter
+    /// with every other subject-less principal of its issuer.
     pub fn limits_for(&self, principal: &Principal, rule: &str) -> Vec<Counted> {
-        let who = format!("{}\u{1f}{}", principal.issuer, principal.subject);
         let mut counted = Vec::new();
+        let identity = |parts: &[&str]| {
+            parts
+                .iter()
+                .map(|part| format!("{}:{part}", part.len()))
+                .collect::<Vec<_>>()
+                .join("|")
+        };
         if principal.credential_type == CredentialType::ApiKey
             && let Some(limit) = principal.rate_limit
         {
             counted.push(Counted {
-                identity: format!("key\u{1f}{}\u{1f}{}", principal.issuer, principal.key_id),
+                identity: identity(&["key", &principal.issuer, &principal.key_id]),
                 limit,
                 policy: "key",
             });
         }
+        if principal.subject.is_empty() {
+            return counted;
+        }
         if let Some(limit) = self.per_subject {
             counted.push(Counted {
-                identity: format!("subject\u{1f}{who}"),
+                identity: identity(&["subject", &principal.issuer, &principal.subject]),
                 limit,
                 policy: "subject",
             });
         }
         if let Some(limit) = self.rules.get(rule) {
             counted.push(Counted {
-                identity: format!("rule\u{1f}{rule}\u{1f}{who}"),
+                identity: identity(&["rule", rule, &principal.issuer, &principal.subject]),
                 limit: *limit,
                 policy: "rule",
             });

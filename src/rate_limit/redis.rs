@@ -22,25 +22,31 @@ use super::{Counted, Verdict, gcra};
 use crate::config::RedisConfig;
 
 /// GCRA over KEYS (one per limit) with ARGV = interval, tolerance (ms) per key. Returns
-/// `{1, 0, 0}` when allowed (all stored), else `{0, index, retry_after_ms}` (nothing stored).
+/// `{1, 0, 0}` when allowed (all stored), else `{0, index, retry_after_ms}` for the limit
+/// that needs the longest wait (nothing stored). Every value is checked before anything is
+/// written, and expiries are written as integers, so no write can fail halfway. Needs
+/// Redis 5 or later (`TIME` before writes: effects replication).
 pub const SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local arrivals = {}
+local worst, worst_index = 0, 0
 for i = 1, #KEYS do
   local interval = tonumber(ARGV[2 * i - 1])
   local tolerance = tonumber(ARGV[2 * i])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  local tat = tonumber(redis.call('GET', KEYS[i])) or now
   if tat < now then tat = now end
   local arrival = tat + interval
   local over = arrival - now - tolerance
-  if over > 0 then
-    return {0, i - 1, math.ceil(over)}
-  end
+  if over > worst then worst, worst_index = over, i - 1 end
   arrivals[i] = arrival
 end
+if worst > 0 then
+  return {0, worst_index, math.ceil(worst)}
+end
 for i = 1, #KEYS do
-  redis.call('SET', KEYS[i], string.format('%.3f', arrivals[i]), 'PX', math.ceil(arrivals[i] - now) + 1000)
+  redis.call('SET', KEYS[i], string.format('%.3f', arrivals[i]), 'PX',
+    string.format('%d', math.ceil(arrivals[i] - now) + 1000))
 end
 return {1, 0, 0}
 ";
@@ -113,7 +119,15 @@ impl RedisCounters {
             Ok(Ok(verdict)) => Ok(verdict),
             Ok(Err(err)) => {
                 warn!(error = %err, "rate limit store failed; applying rate_limits.redis.when_unavailable");
-                self.back_off();
+                // Only an unreachable store is skipped for a while; an error Redis answered
+                // (a script or key problem) concerns this request alone.
+                if err.is_io_error()
+                    || err.is_connection_dropped()
+                    || err.is_connection_refusal()
+                    || err.is_timeout()
+                {
+                    self.back_off();
+                }
                 Err(())
             }
             Err(_) => {

@@ -90,8 +90,14 @@ impl Denylist {
     ) -> bool {
         let applies =
             |revoked_for: &IssuerScope| revoked_for.as_deref().is_none_or(|name| name == issuer);
-        if let Some(Value::String(jti)) = claims.get("jti")
-            && let Some(issuers) = self.tokens.get(jti.as_str())
+        // A numeric `jti` is revoked by its decimal text (`tokens revoke --jti 42`).
+        let jti = match claims.get("jti") {
+            Some(Value::String(jti)) => Some(std::borrow::Cow::Borrowed(jti.as_str())),
+            Some(Value::Number(jti)) => Some(std::borrow::Cow::Owned(jti.to_string())),
+            _ => None,
+        };
+        if let Some(jti) = jti
+            && let Some(issuers) = self.tokens.get(&*jti)
             && issuers.iter().any(applies)
         {
             return true;
@@ -168,7 +174,8 @@ impl Revocations {
         }))
     }
 
-    /// A fixed list (tests, and `policy test`-like offline use).
+    /// A fixed list.
+    #[cfg(test)]
     pub fn fixed(settings: &RevocationConfig, list: Denylist) -> Arc<Self> {
         Arc::new(Self {
             settings: settings.clone(),

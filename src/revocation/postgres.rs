@@ -16,7 +16,7 @@ use sqlx::{
     postgres::{PgListener, PgPool, PgPoolOptions, PgRow},
 };
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::{Denylist, Revocation};
 use crate::{config::RevocationConfig, keys::api_keys::postgres::connect_options};
@@ -121,13 +121,13 @@ pub(super) async fn follow(
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(listener) => listener,
             Err(err) => {
-                debug!(error = %err, "revocation follower cannot connect; retrying");
+                warn!(error = %err, "revocation follower cannot connect; retrying");
                 tokio::time::sleep(retry).await;
                 continue;
             }
         };
         if let Err(err) = listener.listen(CHANNEL).await {
-            debug!(error = %err, "revocation follower cannot LISTEN; retrying");
+            warn!(error = %err, "revocation follower cannot LISTEN; retrying");
             tokio::time::sleep(retry).await;
             continue;
         }
@@ -223,7 +223,8 @@ pub async fn revoke(
     };
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO portcullis_token_revocations (jti, subject, issuer, issued_before, expires_at) \
-         VALUES ($1, $2, $3, to_timestamp($4), now() + make_interval(secs => $5)) RETURNING id",
+         VALUES ($1, $2, $3, to_timestamp($4), \
+                 greatest(now(), coalesce(to_timestamp($4), now())) + make_interval(secs => $5)) RETURNING id",
     )
     .bind(jti)
     .bind(subject)

@@ -219,4 +219,9 @@ fn tokens_revoke_refuses_what_it_cannot_mean() {
     refused(&["--subject", "b", "--issued-before", "yesterday"]);
     refused(&["--jti", ""]);
     refused(&["--jti", "a", "--retention", "1s"]);
+    let url = refused(&["--jti", "a", "--issuer", "https://idp.test"]);
+    assert!(
+        url.contains("name"),
+        "the issuer's name, not its URL: {url}"
+    );
 }

@@ -411,6 +411,21 @@ impl PostgresStore {
         &self.settings == settings && self.usage_flush_interval == usage_flush_interval
     }
 
+    /// Writes the pending usage now (graceful shutdown), within the store's timeout.
+    pub async fn flush_usage(&self) {
+        let mut batch = self.usage.drain();
+        if batch.is_empty() {
+            return;
+        }
+        match tokio::time::timeout(self.settings.timeout, add_usage(&self.pool, &mut batch)).await {
+            Ok(Ok(())) => {}
+            _ => {
+                warn!("cannot write the last API key usage; logging it instead");
+                usage::log_activity(usage::POSTGRES_STORE, &batch);
+            }
+        }
+    }
+
     /// Where uses of this store's keys are counted.
     pub fn usage(&self) -> &UsageTracker {
         &self.usage
@@ -484,9 +499,9 @@ async fn write_usage(
     ticks.tick().await;
     loop {
         ticks.tick().await;
-        let batch = usage.drain();
+        let mut batch = usage.drain();
         if !batch.is_empty()
-            && let Err(err) = add_usage(&pool, &batch).await
+            && let Err(err) = add_usage(&pool, &mut batch).await
         {
             warn!(error = %err, keys = batch.len(), "cannot write API key usage; keeping it for the next attempt");
             usage.restore(batch);
@@ -502,8 +517,13 @@ async fn write_usage(
     }
 }
 
-/// Adds a batch of usage to `portcullis_api_key_usage`, in one statement.
-pub async fn add_usage(pool: &PgPool, batch: &[(Box<str>, Activity)]) -> Result<(), PostgresError> {
+/// Adds a batch of usage to `portcullis_api_key_usage`, in one statement. Rows are written
+/// in id order, so replicas writing at once lock them in the same order (no deadlock).
+pub async fn add_usage(
+    pool: &PgPool,
+    batch: &mut [(Box<str>, Activity)],
+) -> Result<(), PostgresError> {
+    batch.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let ids: Vec<&str> = batch.iter().map(|(id, _)| &**id).collect();
     let uses: Vec<i64> = batch
         .iter()
@@ -529,7 +549,8 @@ pub async fn add_usage(pool: &PgPool, batch: &[(Box<str>, Activity)]) -> Result<
 /// Keys (not disabled) expiring within 7 and within 30 days.
 async fn count_expiring(pool: &PgPool) -> Result<[u64; 2], PostgresError> {
     let row = sqlx::query(
-        "SELECT count(*) FILTER (WHERE expires_at <= now() + interval '7 days') AS week,                 count(*) AS month          FROM portcullis_api_keys          WHERE NOT disabled AND expires_at > now() AND expires_at <= now() + interval '30 days'",
+        "SELECT count(*) FILTER (WHERE expires_at <= now() + interval '7 days') AS week,                 count(*) AS month          FROM portcullis_api_keys          WHERE NOT disabled AND NOT metadata ? 'rotated_to' \
+           AND expires_at > now() AND expires_at <= now() + interval '30 days'",
     )
     .fetch_one(pool)
     .await?;
