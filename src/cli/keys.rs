@@ -116,7 +116,8 @@ pub enum OutputFormat {
     Json,
 }
 
-/// Where the database is: a URL, or the `api_keys.postgres.url` of a config file.
+/// Where the database is: a URL, or a config file (`api_keys.postgres.url`; for `tokens
+/// revoke`, `revocation.url` first).
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
     #[arg(
@@ -125,9 +126,9 @@ pub struct DatabaseArgs {
         hide_env_values = true,
         conflicts_with = "config"
     )]
-    database_url: Option<String>,
+    pub(super) database_url: Option<String>,
     #[arg(long)]
-    config: Option<PathBuf>,
+    pub(super) config: Option<PathBuf>,
 }
 
 impl DatabaseArgs {

@@ -3,13 +3,13 @@
 //! replica refuses the token(s) within a second.
 
 use std::{
-    path::PathBuf,
     process::ExitCode,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use clap::{Args, Subcommand};
 
+use super::keys::DatabaseArgs;
 use crate::{
     config,
     revocation::{
@@ -45,16 +45,10 @@ pub struct RevokeArgs {
     /// Default: the config's `revocation.retention`, else 24h.
     #[arg(long, value_parser = humantime::parse_duration)]
     retention: Option<Duration>,
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        hide_env_values = true,
-        conflicts_with = "config"
-    )]
-    database_url: Option<String>,
-    /// A config file: its `revocation.url` (else `api_keys.postgres.url`) and retention.
-    #[arg(long)]
-    config: Option<PathBuf>,
+    /// `--database-url`, or `--config` (its `revocation.url`, else `api_keys.postgres.url`,
+    /// its retention, and its issuer names).
+    #[command(flatten)]
+    database: DatabaseArgs,
 }
 
 /// Longest accepted value of a name, subject or jti (as the schema allows).
@@ -109,10 +103,11 @@ fn revoke(args: RevokeArgs) -> ExitCode {
 /// The database URL and retention, from the flags or the config.
 fn target(args: &RevokeArgs) -> Result<(String, Duration), String> {
     let default_retention = Duration::from_secs(24 * 3600);
-    let (url, configured_retention) = if let Some(url) = &args.database_url {
+    let (url, configured_retention) = if let Some(url) = &args.database.database_url {
         (url.clone(), None)
     } else {
         let path = args
+            .database
             .config
             .as_ref()
             .ok_or("give --database-url (or DATABASE_URL) or --config")?;

@@ -20,7 +20,7 @@ use sqlx::{Executor, PgPool};
 
 use crate::support::{
     postgres::test_database,
-    process::{self, BIN, Options, ServerProcess, free_port},
+    process::{self, BIN, Replica},
     *,
 };
 
@@ -61,35 +61,13 @@ async fn authenticate_key(
     reason(&response)
 }
 
-/// A server process on the test database, and its gRPC port.
-struct Replica {
-    _process: ServerProcess,
-    grpc: u16,
-}
-
 /// A `portcullis serve` process on the database; ready once its change listener listens.
 fn replica(dir: &std::path::Path, url: &str) -> Replica {
-    let (grpc, admin) = (free_port(), free_port());
-    let config = dir.join(format!("replica-{grpc}.yaml"));
-    std::fs::write(
-        &config,
-        format!(
-            "server: {{grpc_listen: 127.0.0.1:{grpc}, admin_listen: 127.0.0.1:{admin}}}\napi_keys:\n  postgres: {{url: env:PORTCULLIS_REPLICA_DB, cache_ttl: 5m, negative_cache_ttl: 5m}}\n"
-        ),
+    process::replica(
+        dir,
+        "api_keys:\n  postgres: {url: env:PORTCULLIS_REPLICA_DB, cache_ttl: 5m, negative_cache_ttl: 5m}\n",
+        &[("PORTCULLIS_REPLICA_DB", url)],
     )
-    .unwrap();
-    let process = ServerProcess::spawn_ready(
-        &config,
-        &format!("127.0.0.1:{admin}"),
-        Options {
-            env: &[("PORTCULLIS_REPLICA_DB", url)],
-            ..Options::default()
-        },
-    );
-    Replica {
-        _process: process,
-        grpc,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,8 +323,8 @@ async fn usage_from_two_replicas_is_written_in_batches_and_shown() {
     .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let (a, admin_a) = usage_replica(dir.path(), &db.url);
-    let (b, _) = usage_replica(dir.path(), &db.url);
+    let a = usage_replica(dir.path(), &db.url);
+    let b = usage_replica(dir.path(), &db.url);
     let mut clients = [
         AuthClient::connect(format!("http://127.0.0.1:{}", a.grpc))
             .await
@@ -388,7 +366,7 @@ async fn usage_from_two_replicas_is_written_in_batches_and_shown() {
     assert!(line("k_idle").ends_with("\t0\tnever"), "{listed}");
 
     let metrics = loop {
-        let metrics = process::http_get(&admin_a, "/metrics").unwrap();
+        let metrics = process::http_get(&a.admin, "/metrics").unwrap();
         if metrics
             .contains("portcullis_api_keys_expiring{store=\"api_keys.postgres\",within=\"7d\"} 1")
         {
@@ -409,31 +387,11 @@ async fn usage_from_two_replicas_is_written_in_batches_and_shown() {
     db.drop_database().await;
 }
 
-/// A replica that writes usage every second; with its admin address.
-fn usage_replica(dir: &std::path::Path, url: &str) -> (Replica, String) {
-    let (grpc, admin) = (free_port(), free_port());
-    let config = dir.join(format!("usage-{grpc}.yaml"));
-    std::fs::write(
-        &config,
-        format!(
-            "server: {{grpc_listen: 127.0.0.1:{grpc}, admin_listen: 127.0.0.1:{admin}}}\napi_keys:\n  usage_flush_interval: 1s\n  postgres: {{url: env:PORTCULLIS_REPLICA_DB}}\n"
-        ),
-    )
-    .unwrap();
-    let admin = format!("127.0.0.1:{admin}");
-    let process = ServerProcess::spawn_ready(
-        &config,
-        &admin,
-        Options {
-            env: &[("PORTCULLIS_REPLICA_DB", url)],
-            ..Options::default()
-        },
-    );
-    (
-        Replica {
-            _process: process,
-            grpc,
-        },
-        admin,
+/// A replica that writes usage every second.
+fn usage_replica(dir: &std::path::Path, url: &str) -> Replica {
+    process::replica(
+        dir,
+        "api_keys:\n  usage_flush_interval: 1s\n  postgres: {url: env:PORTCULLIS_REPLICA_DB}\n",
+        &[("PORTCULLIS_REPLICA_DB", url)],
     )
 }

@@ -21,7 +21,7 @@ use portcullis::{
 use tonic::transport::Channel;
 
 use crate::support::{
-    process::{Options, ServerProcess, free_port},
+    process::{self, Replica, free_port},
     *,
 };
 
@@ -91,23 +91,18 @@ impl Drop for Redis {
     }
 }
 
-fn replica(dir: &std::path::Path, keys: &std::path::Path, redis_port: u16) -> (ServerProcess, u16) {
-    let (grpc, admin) = (free_port(), free_port());
-    let config = dir.join(format!("replica-{grpc}.yaml"));
-    std::fs::write(
-        &config,
-        format!(
-            "server: {{grpc_listen: 127.0.0.1:{grpc}, admin_listen: 127.0.0.1:{admin}}}\n\
-             api_keys: {{file: {}}}\n\
+/// A replica whose API keys come from `keys`, counted in the Redis on `redis_port`.
+fn replica(dir: &std::path::Path, keys: &std::path::Path, redis_port: u16) -> Replica {
+    process::replica(
+        dir,
+        &format!(
+            "api_keys: {{file: {}}}\n\
              rate_limits:\n  redis: {{url: 'redis://127.0.0.1:{redis_port}/', timeout: 100ms, when_unavailable: local}}\n\
              telemetry: {{log_level: error}}\n",
             keys.display()
         ),
+        &[],
     )
-    .unwrap();
-    let process =
-        ServerProcess::spawn_ready(&config, &format!("127.0.0.1:{admin}"), Options::default());
-    (process, grpc)
 }
 
 /// Drives `key` from 4 concurrent callers per replica for `duration`; the allowed and
@@ -174,8 +169,11 @@ async fn two_replicas_share_a_keys_limit_through_redis_and_fall_back_while_it_is
         ),
     )
     .unwrap();
-    let (a, grpc_a) = replica(dir.path(), &keys, redis_port);
-    let (b, grpc_b) = replica(dir.path(), &keys, redis_port);
+    let (a, b) = (
+        replica(dir.path(), &keys, redis_port),
+        replica(dir.path(), &keys, redis_port),
+    );
+    let (grpc_a, grpc_b) = (a.grpc, b.grpc);
 
     // Shared: both replicas together get the burst plus the rate over the run.
     let (allowed, limited, took) = drive(&[grpc_a, grpc_b], &key, Duration::from_secs(2)).await;

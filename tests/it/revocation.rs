@@ -15,7 +15,7 @@ use tonic::transport::Channel;
 
 use crate::support::{
     postgres::test_database,
-    process::{BIN, Options, ServerProcess, free_port},
+    process::{self, BIN, Replica, free_port},
     *,
 };
 
@@ -24,29 +24,17 @@ const AUD: &str = "api://orders";
 
 /// A `portcullis serve` process whose JWTs come from `jwks_path` and whose revocations
 /// from `url`; ready once its list has loaded.
-fn replica(dir: &std::path::Path, jwks_path: &std::path::Path, url: &str) -> (ServerProcess, u16) {
-    let (grpc, admin) = (free_port(), free_port());
-    let config = dir.join(format!("replica-{grpc}.yaml"));
-    std::fs::write(
-        &config,
-        format!(
-            "server: {{grpc_listen: 127.0.0.1:{grpc}, admin_listen: 127.0.0.1:{admin}}}\n\
-             issuers:\n  - name: corp\n    issuer: {ISS}\n    jwks_file: {}\n    audiences: [{AUD}]\n\
+fn replica(dir: &std::path::Path, jwks_path: &std::path::Path, url: &str) -> Replica {
+    process::replica(
+        dir,
+        &format!(
+            "issuers:\n  - name: corp\n    issuer: {ISS}\n    jwks_file: {}\n    audiences: [{AUD}]\n\
              cache: {{max_ttl: 5m}}\n\
              revocation: {{url: env:PORTCULLIS_REPLICA_DB, resync_interval: 1h, timeout: 1s}}\n",
             jwks_path.display()
         ),
+        &[("PORTCULLIS_REPLICA_DB", url)],
     )
-    .unwrap();
-    let process = ServerProcess::spawn_ready(
-        &config,
-        &format!("127.0.0.1:{admin}"),
-        Options {
-            env: &[("PORTCULLIS_REPLICA_DB", url)],
-            ..Options::default()
-        },
-    );
-    (process, grpc)
 }
 
 async fn connect(grpc: u16) -> AuthClient<Channel> {
@@ -105,9 +93,9 @@ async fn revocations_reach_every_replica_within_a_second_and_survive_an_outage()
     let other = token("alice", "jti-other", issued - 60);
     let mallory_old = token("mallory", "m-1", issued - 120);
 
-    let (a, grpc_a) = replica(dir.path(), &jwks_path, &db.url);
-    let (b, grpc_b) = replica(dir.path(), &jwks_path, &db.url);
-    let mut clients = [connect(grpc_a).await, connect(grpc_b).await];
+    let a = replica(dir.path(), &jwks_path, &db.url);
+    let b = replica(dir.path(), &jwks_path, &db.url);
+    let mut clients = [connect(a.grpc).await, connect(b.grpc).await];
     for client in clients.iter_mut() {
         // Every token works, and is now in each replica's verification cache.
         for token in [&stolen, &other, &mallory_old] {

@@ -154,6 +154,43 @@ impl ServerProcess {
     }
 }
 
+/// A `portcullis serve` process on free loopback ports, ready.
+pub struct Replica {
+    /// Stopped (by its PID) when the replica is dropped.
+    _process: ServerProcess,
+    pub grpc: u16,
+    /// `127.0.0.1:PORT` of its admin listener.
+    pub admin: String,
+}
+
+/// Starts a replica whose config is its listeners and then `config` (YAML), written under
+/// `dir`; `env` gives the variables its `env:` references read.
+pub fn replica(dir: &Path, config: &str, env: &[(&str, &str)]) -> Replica {
+    let (grpc, admin) = (free_port(), free_port());
+    let path = dir.join(format!("replica-{grpc}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "server: {{grpc_listen: 127.0.0.1:{grpc}, admin_listen: 127.0.0.1:{admin}}}\n{config}"
+        ),
+    )
+    .unwrap();
+    let admin = format!("127.0.0.1:{admin}");
+    let process = ServerProcess::spawn_ready(
+        &path,
+        &admin,
+        Options {
+            env,
+            ..Options::default()
+        },
+    );
+    Replica {
+        _process: process,
+        grpc,
+        admin,
+    }
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
