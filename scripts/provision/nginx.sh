@@ -15,16 +15,7 @@ find_nginx() {
 
 if ! path="$(find_nginx)"; then
   log "nginx not found; installing the Debian nginx package"
-  export DEBIAN_FRONTEND=noninteractive
-  # No service start during installation (policy-rc.d 101: "action not allowed").
-  policy=/usr/sbin/policy-rc.d
-  created_policy=0
-  if [ ! -e "$policy" ] && [ "$(id -u)" = 0 ]; then
-    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && created_policy=1
-  fi
-  apt-get update >&2
-  apt-get install -y --no-install-recommends nginx >&2
-  [ "$created_policy" = 1 ] && rm -f "$policy"
+  "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh" nginx
   path="$(find_nginx)" || { log "nginx installed but not found"; exit 1; }
 fi
 log "using $path"
