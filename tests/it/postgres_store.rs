@@ -395,3 +395,51 @@ fn usage_replica(dir: &std::path::Path, url: &str) -> Replica {
         &[("PORTCULLIS_REPLICA_DB", url)],
     )
 }
+
+/// A key's own rate limit in PostgreSQL: the second request within the hour is
+/// RATE_LIMITED, and `keys rotate` gives the successor the same limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_own_rate_limit_applies_and_survives_rotation() {
+    let Some(db) = test_database().await else {
+        return;
+    };
+    db.cli(&["keys", "migrate"]);
+    let pool = PgPool::connect(&db.url).await.unwrap();
+    let key = insert_key(&pool, "k_limited", "billing").await;
+    pool.execute(
+        "UPDATE portcullis_api_keys SET rate_limit_per_second = 1.0 / 3600, rate_limit_burst = 1 WHERE id = 'k_limited'",
+    )
+    .await
+    .unwrap();
+    let refused = pool
+        .execute("UPDATE portcullis_api_keys SET rate_limit_per_second = 1e-9, rate_limit_burst = 1 WHERE id = 'k_limited'")
+        .await;
+    assert!(
+        refused.is_err(),
+        "slower than one a day is refused by the table"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let one = replica(dir.path(), &db.url);
+    let mut client = AuthClient::connect(format!("http://127.0.0.1:{}", one.grpc))
+        .await
+        .unwrap();
+    assert_eq!(authenticate_key(&mut client, &key).await, None);
+    assert_eq!(
+        authenticate_key(&mut client, &key).await,
+        Some(Reason::RateLimited)
+    );
+
+    db.cli(&["keys", "rotate", "k_limited", "--overlap", "1h"]);
+    let limits: Vec<(f64, i32)> = sqlx::query_as(
+        "SELECT rate_limit_per_second, rate_limit_burst FROM portcullis_api_keys ORDER BY created_at",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(limits.len(), 2);
+    assert_eq!(limits[0], limits[1], "the successor has the same limit");
+    drop(one);
+    pool.close().await;
+    db.drop_database().await;
+}
