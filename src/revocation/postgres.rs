@@ -6,7 +6,9 @@
 //! missed. On a notification it reads that row and every row newer than the newest it has
 //! (ids can commit out of order, so the notified id is read by itself too). Every
 //! `resync_interval`, and after a lost connection, it reads the whole list again, which also
-//! drops expired entries. Failures keep the last list in force and are retried.
+//! drops expired entries; a resync that finds rows no notification announced reconnects the
+//! listener (a connection can die without failing). Failures keep the last list in force
+//! and are retried.
 
 use std::{sync::Arc, time::Duration};
 
@@ -159,8 +161,15 @@ pub(super) async fn follow(
                 _ = resync.tick() => match load_all(&pool, settings.timeout).await {
                     Ok((list, latest)) => {
                         current.store(Some(Arc::new(list)));
+                        let missed = latest > newest;
                         newest = latest;
-                        Ok(())
+                        if missed {
+                            // Rows were added that no notification announced: the LISTEN
+                            // connection may be dead without having failed.
+                            Err("revocations arrived without a notification".to_owned())
+                        } else {
+                            Ok(())
+                        }
                     }
                     Err(err) => Err(err.to_string()),
                 },
