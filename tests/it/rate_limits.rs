@@ -215,3 +215,63 @@ async fn two_replicas_share_a_keys_limit_through_redis_and_fall_back_while_it_is
     drop((a, b));
     assert_eq!(redis.port, redis_port);
 }
+
+/// A config reload does not hand a client a fresh burst: the in-process counters are kept
+/// by the next generation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_does_not_reset_the_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = format::generate("pcl").unwrap();
+    let keys = dir.path().join("keys.yaml");
+    std::fs::write(
+        &keys,
+        format!(
+            "keys:\n  - {{id: k_hourly, sha256: {}, subject: billing, rate_limit: {{rate: 1/h, burst: 1}}}}\n",
+            format::hex(&format::digest(&key))
+        ),
+    )
+    .unwrap();
+    let body = |level: &str| {
+        format!(
+            "api_keys: {{file: {}}}\ntelemetry: {{log_level: {level}}}\n",
+            keys.display()
+        )
+    };
+    let config = dir.path().join("config.yaml");
+    let running = start_watching(&config, &body("warn")).await;
+    let mut client = client(&running).await;
+    let call = |client: &mut AuthClient<Channel>| {
+        let request = pb::AuthenticateRequest {
+            credential: Some(pb::Credential {
+                kind: Some(pb::credential::Kind::ApiKey(key.clone())),
+            }),
+            ..Default::default()
+        };
+        let mut client = client.clone();
+        async move { reason(&client.authenticate(request).await.unwrap().into_inner()) }
+    };
+    assert_eq!(call(&mut client).await, None);
+    assert_eq!(call(&mut client).await, Some(Reason::RateLimited));
+    let generation = running.shared.generation();
+    let staged = config.with_extension("staged");
+    std::fs::write(
+        &staged,
+        format!(
+            "server: {{grpc_listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0, limits: {{max_queue_delay: 0s}}}}\n{}",
+            body("error")
+        ),
+    )
+    .unwrap();
+    std::fs::rename(&staged, &config).unwrap();
+    let shared = running.shared.clone();
+    eventually(Duration::from_secs(10), move || {
+        shared.generation() > generation
+    })
+    .await;
+    assert_eq!(
+        call(&mut client).await,
+        Some(Reason::RateLimited),
+        "still limited after the reload"
+    );
+    running.shutdown().await.unwrap();
+}

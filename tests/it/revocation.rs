@@ -213,3 +213,84 @@ fn tokens_revoke_refuses_what_it_cannot_mean() {
         "the issuer's name, not its URL: {url}"
     );
 }
+
+/// The config as `start_watching` writes it, rewritten with `body`: what a reload reads.
+fn rewrite(path: &std::path::Path, body: &str) {
+    let staged = path.with_extension("staged");
+    std::fs::write(
+        &staged,
+        format!(
+            "server: {{grpc_listen: 127.0.0.1:0, admin_listen: 127.0.0.1:0, limits: {{max_queue_delay: 0s}}}}\n{body}"
+        ),
+    )
+    .unwrap();
+    std::fs::rename(staged, path).unwrap();
+}
+
+/// A reload never opens a gap: an unrelated change keeps the list, and a new database
+/// that cannot load its own keeps the old list in force (a revoked token stays refused,
+/// others still work) rather than letting anything through or refusing everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_keep_the_revocation_list_in_force() {
+    let Some(db) = test_database().await else {
+        return;
+    };
+    db.cli(&["keys", "migrate"]);
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::new(ES256, "k1");
+    let jwks_path = dir.path().join("jwks.json");
+    std::fs::write(&jwks_path, jwks(&[&key]).to_string()).unwrap();
+    let body = |url: &str, level: &str| {
+        format!(
+            "issuers:\n  - name: corp\n    issuer: {ISS}\n    jwks_file: {}\n    audiences: [{AUD}]\n\
+             revocation: {{url: '{url}', resync_interval: 1h, timeout: 200ms}}\n\
+             telemetry: {{log_level: {level}}}\n",
+            jwks_path.display()
+        )
+    };
+    let config = dir.path().join("config.yaml");
+    let running = start_watching(&config, &body(&db.url, "warn")).await;
+    let shared = running.shared.clone();
+    eventually(Duration::from_secs(10), || shared.is_ready()).await;
+    let mut client = client(&running).await;
+    let mut claims = claims(ISS, AUD);
+    claims["jti"] = json!("jti-reload");
+    let revoked = key.sign(&claims);
+    claims["jti"] = json!("jti-kept");
+    let kept = key.sign(&claims);
+    assert_eq!(
+        revoke(&db.url, &["--jti", "jti-reload"]).status.code(),
+        Some(0)
+    );
+    let started = Instant::now();
+    while reason(&authenticate(&mut client, &revoked).await) != Some(Reason::Revoked) {
+        assert!(started.elapsed() < Duration::from_secs(1), "not revoked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let reloaded = |generation: u64| {
+        let shared = shared.clone();
+        move || shared.generation() > generation
+    };
+    let generation = shared.generation();
+    rewrite(&config, &body(&db.url, "error"));
+    eventually(Duration::from_secs(10), reloaded(generation)).await;
+    assert_eq!(
+        reason(&authenticate(&mut client, &revoked).await),
+        Some(Reason::Revoked),
+        "an unrelated reload keeps the list"
+    );
+
+    let unreachable = format!("postgres://postgres@127.0.0.1:{}/none", free_port());
+    let generation = shared.generation();
+    rewrite(&config, &body(&unreachable, "error"));
+    eventually(Duration::from_secs(10), reloaded(generation)).await;
+    assert_eq!(
+        reason(&authenticate(&mut client, &revoked).await),
+        Some(Reason::Revoked),
+        "the old list applies until the new database's has loaded"
+    );
+    assert_eq!(reason(&authenticate(&mut client, &kept).await), None);
+    running.shutdown().await.unwrap();
+    db.drop_database().await;
+}
