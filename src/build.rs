@@ -333,14 +333,9 @@ fn api_key_verifier(
     let postgres = config.api_keys.postgres.as_ref().and_then(|settings| {
         let url = settings
             .url
-            .resolve()
+            .resolve_string()
             .map_err(|err| push(errors, "api_keys.postgres.url", err))
-            .ok()
-            .and_then(|bytes| {
-                String::from_utf8(bytes)
-                    .map_err(|_| push(errors, "api_keys.postgres.url", "is not UTF-8"))
-                    .ok()
-            })?;
+            .ok()?;
         if mode == BuildMode::Check {
             return crate::keys::api_keys::postgres::connect_options(&url)
                 .map_err(|err| push(errors, "api_keys.postgres.url", err.to_string()))

@@ -18,6 +18,7 @@ use crate::{
         format,
         postgres::{self, PostgresError},
     },
+    verify::unix_now,
 };
 
 #[derive(Debug, Subcommand)]
@@ -145,8 +146,10 @@ impl DatabaseArgs {
             .api_keys
             .postgres
             .ok_or("the config has no api_keys.postgres")?;
-        let bytes = postgres.url.resolve()?;
-        String::from_utf8(bytes).map_err(|_| "the database URL is not UTF-8".to_owned())
+        postgres
+            .url
+            .resolve_string()
+            .map_err(|err| format!("the database URL {err}"))
     }
 }
 
@@ -300,12 +303,6 @@ fn print_keys<'a>(keys: impl Iterator<Item = KeyLine<'a>>) {
             key.expires_at.map_or("never".to_owned(), rfc3339),
         );
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Latest time RFC 3339 can write (9999-12-31T23:59:59Z).

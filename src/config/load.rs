@@ -471,6 +471,22 @@ fn validate_rules(config: &Config, errors: &mut Vec<ConfigError>) {
     }
 }
 
+/// Whether `rule` can decide a request: a configured rule, `default`, and with
+/// `denials_too` also `required_scopes` (which only denies). A setting keyed by rule name
+/// must name one, so a typo cannot silently apply to nothing.
+fn deciding_rule(config: &Config, rule: &str, denials_too: bool) -> Result<(), &'static str> {
+    let known = rule == super::DEFAULT_RULE
+        || (denials_too && rule == super::REQUIRED_SCOPES_RULE)
+        || config.authorization.rules.iter().any(|r| r.name == rule);
+    match (known, denials_too) {
+        (true, _) => Ok(()),
+        (false, true) => {
+            Err("names no rule in authorization.rules (or `default`, `required_scopes`)")
+        }
+        (false, false) => Err("names no rule in authorization.rules (or `default`)"),
+    }
+}
+
 /// Most claims a decision log line may copy.
 const MAX_DECISION_LOG_CLAIMS: usize = 32;
 
@@ -490,14 +506,8 @@ fn validate_decision_log(config: &Config, errors: &mut Vec<ConfigError>) {
         if !ratio_ok(*ratio) {
             errors.push(error(path.clone(), "must be between 0.0 and 1.0"));
         }
-        let known = rule == super::DEFAULT_RULE
-            || rule == super::REQUIRED_SCOPES_RULE
-            || config.authorization.rules.iter().any(|r| &r.name == rule);
-        if !known {
-            errors.push(error(
-                path,
-                "names no rule in authorization.rules (or `default`, `required_scopes`)",
-            ));
+        if let Err(message) = deciding_rule(config, rule, true) {
+            errors.push(error(path, message));
         }
     }
     if log.enabled && log.outputs.is_empty() {
@@ -594,13 +604,8 @@ fn validate_rate_limits(config: &Config, errors: &mut Vec<ConfigError>) {
         let path = format!("rate_limits.rules.{rule}");
         if let Err(message) = limit.parse() {
             errors.push(error(path, message));
-        } else if !config.authorization.rules.iter().any(|r| &r.name == rule)
-            && rule != super::DEFAULT_RULE
-        {
-            errors.push(error(
-                path,
-                "names no rule in authorization.rules (or `default`)",
-            ));
+        } else if let Err(message) = deciding_rule(config, rule, false) {
+            errors.push(error(path, message));
         }
     }
     if let Some(redis) = &limits.redis {
@@ -731,13 +736,8 @@ fn validate_identity_token(config: &Config, errors: &mut Vec<ConfigError>) {
     }
     for (rule, audience) in &identity.audience_by_rule {
         let path = at(&format!("audience_by_rule.{rule}"));
-        let known = rule == super::DEFAULT_RULE
-            || config.authorization.rules.iter().any(|r| &r.name == rule);
-        if !known {
-            errors.push(error(
-                path,
-                "names no rule in authorization.rules (or `default`)",
-            ));
+        if let Err(message) = deciding_rule(config, rule, false) {
+            errors.push(error(path, message));
         } else if !audience_ok(audience) {
             errors.push(error(path, "must be 1 to 256 characters"));
         }
