@@ -5,6 +5,18 @@ use serde_json::Map;
 use super::*;
 use crate::config::LimitConfig;
 
+fn principal(kind: CredentialType, issuer: &str, subject: &str, key_id: &str) -> Principal {
+    Principal::new(
+        subject.into(),
+        issuer.into(),
+        kind,
+        Map::new(),
+        Vec::new(),
+        None,
+        key_id.into(),
+    )
+}
+
 fn counted(identity: &str, rate: &str, burst: u32) -> Counted {
     Counted {
         identity: identity.to_owned(),
@@ -79,31 +91,15 @@ fn limits_are_chosen_by_key_subject_and_rule() {
         redis: None,
     };
     let limiter = RateLimiter::new(&config, None, Arc::default());
-    let key = Principal::new(
-        "billing".into(),
-        "api_keys.file".into(),
-        CredentialType::ApiKey,
-        Map::new(),
-        Vec::new(),
-        None,
-        "k1".into(),
-    )
-    .with_rate_limit(Some(RateLimit::new("5/s", 5).unwrap()));
+    let key = principal(CredentialType::ApiKey, "api_keys.file", "billing", "k1")
+        .with_rate_limit(Some(RateLimit::new("5/s", 5).unwrap()));
     let policies: Vec<_> = limiter
         .limits_for(&key, "writes")
         .iter()
         .map(|c| c.policy)
         .collect();
     assert_eq!(policies, ["key", "subject", "rule"]);
-    let jwt = Principal::new(
-        "billing".into(),
-        "corp".into(),
-        CredentialType::Jwt,
-        Map::new(),
-        Vec::new(),
-        None,
-        String::new(),
-    );
+    let jwt = principal(CredentialType::Jwt, "corp", "billing", "");
     let counted = limiter.limits_for(&jwt, "reads");
     assert_eq!(counted.len(), 1, "only the subject's limit");
     assert_ne!(
@@ -123,15 +119,7 @@ async fn a_request_over_a_limit_is_rate_limited_with_its_headers() {
         ..RateLimitsConfig::default()
     };
     let limiter = RateLimiter::new(&config, None, Arc::default());
-    let alice = Principal::new(
-        "alice".into(),
-        "corp".into(),
-        CredentialType::Jwt,
-        Map::new(),
-        Vec::new(),
-        None,
-        String::new(),
-    );
+    let alice = principal(CredentialType::Jwt, "corp", "alice", "");
     assert!(limiter.check(&alice, "r").await.is_ok());
     assert!(limiter.check(&alice, "r").await.is_ok());
     let denial = limiter.check(&alice, "r").await.unwrap_err();

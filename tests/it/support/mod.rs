@@ -92,6 +92,12 @@ pub fn reason(response: &pb::AuthenticateResponse) -> Option<pb::Reason> {
     Some(pb::Reason::try_from(denial.reason).expect("a known reason"))
 }
 
+/// Whether `haystack` holds `needle` (at least 8 bytes: a credential fragment worth
+/// looking for) anywhere, e.g. in exported telemetry.
+pub fn holds_fragment(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.len() >= 8 && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 /// Waits until `check` holds, polling; panics after `timeout`.
 pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, mut check: F) {
     let start = std::time::Instant::now();
