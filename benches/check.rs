@@ -96,6 +96,7 @@ fn bench_cached(c: &mut Criterion) {
         audience: "",
         required_scopes: &[],
         resource: Resource::default(),
+        scheme: "",
     };
     let allow_wire = Bytes::from(check_request(&authorization, "GET", "/orders/7").encode_to_vec());
     let allow = CheckRequestView::decode(allow_wire.clone()).expect("decodes");

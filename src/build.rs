@@ -12,6 +12,7 @@ use crate::{
     client_address::TrustedProxies,
     config::{Config, ConfigError, ConfigErrors, IssuerConfig, KeySourceConfig, PublicKeyFile},
     credentials::Extraction,
+    dpop::{Dpop, replay::RedisReplay},
     identity_token::IdentityTokens,
     jwt::{self, Algorithm, ClaimPolicy, KeySet},
     keys::{
@@ -93,6 +94,13 @@ pub fn pipeline(
             return Err(ConfigErrors(errors));
         }
     };
+    let dpop = match dpop(&config, previous, mode) {
+        Ok(dpop) => dpop,
+        Err(message) => {
+            push(&mut errors, "dpop.replay.redis.url", message);
+            return Err(ConfigErrors(errors));
+        }
+    };
     let upstream = UpstreamHeaders::new(&config.response.claims_to_headers)
         .with_identity_header(identity_tokens.as_ref().map(IdentityTokens::header));
     let phases = Phases {
@@ -100,6 +108,7 @@ pub fn pipeline(
         verifiers,
         policy,
         rate_limiter,
+        dpop,
         upstream,
         identity_tokens,
     };
@@ -130,6 +139,33 @@ fn rate_limiter(
         },
     };
     Ok(RateLimiter::new(&config.rate_limits, redis, local))
+}
+
+/// The DPoP checks, with the previous generation's memory of used proofs: its local one
+/// always, its Redis connection while the Redis settings are unchanged (a reload forgets
+/// no proof).
+fn dpop(config: &Config, previous: Option<&Pipeline>, mode: BuildMode) -> Result<Dpop, String> {
+    let previous = previous.map(|p| p.dpop().replay());
+    let local = previous.map(|replay| replay.local.clone());
+    let settings = config
+        .dpop
+        .as_ref()
+        .and_then(|dpop| dpop.replay.redis.as_ref());
+    let redis = match settings {
+        None => None,
+        Some(settings) => match previous
+            .and_then(|replay| replay.redis.as_ref())
+            .filter(|redis| redis.same_settings(settings))
+        {
+            Some(redis) => Some(redis.clone()),
+            None => {
+                let url = settings.url.resolve_string()?;
+                let memory = RedisReplay::new(settings, &url)?;
+                (mode == BuildMode::Serve).then(|| Arc::new(memory))
+            }
+        },
+    };
+    Ok(Dpop::new(config, local, redis))
 }
 
 fn push(errors: &mut Vec<ConfigError>, path: &str, message: impl Into<String>) {

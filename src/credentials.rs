@@ -116,9 +116,23 @@ impl Credential<'_> {
     }
 }
 
+/// The authorization scheme an access token came with (RFC 6750 `Bearer`, RFC 9449 `DPoP`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TokenScheme {
+    /// `Bearer`, or any source other than `Authorization: DPoP`.
+    #[default]
+    Bearer,
+    Dpop,
+}
+
 /// Everything extraction found in one request.
 #[derive(Debug, Clone)]
 pub struct Presented<'a> {
+    /// `DPoP` when the credential came as `Authorization: DPoP <token>`.
+    pub scheme: TokenScheme,
+    /// The request's headers, where a DPoP proof is looked for (only for DPoP-bound tokens:
+    /// see [`dpop_proof`]).
+    pub headers: Headers<'a>,
     /// The credential, or why the request has none that can be used (MISSING_CREDENTIAL
     /// when it presented nothing).
     pub credential: Result<Credential<'a>, Denial>,
@@ -142,10 +156,16 @@ impl Presented<'_> {
 /// Finds the request's single credential.
 pub fn extract<'a>(carried: &Carried<'a>, settings: &Extraction) -> Presented<'a> {
     let chain = presented_chain(carried);
+    let mut scheme = TokenScheme::Bearer;
     let credential = match &chain {
         Err(denial) => Err(denial.clone()),
         Ok(chain) => match find(carried, settings) {
-            Ok(found) => classify(found, settings),
+            Ok(found) => {
+                if matches!(found, Found::Dpop(_)) {
+                    scheme = TokenScheme::Dpop;
+                }
+                classify(found, settings)
+            }
             Err(denial) if denial.reason == Reason::MissingCredential && chain.is_some() => {
                 Ok(Credential::ClientCertificate)
             }
@@ -153,6 +173,8 @@ pub fn extract<'a>(carried: &Carried<'a>, settings: &Extraction) -> Presented<'a
         },
     };
     Presented {
+        scheme,
+        headers: carried.headers,
         credential,
         chain: chain.ok().flatten(),
         client: settings
@@ -166,6 +188,8 @@ pub fn extract<'a>(carried: &Carried<'a>, settings: &Extraction) -> Presented<'a
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Found<'a> {
     Bearer(&'a str),
+    /// `Authorization: DPoP <token>` (RFC 9449 §7.1).
+    Dpop(&'a str),
     ApiKey(&'a str),
     /// `Authorization: Basic <base64>`.
     BasicEncoded(&'a str),
@@ -178,10 +202,12 @@ enum Found<'a> {
 
 fn classify<'a>(found: Found<'a>, settings: &Extraction) -> Result<Credential<'a>, Denial> {
     Ok(match found {
-        Found::Bearer(token) if jwt::looks_like_jwt(token) => Credential::Jwt(token),
+        Found::Bearer(token) | Found::Dpop(token) if jwt::looks_like_jwt(token) => {
+            Credential::Jwt(token)
+        }
         // An API key sent as a bearer token is recognised by its prefix (a damaged one too:
         // its checksum then refuses it), so it never reaches a third-party introspection.
-        Found::Bearer(token)
+        Found::Bearer(token) | Found::Dpop(token)
             if settings
                 .api_key_prefix
                 .as_deref()
@@ -189,7 +215,7 @@ fn classify<'a>(found: Found<'a>, settings: &Extraction) -> Result<Credential<'a
         {
             Credential::ApiKey(token)
         }
-        Found::Bearer(token) => Credential::OpaqueToken(token),
+        Found::Bearer(token) | Found::Dpop(token) => Credential::OpaqueToken(token),
         Found::ApiKey(key) => Credential::ApiKey(key),
         Found::BasicEncoded(encoded) => {
             let (user, password) = decode_basic(encoded)?;
@@ -324,6 +350,11 @@ fn parse_authorization(value: &str) -> Result<Found<'_>, Denial> {
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
         bearer(rest)
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        match bearer(rest)? {
+            Found::Bearer(token) => Ok(Found::Dpop(token)),
+            other => Ok(other),
+        }
     } else if scheme.eq_ignore_ascii_case("basic") {
         Ok(Found::BasicEncoded(rest))
     } else if scheme.eq_ignore_ascii_case("apikey") {
@@ -355,7 +386,10 @@ fn bearer(token: &str) -> Result<Found<'_>, Denial> {
 
 fn check_size(found: &Found<'_>, max: usize) -> Result<(), Denial> {
     let size = match found {
-        Found::Bearer(token) | Found::ApiKey(token) | Found::BasicEncoded(token) => token.len(),
+        Found::Bearer(token)
+        | Found::Dpop(token)
+        | Found::ApiKey(token)
+        | Found::BasicEncoded(token) => token.len(),
         Found::BasicPair { user, password } => user.len() + password.len(),
     };
     if size > max {
@@ -365,6 +399,45 @@ fn check_size(found: &Found<'_>, max: usize) -> Result<(), Denial> {
         ));
     }
     Ok(())
+}
+
+/// The request's `DPoP` header: none, or exactly one compact JWS of at most `max` bytes.
+/// Sent twice (or joined with `,`) it is refused (RFC 9449 §4.3: one header at most).
+pub fn dpop_proof<'a>(headers: Headers<'a>, max: usize) -> Result<Option<&'a str>, Denial> {
+    let invalid = |reason, message: String| Denial::dpop(reason, true, message);
+    let mut found = None;
+    for (name, value) in headers.iter() {
+        if !name.eq_ignore_ascii_case("dpop") {
+            continue;
+        }
+        if found.is_some() || value.contains(',') {
+            return Err(invalid(
+                Reason::AmbiguousCredential,
+                "more than one DPoP proof header".to_owned(),
+            ));
+        }
+        found = Some(value.trim());
+    }
+    let Some(proof) = found else {
+        return Ok(None);
+    };
+    if proof.len() > max {
+        return Err(invalid(
+            Reason::MalformedCredential,
+            format!("DPoP proof is larger than {max} bytes"),
+        ));
+    }
+    if proof.is_empty()
+        || !proof
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(invalid(
+            Reason::MalformedCredential,
+            "DPoP proof is not a compact JWS".to_owned(),
+        ));
+    }
+    Ok(Some(proof))
 }
 
 /// Every certificate in a PEM text, in order.

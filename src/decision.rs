@@ -170,6 +170,11 @@ impl fmt::Display for Reason {
 pub enum Scheme {
     Bearer,
     Basic,
+    /// RFC 9449 §7.1: the request used the `DPoP` scheme, or its token is DPoP-bound;
+    /// `invalid_proof` when the DPoP proof itself is what failed (`invalid_dpop_proof`).
+    Dpop {
+        invalid_proof: bool,
+    },
 }
 
 /// A refusal. `message` is for humans and never contains the credential or any part of it.
@@ -256,37 +261,82 @@ impl Denial {
         }
     }
 
+    /// A denial whose challenge is `DPoP` (RFC 9449 §7.1); `invalid_proof` when the proof
+    /// is what failed.
+    pub fn dpop(reason: Reason, invalid_proof: bool, message: impl Into<String>) -> Self {
+        Self {
+            scheme: Scheme::Dpop { invalid_proof },
+            ..Self::new(reason, message)
+        }
+    }
+
     /// The `WWW-Authenticate` value for this denial (RFC 6750 §3, RFC 7617 §2), or empty when
-    /// the reason carries no challenge.
+    /// the reason carries no challenge. Without DPoP algorithms to name; see
+    /// [`Denial::challenge`].
     pub fn www_authenticate(&self, realm: &str) -> String {
+        self.challenge(realm, None)
+    }
+
+    /// The `WWW-Authenticate` value for this denial. `dpop_algs` (space-separated) is set
+    /// when DPoP is offered: `DPoP` challenges name them (RFC 9449 §7.1), and a request with
+    /// no credential is offered both schemes.
+    pub fn challenge(&self, realm: &str, dpop_algs: Option<&str>) -> String {
         let challenge = self.reason.row().challenge;
         if challenge == Challenge::Absent {
             return String::new();
         }
         let realm = quoted_string_safe(realm);
+        let error = match challenge {
+            Challenge::Absent | Challenge::Plain => None,
+            Challenge::InvalidToken => Some("invalid_token"),
+            Challenge::InvalidRequest => Some("invalid_request"),
+            Challenge::InsufficientScope => Some("insufficient_scope"),
+        };
+        let scope = (challenge == Challenge::InsufficientScope).then(|| {
+            format!(
+                ", scope=\"{}\"",
+                quoted_string_safe(&self.missing_scopes.join(" "))
+            )
+        });
+        let scope = scope.as_deref().unwrap_or_default();
         match self.scheme {
             Scheme::Basic => format!("Basic realm=\"{realm}\", charset=\"UTF-8\""),
-            Scheme::Bearer => match challenge {
-                Challenge::Absent | Challenge::Plain => format!("Bearer realm=\"{realm}\""),
-                Challenge::InvalidToken => {
-                    format!("Bearer realm=\"{realm}\", error=\"invalid_token\"")
+            Scheme::Bearer => {
+                let bearer = match error {
+                    None => format!("Bearer realm=\"{realm}\""),
+                    Some(error) => format!("Bearer realm=\"{realm}\", error=\"{error}\"{scope}"),
+                };
+                match (challenge, dpop_algs) {
+                    (Challenge::Plain, Some(algs)) => {
+                        format!("{bearer}, DPoP algs=\"{}\"", quoted_string_safe(algs))
+                    }
+                    _ => bearer,
                 }
-                Challenge::InvalidRequest => {
-                    format!("Bearer realm=\"{realm}\", error=\"invalid_request\"")
+            }
+            Scheme::Dpop { invalid_proof } => {
+                let error = if invalid_proof {
+                    Some("invalid_dpop_proof")
+                } else {
+                    error
+                };
+                let mut value = format!("DPoP realm=\"{realm}\"");
+                if let Some(error) = error {
+                    value.push_str(&format!(", error=\"{error}\"{scope}"));
                 }
-                Challenge::InsufficientScope => format!(
-                    "Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{}\"",
-                    quoted_string_safe(&self.missing_scopes.join(" "))
-                ),
-            },
+                if let Some(algs) = dpop_algs {
+                    value.push_str(&format!(", algs=\"{}\"", quoted_string_safe(algs)));
+                }
+                value
+            }
         }
     }
 
-    pub fn to_proto(&self, realm: &str) -> pb::Denial {
+    /// The denial as the gRPC API returns it, with its `WWW-Authenticate` value.
+    pub fn to_proto(&self, www_authenticate: String) -> pb::Denial {
         pb::Denial {
             reason: self.reason.to_proto() as i32,
             message: self.message.clone(),
-            www_authenticate: self.www_authenticate(realm),
+            www_authenticate,
         }
     }
 }
@@ -390,6 +440,17 @@ pub struct CheckAllowParts {
 }
 
 impl Principal {
+    /// What a DPoP-bound access token is bound to (RFC 9449 §6: `cnf.jkt`, a JWK
+    /// thumbprint), as the claims hold it. Only JWTs and introspected tokens are bound.
+    pub fn dpop_binding(&self) -> Option<&Value> {
+        match self.credential_type {
+            CredentialType::Jwt | CredentialType::OpaqueToken => {
+                self.claims.get("cnf").and_then(|cnf| cnf.get("jkt"))
+            }
+            _ => None,
+        }
+    }
+
     pub fn new(
         subject: String,
         issuer: String,

@@ -37,6 +37,7 @@ use axum::{
 use crate::{
     credentials::{self, Carried},
     decision::{Decision, Denial, Reason},
+    dpop::split_absolute_url,
     headers::Headers,
     pipeline::{Pipeline, RequestAttrs},
     policy::Resource,
@@ -98,6 +99,8 @@ async fn envoy(State(pipeline): State<Arc<ArcSwap<Pipeline>>>, request: Request)
 /// The original request a forward-auth request describes.
 struct Original<'a> {
     method: &'a str,
+    /// `http` or `https` (`X-Forwarded-Proto`, or the absolute URL); empty: unknown.
+    scheme: &'a str,
     host: &'a str,
     /// Path and query, as the client sent them.
     uri: &'a str,
@@ -141,6 +144,9 @@ async fn decide(pipeline: &ArcSwap<Pipeline>, convention: Convention, request: &
             };
             Original {
                 method: request.method.as_str(),
+                scheme: Headers::new(&headers)
+                    .get("x-forwarded-proto")
+                    .unwrap_or_default(),
                 host: Headers::new(&headers).get("host").unwrap_or_default(),
                 uri: &envoy_uri,
             }
@@ -175,6 +181,7 @@ async fn decide(pipeline: &ArcSwap<Pipeline>, convention: Convention, request: &
             path: original.uri,
             ..Resource::default()
         },
+        scheme: original.scheme,
     };
     let span = telemetry::request_span(
         "forward_auth",
@@ -230,24 +237,35 @@ fn original_from_headers<'a>(
         }
     };
     let not_a_path = || Denial::new(Reason::MalformedRequest, "the original URI is not a path");
-    let (method, host, uri) = match convention {
+    // The scheme only names the URL a DPoP proof must match: optional, one at most.
+    let forwarded_proto = || match headers
+        .iter()
+        .filter(|(n, _)| *n == "x-forwarded-proto")
+        .count()
+    {
+        0 => Ok(""),
+        _ => one("x-forwarded-proto"),
+    };
+    let (method, scheme, host, uri) = match convention {
         Convention::Original => (
             one("x-original-method")?,
+            forwarded_proto()?,
             one("x-original-host")?,
             one("x-original-uri")?,
         ),
         Convention::OriginalUrl => {
             let url = one("x-original-url")?;
-            let (host, uri) = split_absolute_url(url).ok_or_else(|| {
+            let (scheme, host, uri) = split_absolute_url(url).ok_or_else(|| {
                 Denial::new(
                     Reason::MalformedRequest,
                     "X-Original-URL is not an absolute http(s) URL",
                 )
             })?;
-            (one("x-original-method")?, host, uri)
+            (one("x-original-method")?, scheme, host, uri)
         }
         Convention::Forwarded | Convention::Envoy => (
             one("x-forwarded-method")?,
+            forwarded_proto()?,
             one("x-forwarded-host")?,
             one("x-forwarded-uri")?,
         ),
@@ -255,29 +273,18 @@ fn original_from_headers<'a>(
     if !uri.starts_with('/') {
         return Err(not_a_path());
     }
-    Ok(Original { method, host, uri })
-}
-
-/// `http(s)://authority/path?query` as (authority, `/path?query`); `None` for anything else
-/// (no scheme, userinfo, an empty authority).
-fn split_absolute_url(url: &str) -> Option<(&str, &str)> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))?;
-    let split = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(split);
-    if authority.is_empty() || authority.contains('@') {
-        return None;
-    }
-    let path = if path.is_empty() { "/" } else { path };
-    // A query without a path (`host?x=1`) is not a path: refused by the caller.
-    Some((authority, path))
+    Ok(Original {
+        method,
+        scheme,
+        host,
+        uri,
+    })
 }
 
 /// A request refused before the pipeline: counted and audited like the others.
 fn refused(pipeline: &Pipeline, denial: &Denial) -> Response {
     pipeline.refused(Surface::forward_auth, denial);
-    denied(denial, pipeline.realm())
+    denied(denial, &pipeline.challenge(denial))
 }
 
 fn answer(pipeline: &Pipeline, decision: &Decision) -> Response {
@@ -305,11 +312,12 @@ fn answer(pipeline: &Pipeline, decision: &Decision) -> Response {
             }
             response
         }
-        Decision::Deny { denial, .. } => denied(denial, pipeline.realm_for(denial)),
+        Decision::Deny { denial, .. } => denied(denial, &pipeline.challenge(denial)),
     }
 }
 
-fn denied(denial: &Denial, realm: &str) -> Response {
+/// A deny answer for `denial`, with its `WWW-Authenticate` value `challenge` (empty: none).
+fn denied(denial: &Denial, challenge: &str) -> Response {
     let row = denial.reason.row();
     let body = serde_json::json!({"reason": denial.reason.as_str(), "message": denial.message})
         .to_string();
@@ -321,8 +329,7 @@ fn denied(denial: &Denial, realm: &str) -> Response {
         HeaderValue::from_static("application/json"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    let challenge = denial.www_authenticate(realm);
-    if let Ok(value) = HeaderValue::from_str(&challenge)
+    if let Ok(value) = HeaderValue::from_str(challenge)
         && !challenge.is_empty()
     {
         headers.insert(header::WWW_AUTHENTICATE, value);
@@ -347,7 +354,7 @@ mod tests {
             quota: 20,
             window: 2,
         });
-        let response = denied(&denial, "portcullis");
+        let response = denied(&denial, &denial.www_authenticate("portcullis"));
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok());
         assert_eq!(header("retry-after"), Some("3"));
@@ -414,6 +421,6 @@ mod tests {
                 "{url}"
             );
         }
-        assert_eq!(split_absolute_url("http://a"), Some(("a", "/")));
+        assert_eq!(split_absolute_url("http://a"), Some(("http", "a", "/")));
     }
 }

@@ -29,6 +29,12 @@ pub struct AuthenticateArgs {
     /// Require this audience in addition to the configured ones.
     #[arg(long, default_value = "")]
     audience: String,
+    /// The method of the request a DPoP proof (`--header dpop:PROOF`) was made for.
+    #[arg(long, default_value = "", value_name = "METHOD")]
+    http_method: String,
+    /// The absolute URL of the request a DPoP proof was made for.
+    #[arg(long, default_value = "", value_name = "URL")]
+    http_url: String,
     /// Exit 0 only if the server denies with this reason (for probes and `helm test`).
     #[arg(long, value_name = "REASON", value_parser = parse_reason)]
     expect_reason: Option<String>,
@@ -179,6 +185,8 @@ fn build_request(args: &AuthenticateArgs) -> Result<pb::AuthenticateRequest, Str
         headers,
         audience: args.audience.clone(),
         client_certificate_pem: String::new(),
+        http_method: args.http_method.clone(),
+        http_url: args.http_url.clone(),
     })
 }
 

@@ -395,6 +395,7 @@ async fn run_case(evaluator: &Evaluator, case: &Case, explain: bool) -> Result<b
             alternate_path: "",
             context_extensions: Some(&request.context_extensions),
         },
+        scheme: "",
     };
     let given = match credential.and_then(|c| c.claims.as_ref()) {
         Some(claims) => Some(principal_of(evaluator, claims.clone())?),

@@ -133,6 +133,7 @@ fn parse(text: &str) -> (Config, Vec<ConfigError>) {
             }
             "revocation" => section(value, name, &mut errors).map(|v| config.revocation = Some(v)),
             "rate_limits" => section(value, name, &mut errors).map(|v| config.rate_limits = v),
+            "dpop" => section(value, name, &mut errors).map(|v| config.dpop = Some(v)),
             other => {
                 errors.push(error(other, "unknown key"));
                 None
@@ -325,6 +326,7 @@ fn validate(config: &Config, positions: &[usize], errors: &mut Vec<ConfigError>)
     validate_identity_token(config, errors);
     validate_revocation(config, errors);
     validate_rate_limits(config, errors);
+    validate_dpop(config, errors);
     if !(Duration::from_secs(1)..=Duration::from_secs(3600))
         .contains(&config.api_keys.usage_flush_interval)
     {
@@ -625,6 +627,60 @@ fn validate_rate_limits(config: &Config, errors: &mut Vec<ConfigError>) {
 }
 
 /// `revocation`: bounded retention, resync and timeout.
+fn validate_dpop(config: &Config, errors: &mut Vec<ConfigError>) {
+    let Some(dpop) = &config.dpop else {
+        return;
+    };
+    if dpop.algorithms.is_empty() {
+        errors.push(error("dpop.algorithms", "must name at least one algorithm"));
+    }
+    for (i, name) in dpop.algorithms.iter().enumerate() {
+        match name.parse::<Algorithm>() {
+            Ok(alg) if alg.is_hmac() => errors.push(error(
+                format!("dpop.algorithms[{i}]"),
+                "a DPoP proof is signed with a public key: HMAC algorithms are not allowed",
+            )),
+            Ok(_) => {}
+            Err(_) => errors.push(error(
+                format!("dpop.algorithms[{i}]"),
+                format!("unknown algorithm {name:?}"),
+            )),
+        }
+    }
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&dpop.max_age) {
+        errors.push(error("dpop.max_age", "must be between 1s and 1h"));
+    }
+    if dpop.leeway > Duration::from_secs(300) {
+        errors.push(error("dpop.leeway", "must be at most 5m"));
+    }
+    if !(256..=64 * 1024).contains(&dpop.max_proof_bytes) {
+        errors.push(error(
+            "dpop.max_proof_bytes",
+            "must be between 256 and 65536",
+        ));
+    }
+    if !(1_000..=100_000_000).contains(&dpop.replay.max_entries) {
+        errors.push(error(
+            "dpop.replay.max_entries",
+            "must be between 1000 and 100000000",
+        ));
+    }
+    if let Some(redis) = &dpop.replay.redis {
+        if !(Duration::from_millis(1)..=Duration::from_secs(5)).contains(&redis.timeout) {
+            errors.push(error(
+                "dpop.replay.redis.timeout",
+                "must be between 1ms and 5s",
+            ));
+        }
+        if redis.key_prefix.is_empty() || redis.key_prefix.len() > 64 {
+            errors.push(error(
+                "dpop.replay.redis.key_prefix",
+                "must be 1 to 64 characters",
+            ));
+        }
+    }
+}
+
 fn validate_revocation(config: &Config, errors: &mut Vec<ConfigError>) {
     let Some(revocation) = &config.revocation else {
         return;

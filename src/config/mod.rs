@@ -1,6 +1,7 @@
 //! The YAML configuration (SPEC §6): typed sections, strict loading that reports every error
 //! at once with its path, and the semantic checks that make a config safe to serve.
 
+mod dpop;
 mod identity_token;
 mod load;
 mod rate_limits;
@@ -9,6 +10,7 @@ mod secret;
 mod types;
 mod verifiers;
 
+pub use dpop::{DpopConfig, DpopRedisConfig, DpopRedisUnavailable, DpopReplayConfig};
 pub use identity_token::IdentityTokenConfig;
 pub use load::{ConfigError, ConfigErrors, load_file, load_file_partial, load_str};
 pub use rate_limits::{LimitConfig, RateLimit, RateLimitsConfig, RedisConfig, RedisUnavailable};

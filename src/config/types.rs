@@ -31,6 +31,8 @@ pub struct Config {
     pub revocation: Option<super::RevocationConfig>,
     /// Limits per API key, subject and rule, shared through Redis.
     pub rate_limits: super::RateLimitsConfig,
+    /// DPoP proof checks (RFC 9449); unset: the defaults, and challenges do not offer DPoP.
+    pub dpop: Option<super::DpopConfig>,
 }
 
 impl Config {
@@ -240,6 +242,10 @@ pub struct IssuerConfig {
     /// RFC 7662 introspection for this issuer's opaque tokens.
     #[serde(default)]
     pub introspection: Option<IntrospectionConfig>,
+    /// Refuse this issuer's tokens unless they are DPoP-bound (`cnf.jkt`) and presented
+    /// with a valid proof (RFC 9449); bound tokens are always checked.
+    #[serde(default)]
+    pub require_dpop: bool,
 }
 
 fn default_leeway() -> Duration {
@@ -585,6 +591,8 @@ pub struct RequireConfig {
     pub claims: std::collections::BTreeMap<String, serde_json::Value>,
     /// A CEL expression over `claims`, `principal` and `request`; must yield true.
     pub cel: Option<String>,
+    /// Only tokens bound to a key (`cnf.jkt`) whose DPoP proof verified (RFC 9449).
+    pub dpop: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema, PartialEq)]

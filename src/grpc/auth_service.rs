@@ -10,6 +10,7 @@ use tracing::Instrument;
 use crate::{
     credentials::Carried,
     decision::Decision,
+    dpop::split_absolute_url,
     headers::{self, Headers},
     pb::{self, AuthenticateRequest, AuthorizeRequest},
     pipeline::{Pipeline, RequestAttrs},
@@ -76,6 +77,8 @@ impl Auth for AuthService {
         check_headers(request.headers.len())?;
         let headers = headers::pairs_of(&request.headers);
         let pipeline = self.pipeline.load_full();
+        // What a DPoP proof must name; an unusable URL matches no proof.
+        let target_url = split_absolute_url(&request.http_url);
         let attrs = RequestAttrs {
             carried: carried(
                 request.credential.as_ref(),
@@ -86,7 +89,13 @@ impl Auth for AuthService {
             ),
             audience: &request.audience,
             required_scopes: &[],
-            resource: Resource::default(),
+            resource: Resource {
+                http_method: &request.http_method,
+                host: target_url.map_or("", |(_, authority, _)| authority),
+                path: target_url.map_or("", |(_, _, path)| path),
+                ..Resource::default()
+            },
+            scheme: target_url.map_or("", |(scheme, _, _)| scheme),
         };
         let decision = pipeline
             .run(Surface::authenticate, attrs)
@@ -108,7 +117,7 @@ impl Auth for AuthService {
             Decision::Deny { denial, .. } => AuthenticateReply {
                 authenticated: false,
                 principal: None,
-                denial: Some(denial.to_proto(pipeline.realm_for(&denial))),
+                denial: Some(denial.to_proto(pipeline.challenge(&denial))),
                 identity_token: String::new(),
             },
         };
@@ -147,6 +156,7 @@ impl Auth for AuthService {
                 alternate_path: "",
                 context_extensions: resource.map(|r| &r.attributes),
             },
+            scheme: resource.map_or("", |r| r.scheme.as_str()),
         };
         let response = match pipeline
             .run(Surface::authorize, attrs)
@@ -181,7 +191,7 @@ impl Auth for AuthService {
             } => AuthorizeReply {
                 allowed: false,
                 principal: principal.map(|p| p.encoded()),
-                denial: Some(denial.to_proto(pipeline.realm_for(&denial))),
+                denial: Some(denial.to_proto(pipeline.challenge(&denial))),
                 rule,
                 upstream_headers: Default::default(),
                 identity_token: String::new(),

@@ -101,6 +101,7 @@ struct HttpParts<'a> {
     method: &'a str,
     path: &'a str,
     host: &'a str,
+    scheme: &'a str,
     headers: Vec<(&'a str, &'a str)>,
 }
 
@@ -130,6 +131,7 @@ fn http_parts<'a>(
         method: text(&http.method)?,
         path: text(&http.path)?,
         host: text(&http.host)?,
+        scheme: text(&http.scheme)?,
         headers,
     })
 }
@@ -153,7 +155,7 @@ async fn check_parts(
         Ok(parts) => parts,
         Err(denial) => {
             pipeline.refused(Surface::ext_authz, &denial);
-            return denied(&denial, "", pipeline.realm());
+            return denied(&denial, "", &pipeline.challenge(&denial));
         }
     };
     let attributes = request.attributes.as_ref();
@@ -183,6 +185,7 @@ async fn check_parts(
             alternate_path: "",
             context_extensions: attributes.map(|a| &a.context_extensions),
         },
+        scheme: parts.scheme,
     };
     match pipeline.run(Surface::ext_authz, attrs).await {
         Decision::Allow {
@@ -206,7 +209,7 @@ async fn check_parts(
             let (ok_response, dynamic_metadata) = allow_parts(pipeline, None, &rule);
             allowed(ok_response, dynamic_metadata)
         }
-        Decision::Deny { denial, rule, .. } => denied(&denial, &rule, pipeline.realm_for(&denial)),
+        Decision::Deny { denial, rule, .. } => denied(&denial, &rule, &pipeline.challenge(&denial)),
     }
 }
 
@@ -351,14 +354,12 @@ fn join_header_map(http: Option<&HttpRequestView>) -> Result<Vec<(String, String
 
 /// The answer to a Check that load shedding turns away: a 503 deny with reason OVERLOADED.
 pub fn overloaded() -> CheckReply {
-    denied(
-        &Denial::new(Reason::Overloaded, "too many requests in flight"),
-        "",
-        "",
-    )
+    let denial = Denial::new(Reason::Overloaded, "too many requests in flight");
+    denied(&denial, "", &denial.www_authenticate(""))
 }
 
-fn denied(denial: &Denial, rule: &str, realm: &str) -> CheckReply {
+/// A deny answer for `denial`, with its `WWW-Authenticate` value `challenge` (empty: none).
+fn denied(denial: &Denial, rule: &str, challenge: &str) -> CheckReply {
     let row = denial.reason.row();
     let (status, grpc_code) = (row.http_status, row.grpc_code);
     let mut headers = vec![header(
@@ -366,11 +367,10 @@ fn denied(denial: &Denial, rule: &str, realm: &str) -> CheckReply {
         "application/json",
         HeaderAppendAction::OverwriteIfExistsOrAdd,
     )];
-    let challenge = denial.www_authenticate(realm);
     if !challenge.is_empty() {
         headers.push(header(
             "www-authenticate",
-            &challenge,
+            challenge,
             HeaderAppendAction::OverwriteIfExistsOrAdd,
         ));
     }

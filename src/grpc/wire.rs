@@ -114,7 +114,7 @@ pub struct RequestView {
     pub http: Option<HttpRequestView>,
 }
 
-/// `AttributeContext.HttpRequest`: method, headers, path (with the query) and host. The
+/// `AttributeContext.HttpRequest`: method, headers, path (with the query), host and scheme. The
 /// `headers` map is decoded as what a map is on the wire, a list of entries, in the order
 /// Envoy wrote them.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -127,6 +127,8 @@ pub struct HttpRequestView {
     pub path: Bytes,
     #[prost(bytes = "bytes", tag = "5")]
     pub host: Bytes,
+    #[prost(bytes = "bytes", tag = "6")]
+    pub scheme: Bytes,
     /// Envoy's alternative to `headers` (`encode_raw_headers`), values possibly raw bytes.
     #[prost(message, optional, tag = "13")]
     pub header_map: Option<HeaderMap>,

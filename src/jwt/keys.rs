@@ -165,9 +165,7 @@ impl KeySet {
                     "a key is not an object".to_owned(),
                 ));
             };
-            if ["d", "p", "q", "dp", "dq", "qi"]
-                .iter()
-                .any(|member| jwk.contains_key(*member))
+            if has_private_members(jwk)
                 || (jwk.get("kty").and_then(Value::as_str) == Some("oct") && !symmetric)
             {
                 return Err(KeyError::InvalidDocument(
@@ -181,6 +179,33 @@ impl KeySet {
             }
         }
         KeySet::from_keys(keys)
+    }
+}
+
+/// JWK members that only private (or symmetric) keys have (RFC 7518 §6.2.2, §6.3.2, §6.4).
+const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
+
+/// Whether a JWK carries private or symmetric key material.
+pub fn has_private_members(jwk: &Map<String, Value>) -> bool {
+    PRIVATE_MEMBERS
+        .iter()
+        .any(|member| jwk.contains_key(*member))
+}
+
+/// A public JWK sent with a signed object (a DPoP proof's `jwk` header, RFC 9449 §4.2) as
+/// the key for `alg`: public members only, a signing key of the type `alg` needs, and the
+/// same strength rules as configured keys (RSA of 2048 bits or more).
+pub fn public_jwk_key(jwk: &Map<String, Value>, alg: Algorithm) -> Result<VerifyingKey, KeyError> {
+    if has_private_members(jwk) {
+        return Err(KeyError::InvalidKey(
+            "the key has private or symmetric key material".to_owned(),
+        ));
+    }
+    match jwk_to_key(jwk, &[alg])? {
+        Some(key) if key.algorithm == alg && !alg.is_hmac() => Ok(key),
+        _ => Err(KeyError::InvalidKey(format!(
+            "not a public signing key for {alg}"
+        ))),
     }
 }
 

@@ -11,7 +11,10 @@ pub use crate::vocabulary::Algorithm;
 pub(crate) use claims::scopes;
 pub use claims::{CheckedClaims, ClaimPolicy, Recheck};
 pub use json::parse_strict_object;
-pub use keys::{KeyError, KeyLookup, KeySet, VerifyingKey, hmac_key, pem_key};
+pub use keys::{
+    KeyError, KeyLookup, KeySet, VerifyingKey, has_private_members, hmac_key, pem_key,
+    public_jwk_key,
+};
 pub use token::{
     JwsParts, ParsedToken, TokenError, looks_like_jwt, parse_compact, parse_jws, token_digest,
 };

@@ -63,6 +63,8 @@ pub struct JwsParts<'a> {
     pub algorithm: Algorithm,
     pub kid: Option<String>,
     pub typ: Option<String>,
+    /// The whole protected header (for parameters only some callers read, as DPoP's `jwk`).
+    pub header: Map<String, Value>,
     /// The decoded payload (base64url is checked here: a MAC over a mis-encoded payload
     /// must not verify).
     pub payload: Vec<u8>,
@@ -134,6 +136,7 @@ pub fn parse_jws(token: &str) -> Result<JwsParts<'_>, TokenError> {
         algorithm,
         kid,
         typ,
+        header,
         payload,
         signing_input,
         signature,

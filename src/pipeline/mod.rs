@@ -21,8 +21,9 @@ pub use target::Target;
 
 use crate::{
     config::Config,
-    credentials::{self, Carried, Extraction, Presented},
+    credentials::{self, Carried, Extraction, Presented, TokenScheme},
     decision::{CredentialType, Decision, Denial, IdentityToken, Principal, Reason, Scheme},
+    dpop::{Dpop, HttpTarget},
     identity_token::IdentityTokens,
     keys::{KeySource, RemoteKeySource},
     policy::{Policy, Resource, RuleTrace, Verdict},
@@ -47,6 +48,21 @@ pub struct RequestAttrs<'a> {
     /// What is accessed, as the request spelled it: the target phase canonicalizes the path
     /// and host before any rule sees them.
     pub resource: Resource<'a>,
+    /// The request URL's scheme (`http`, `https`; empty: `https`): with the resource's
+    /// method, host and path, what a DPoP proof must name.
+    pub scheme: &'a str,
+}
+
+impl<'a> RequestAttrs<'a> {
+    /// The HTTP request a DPoP proof is checked against: as the request spelled it.
+    pub fn http_target(&self) -> HttpTarget<'a> {
+        HttpTarget {
+            method: self.resource.http_method,
+            scheme: self.scheme,
+            authority: self.resource.host,
+            path: self.resource.path,
+        }
+    }
 }
 
 /// Identifies each pipeline built in this process (see [`Pipeline::id`]).
@@ -65,6 +81,8 @@ pub struct Pipeline {
     identity_tokens: Option<IdentityTokens>,
     /// Rate limits per API key, subject and rule, counted on allowed requests.
     rate_limiter: RateLimiter,
+    /// DPoP proof checks (RFC 9449), part of the bind phase.
+    dpop: Dpop,
     /// Where decided requests are counted.
     metrics: Arc<Metrics>,
     /// `telemetry.decision_log`, when on.
@@ -77,6 +95,7 @@ pub(crate) struct Phases {
     pub verifiers: Verifiers,
     pub policy: Policy,
     pub rate_limiter: RateLimiter,
+    pub dpop: Dpop,
     pub upstream: UpstreamHeaders,
     pub identity_tokens: Option<IdentityTokens>,
 }
@@ -89,6 +108,7 @@ impl Pipeline {
             verifiers,
             policy,
             rate_limiter,
+            dpop,
             upstream,
             identity_tokens,
         } = phases;
@@ -102,6 +122,7 @@ impl Pipeline {
             upstream,
             identity_tokens,
             rate_limiter,
+            dpop,
             metrics,
         }
     }
@@ -157,7 +178,7 @@ impl Pipeline {
     /// audience).
     async fn authenticate_only(&self, request: &RequestAttrs<'_>) -> Decision {
         let presented = credentials::extract(&request.carried, &self.extraction);
-        let principal = match self.authenticate(&presented, request.audience).await {
+        let principal = match self.authenticate(&presented, request).await {
             Ok(principal) => principal,
             Err(denial) => return deny(denial, None, String::new(), Some(&presented)),
         };
@@ -182,7 +203,7 @@ impl Pipeline {
         {
             return deny(denial, None, String::new(), None);
         }
-        let authn = self.authenticate(&presented, request.audience).await;
+        let authn = self.authenticate(&presented, request).await;
         let mut verdict = rules.decide(authn.as_deref(), request.required_scopes);
         // The limit phase: an allowed request with a principal counts against its limits.
         if let (Verdict::Allow { rule }, Ok(principal)) = (&verdict, &authn)
@@ -203,7 +224,7 @@ impl Pipeline {
         request: &RequestAttrs<'_>,
     ) -> Result<Arc<Principal>, Denial> {
         let presented = credentials::extract(&request.carried, &self.extraction);
-        self.authenticate(&presented, request.audience).await
+        self.authenticate(&presented, request).await
     }
 
     /// Where credentials are looked for, and whose forwarded headers count.
@@ -222,15 +243,34 @@ impl Pipeline {
     }
 
     /// Authenticates the presented credential, then binds it: a token bound to a
-    /// certificate (RFC 8705 `cnf.x5t#S256`) is accepted only with that certificate.
+    /// certificate (RFC 8705 `cnf.x5t#S256`) is accepted only with that certificate, and
+    /// one bound to a key (RFC 9449 `cnf.jkt`) only with a DPoP proof for this request.
     pub async fn authenticate(
         &self,
         presented: &Presented<'_>,
-        audience: &str,
+        request: &RequestAttrs<'_>,
     ) -> Result<Arc<Principal>, Denial> {
-        let principal = self.verifiers.verify(presented, audience).await?;
+        let principal = self.verifiers.verify(presented, request.audience).await?;
         bind(&principal, presented)?;
+        self.dpop
+            .bind(&principal, presented, &request.http_target())
+            .await?;
         Ok(principal)
+    }
+
+    /// The `WWW-Authenticate` value for `denial`: its realm (`basic.realm` for Basic
+    /// challenges), and the DPoP algorithms where DPoP is offered or was used.
+    pub fn challenge(&self, denial: &Denial) -> String {
+        let algs = match denial.scheme {
+            Scheme::Dpop { .. } => Some(self.dpop.algs()),
+            Scheme::Bearer | Scheme::Basic => self.dpop.offered_algs(),
+        };
+        denial.challenge(self.realm_for(denial), algs)
+    }
+
+    /// The DPoP checks, whose proof memory the next generation reuses.
+    pub fn dpop(&self) -> &Dpop {
+        &self.dpop
     }
 
     /// The decision for a verdict on a request to `host`.
@@ -328,7 +368,7 @@ impl Pipeline {
     }
 
     /// The realm for a denial's challenge: `basic.realm` for Basic challenges.
-    pub fn realm_for(&self, denial: &Denial) -> &str {
+    fn realm_for(&self, denial: &Denial) -> &str {
         match (denial.scheme, &self.config.basic.realm) {
             (Scheme::Basic, Some(realm)) => realm,
             _ => self.realm(),
@@ -446,11 +486,17 @@ fn bind(principal: &Principal, presented: &Presented<'_>) -> Result<(), Denial> 
 /// A deny decision; `presented` (when the request got as far as extraction) names the
 /// credential for telemetry, with a short digest of it.
 fn deny(
-    denial: Denial,
+    mut denial: Denial,
     principal: Option<Arc<Principal>>,
     rule: String,
     presented: Option<&Presented<'_>>,
 ) -> Decision {
+    // A token sent with the DPoP scheme is challenged with it (RFC 9449 §7.1).
+    if denial.scheme == Scheme::Bearer && presented.is_some_and(|p| p.scheme == TokenScheme::Dpop) {
+        denial.scheme = Scheme::Dpop {
+            invalid_proof: false,
+        };
+    }
     let credential = principal
         .as_ref()
         .map(|p| p.credential_type)

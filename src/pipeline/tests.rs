@@ -167,6 +167,7 @@ async fn requests_get_the_decision_of_every_phase() {
                 host: "api.example.com",
                 ..Resource::default()
             },
+            scheme: "",
         };
         let decision = pipeline.run(case.surface, request).await;
         assert_eq!(outcome(&decision), case.expected, "{}", case.name);
@@ -188,6 +189,7 @@ async fn a_decision_carries_what_telemetry_and_the_upstream_need() {
             path,
             ..Resource::default()
         },
+        scheme: "",
     };
     let Decision::Allow {
         principal: Some(principal),
@@ -232,6 +234,8 @@ fn binding_needs_the_certificate_a_token_names() {
         )
     };
     let presented = |chain: Option<&[u8]>| Presented {
+        scheme: credentials::TokenScheme::Bearer,
+        headers: Headers::default(),
         credential: Ok(credentials::Credential::Jwt("a.b.c")),
         chain: chain.map(|der| {
             std::borrow::Cow::Owned(vec![rustls_pki_types::CertificateDer::from(der.to_vec())])

@@ -72,6 +72,7 @@ struct Requirements {
     scopes_any: Vec<String>,
     claims: Vec<(Vec<String>, Value)>,
     cel: Option<cel::Program>,
+    dpop: bool,
 }
 
 /// Why a rule's requirements do not hold for a principal.
@@ -494,6 +495,13 @@ impl Rule {
                 self.name, principal.issuer
             )));
         }
+        // The bind phase has checked the proof of every DPoP-bound token that got here.
+        if req.dpop && principal.dpop_binding().is_none() {
+            return Err(denied(format!(
+                "rule {} accepts only DPoP-bound tokens",
+                self.name
+            )));
+        }
         let missing = principal.missing_scopes(&req.scopes_all);
         if !missing.is_empty() {
             return Err(Unmet::False(Denial::insufficient_scope(missing)));
@@ -582,6 +590,7 @@ fn compile_rule(rule: &RuleConfig) -> Result<Rule, String> {
                 .map(|(path, value)| (path.split('.').map(str::to_owned).collect(), value.clone()))
                 .collect(),
             cel,
+            dpop: r.dpop,
         },
         effect: rule.effect,
         mode: rule.mode,

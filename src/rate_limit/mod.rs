@@ -214,7 +214,7 @@ impl RateLimiter {
         let verdict = match &self.redis {
             Some(redis) => match redis.check(&counted).await {
                 Ok(verdict) => verdict,
-                Err(()) => match self.when_unavailable {
+                Err(_unavailable) => match self.when_unavailable {
                     RedisUnavailable::Local => self.local.check(&counted),
                     RedisUnavailable::Allow => Verdict::Allowed,
                     RedisUnavailable::Deny => {

@@ -143,6 +143,8 @@ mod tests {
 
     fn presented(credential: Credential<'_>) -> Presented<'_> {
         Presented {
+            scheme: crate::credentials::TokenScheme::Bearer,
+            headers: Default::default(),
             credential: Ok(credential),
             chain: None,
             client: None,

@@ -172,6 +172,60 @@ impl TestKey {
     }
 }
 
+/// A DPoP client's key (RFC 9449): proofs signed with it, and the thumbprint a token bound
+/// to it carries in `cnf.jkt`. Written here from the RFCs, apart from the code under test.
+impl TestKey {
+    /// The public JWK with only the members RFC 7638 hashes.
+    pub fn public_jwk(&self) -> Value {
+        let jwk = &self.jwk;
+        match jwk["kty"].as_str() {
+            Some("EC") => json!({"kty": "EC", "crv": jwk["crv"], "x": jwk["x"], "y": jwk["y"]}),
+            Some("OKP") => json!({"kty": "OKP", "crv": jwk["crv"], "x": jwk["x"]}),
+            Some("RSA") => json!({"kty": "RSA", "n": jwk["n"], "e": jwk["e"]}),
+            _ => jwk.clone(),
+        }
+    }
+
+    /// The RFC 7638 SHA-256 thumbprint of the public key, base64url.
+    pub fn thumbprint(&self) -> String {
+        let jwk = &self.jwk;
+        let s = |name: &str| jwk[name].as_str().unwrap_or_default().to_owned();
+        let canonical = match jwk["kty"].as_str() {
+            Some("EC") => format!(
+                r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
+                s("crv"),
+                s("x"),
+                s("y")
+            ),
+            Some("OKP") => format!(r#"{{"crv":"{}","kty":"OKP","x":"{}"}}"#, s("crv"), s("x")),
+            Some("RSA") => format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, s("e"), s("n")),
+            other => panic!("no thumbprint for kty {other:?}"),
+        };
+        b64(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes()).as_ref())
+    }
+
+    /// A DPoP proof for `htm` `htu` and `access_token`, with this `jti` and `iat`.
+    pub fn dpop_proof(
+        &self,
+        htm: &str,
+        htu: &str,
+        access_token: &str,
+        jti: &str,
+        iat: i64,
+    ) -> String {
+        let header =
+            json!({"typ": "dpop+jwt", "alg": format!("{:?}", self.alg), "jwk": self.public_jwk()});
+        let claims =
+            json!({"jti": jti, "htm": htm, "htu": htu, "iat": iat, "ath": ath(access_token)});
+        self.sign_raw(&header.to_string(), &claims.to_string())
+    }
+}
+
+/// `ath`: base64url of the SHA-256 of an access token (RFC 9449 §4.2).
+pub fn ath(access_token: &str) -> String {
+    b64(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, access_token.as_bytes()).as_ref())
+}
+
 /// A JWKS document of these keys' public parts.
 pub fn jwks(keys: &[&TestKey]) -> Value {
     json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()})
@@ -207,12 +261,20 @@ impl QuickstartSigner {
 
     /// A quickstart token for `subject` with this `scope` and `jti`, valid for an hour.
     pub fn token(&self, subject: &str, scope: &str, jti: &str) -> String {
+        self.token_with(subject, scope, jti, json!({}))
+    }
+
+    /// Like [`QuickstartSigner::token`], with `extra` claims added (`cnf`, ...).
+    pub fn token_with(&self, subject: &str, scope: &str, jti: &str, extra: Value) -> String {
         let now = now();
-        let claims = json!({
+        let mut claims = json!({
             "iss": "https://quickstart.portcullis.invalid", "aud": "api://quickstart",
             "sub": subject, "email": format!("{subject}@example.com"), "scope": scope,
             "iat": now, "exp": now + 3600, "jti": jti,
         });
+        if let (Some(claims), Value::Object(extra)) = (claims.as_object_mut(), extra) {
+            claims.extend(extra);
+        }
         jsonwebtoken::encode(&self.header, &claims, &self.key).expect("signs")
     }
 }
