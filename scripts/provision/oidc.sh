@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Install the test OpenID provider's npm dependencies in $REPO/tests/oidc from its
-# lockfile (npm ci). Idempotent and cwd-independent: npm runs only when
-# node_modules/oidc-provider is missing or not the version pinned in package.json.
+# Install the test OpenID provider's npm dependencies (oidc-provider, and the oauth4webapi
+# client the DPoP test uses) in $REPO/tests/oidc from its lockfile (npm ci). Idempotent and
+# cwd-independent: npm runs only when a dependency is missing or not the pinned version.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -16,21 +16,24 @@ for tool in node npm; do
   fi
 done
 
-# Exits 0 when the installed oidc-provider is the pinned version.
+# Exits 0 when every installed dependency is its pinned version.
 up_to_date() {
   (cd "$DIR" && node -e '
     const fs = require("fs");
-    const f = "node_modules/oidc-provider/package.json";
-    const pinned = require("./package.json").dependencies["oidc-provider"];
-    process.exit(fs.existsSync(f) && require("./" + f).version === pinned ? 0 : 1);
+    const pinned = require("./package.json").dependencies;
+    const ok = Object.entries(pinned).every(([name, version]) => {
+      const f = `node_modules/${name}/package.json`;
+      return fs.existsSync(f) && require("./" + f).version === version;
+    });
+    process.exit(ok ? 0 : 1);
   ')
 }
 
 if up_to_date; then
-  log "oidc-provider already installed"
+  log "oidc-provider and oauth4webapi already installed"
   exit 0
 fi
 
 log "npm ci in $DIR"
 (cd "$DIR" && npm ci --no-audit --no-fund >&2)
-up_to_date || { log "oidc-provider still missing after npm ci"; exit 1; }
+up_to_date || { log "dependencies still missing after npm ci"; exit 1; }

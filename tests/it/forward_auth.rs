@@ -8,7 +8,11 @@ use jsonwebtoken::Algorithm::ES256;
 use portcullis::server::Running;
 use serde_json::{Value, json};
 
-use crate::support::{process::free_port, *};
+use crate::support::{
+    process::free_port,
+    proxy::{Proxy, listening, proxy_binary},
+    *,
+};
 
 const ISS: &str = "https://fa.test";
 const AUD: &str = "api://orders";
@@ -250,28 +254,6 @@ async fn headers_that_name_the_request_count_only_from_trusted_proxies() {
     running.shutdown().await.unwrap();
 }
 
-/// A proxy binary the tests run: `env` if set, else the first candidate that exists. Under
-/// CI=true it must be there; elsewhere its tests skip with a message.
-fn proxy_binary(
-    env: &str,
-    candidates: &[std::path::PathBuf],
-    provision: &str,
-) -> Option<std::path::PathBuf> {
-    let found = std::env::var_os(env)
-        .map(std::path::PathBuf::from)
-        .into_iter()
-        .chain(candidates.iter().cloned())
-        .find(|path| path.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true: {env} is required (run {provision})"
-        );
-        eprintln!("SKIPPED: no {env}; run {provision}");
-    }
-    found
-}
-
 /// An upstream that answers every request with the headers it received, as JSON.
 async fn echo_upstream() -> (
     std::net::SocketAddr,
@@ -294,30 +276,6 @@ async fn echo_upstream() -> (
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (address, hits)
-}
-
-/// Kills the proxy when the test ends, however it ends.
-struct Proxy(std::process::Child);
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Waits until `port` on 127.0.0.1 accepts connections.
-async fn listening(port: u16) {
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("the proxy did not listen on {port}");
 }
 
 /// Through a real proxy in front of the echo upstream: a verified request reaches it with

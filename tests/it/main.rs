@@ -8,6 +8,7 @@ mod api_keys;
 mod basic;
 mod certificates;
 mod cli;
+mod dpop;
 mod ext_authz;
 mod forward_auth;
 mod hardening;

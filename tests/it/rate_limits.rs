@@ -3,12 +3,8 @@
 //! combined limit for an API key; with Redis stopped each replica limits alone
 //! (`when_unavailable: local`), and once Redis is back they share the limit again by
 //! themselves.
-//!
-//! Reads `PORTCULLIS_REDIS_SERVER` (else `redis-server` on PATH). Under CI=true a missing
-//! Redis fails the test; elsewhere it is skipped with a message.
 
 use std::{
-    process::{Child, Command, Stdio},
     sync::Arc,
     sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
@@ -22,74 +18,9 @@ use tonic::transport::Channel;
 
 use crate::support::{
     process::{self, Replica, free_port},
+    redis::Redis,
     *,
 };
-
-/// A `redis-server` of this test's own, stopped (by PID) when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn binary() -> Option<String> {
-        let in_ci = std::env::var("CI").as_deref() == Ok("true");
-        let binary =
-            std::env::var("PORTCULLIS_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let found = Command::new(&binary)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            assert!(
-                !in_ci,
-                "CI=true: redis-server is missing (scripts/provision/redis.sh)"
-            );
-            eprintln!("SKIPPED: redis-server not found; run scripts/provision/redis.sh");
-            return None;
-        }
-        Some(binary)
-    }
-
-    fn start(binary: &str, port: u16) -> Self {
-        let child = Command::new(binary)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, port }
-    }
-
-    fn stop(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A replica whose API keys come from `keys`, counted in the Redis on `redis_port`.
 fn replica(dir: &std::path::Path, keys: &std::path::Path, redis_port: u16) -> Replica {

@@ -98,6 +98,8 @@ const provider = new Provider(issuer, {
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
+    // RFC 9449: a token request with a DPoP proof gets a token bound to its key (cnf.jkt).
+    dPoP: { enabled: true },
     // Any authenticated test client may introspect any token.
     introspection: { enabled: true, allowedPolicy: async () => true },
     resourceIndicators: {

@@ -6,6 +6,8 @@
 pub mod oidc;
 pub mod postgres;
 pub mod process;
+pub mod proxy;
+pub mod redis;
 
 pub use portcullis_test_support::*;
 

@@ -159,6 +159,8 @@ pub struct Replica {
     /// Stopped (by its PID) when the replica is dropped.
     _process: ServerProcess,
     pub grpc: u16,
+    /// Its forward-auth listener's port.
+    pub http: u16,
     /// `127.0.0.1:PORT` of its admin listener.
     pub admin: String,
 }
@@ -166,12 +168,12 @@ pub struct Replica {
 /// Starts a replica whose config is its listeners and then `config` (YAML), written under
 /// `dir`; `env` gives the variables its `env:` references read.
 pub fn replica(dir: &Path, config: &str, env: &[(&str, &str)]) -> Replica {
-    let (grpc, admin) = (free_port(), free_port());
+    let (grpc, http, admin) = (free_port(), free_port(), free_port());
     let path = dir.join(format!("replica-{grpc}.yaml"));
     std::fs::write(
         &path,
         format!(
-            "server: {{grpc_listen: 127.0.0.1:{grpc}, admin_listen: 127.0.0.1:{admin}}}\n{config}"
+            "server: {{grpc_listen: 127.0.0.1:{grpc}, http_listen: 127.0.0.1:{http}, admin_listen: 127.0.0.1:{admin}}}\n{config}"
         ),
     )
     .unwrap();
@@ -187,6 +189,7 @@ pub fn replica(dir: &Path, config: &str, env: &[(&str, &str)]) -> Replica {
     Replica {
         _process: process,
         grpc,
+        http,
         admin,
     }
 }
