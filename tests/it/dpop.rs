@@ -3,7 +3,9 @@
 //! client library (npm `oauth4webapi`, tests/oidc/dpop-client.mjs), which calls an API
 //! through a real Caddy whose `forward_auth` asks Portcullis. Two replicas share the memory
 //! of used proofs through a real Redis, so a proof used at one is refused at the other; a
-//! replica without Redis (the single-replica mode) shows what that memory prevents.
+//! replica without Redis (the single-replica mode) shows what that memory prevents. Hostile
+//! proofs for the real token, forged with the very key it is bound to (the client exports
+//! its throwaway key for this), never reach the API.
 //!
 //! Needs node with tests/oidc/node_modules, redis-server and Caddy (scripts/provision/).
 //! Under CI=true a missing one fails the test; elsewhere it is skipped with a message.
@@ -16,8 +18,11 @@ use std::{
     },
 };
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::Algorithm::{ES256, HS256};
 use portcullis::pb::{self, Reason, auth_client::AuthClient};
-use serde_json::Value;
+use portcullis_test_support::{TestKey, ath, b64, now};
+use serde_json::{Value, json};
 
 use crate::support::{
     oidc,
@@ -54,7 +59,7 @@ async fn dpop_client(issuer: &str, send: &str, mint: &[String]) -> Value {
     let mut command = tokio::process::Command::new("node");
     command
         .arg(script)
-        .args(["--issuer", issuer, "--send", send]);
+        .args(["--issuer", issuer, "--send", send, "--export-key"]);
     for spec in mint {
         command.args(["--mint", spec]);
     }
@@ -65,6 +70,32 @@ async fn dpop_client(issuer: &str, send: &str, mint: &[String]) -> Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).expect("one JSON line")
+}
+
+/// Signs `header`.`claims` with the client's own exported P-256 key (ES256): what an
+/// attacker holding the key could send, made into hostile variants.
+fn sign_with(private_jwk: &Value, header: &Value, claims: &Value) -> String {
+    use aws_lc_rs::{
+        rand::SystemRandom,
+        signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair},
+    };
+    let member = |name: &str| {
+        URL_SAFE_NO_PAD
+            .decode(private_jwk[name].as_str().expect("a JWK member"))
+            .expect("base64url")
+    };
+    let mut point = vec![4];
+    point.extend(member("x"));
+    point.extend(member("y"));
+    let pair = EcdsaKeyPair::from_private_key_and_public_key(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        &member("d"),
+        &point,
+    )
+    .expect("the client's key");
+    let input = format!("{}.{}", b64(header.to_string()), b64(claims.to_string()));
+    let signature = pair.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
+    format!("{input}.{}", b64(signature.as_ref()))
 }
 
 /// An upstream that counts the requests that reach it.
@@ -272,6 +303,93 @@ async fn a_real_dpop_client_through_caddy_and_replays_across_replicas() {
     assert_eq!(
         crate::support::reason(&response),
         Some(Reason::CertificateMismatch)
+    );
+
+    // Hostile proofs for the real token, made with the very key it is bound to (or, for the
+    // thumbprint, another one), through Caddy: none reaches the API. A well-made one does.
+    let private_jwk = &report["private_jwk"];
+    let public_jwk =
+        json!({"kty": "EC", "crv": "P-256", "x": private_jwk["x"], "y": private_jwk["y"]});
+    let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": public_jwk});
+    let claims =
+        |jti: &str| json!({"jti": jti, "htm": "GET", "htu": api, "iat": now(), "ath": ath(token)});
+    let edit = |jti: &str, change: &dyn Fn(&mut Value)| {
+        let mut claims = claims(jti);
+        change(&mut claims);
+        claims
+    };
+    let before = hits.load(Ordering::SeqCst);
+    let good = sign_with(private_jwk, &header, &claims("forged-good"));
+    assert_eq!(
+        get(&api, &dpop, Some(&good)).await.0,
+        200,
+        "a proof made with the key works"
+    );
+    let hmac = TestKey::new(HS256, "h");
+    let other = TestKey::new(ES256, "other");
+    let unsigned = format!(
+        "{}.{}.",
+        b64(json!({"typ": "dpop+jwt", "alg": "none", "jwk": public_jwk}).to_string()),
+        b64(claims("none").to_string())
+    );
+    let hostile = [
+        (
+            "wrong URL",
+            sign_with(
+                private_jwk,
+                &header,
+                &edit("u", &|c| c["htu"] = json!(format!("{api}/x"))),
+            ),
+        ),
+        (
+            "stale iat",
+            sign_with(
+                private_jwk,
+                &header,
+                &edit("s", &|c| c["iat"] = json!(now() - 600)),
+            ),
+        ),
+        (
+            "missing ath",
+            sign_with(
+                private_jwk,
+                &header,
+                &edit("a", &|c| {
+                    c.as_object_mut().unwrap().remove("ath");
+                }),
+            ),
+        ),
+        (
+            "private key in the header",
+            sign_with(
+                private_jwk,
+                &json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": private_jwk}),
+                &claims("p"),
+            ),
+        ),
+        ("alg none", unsigned),
+        (
+            "HMAC",
+            hmac.sign_raw(
+                &json!({"typ": "dpop+jwt", "alg": "HS256", "jwk": hmac.jwk}).to_string(),
+                &claims("h").to_string(),
+            ),
+        ),
+        (
+            "thumbprint mismatch",
+            other.dpop_proof("GET", &api, token, "t", now()),
+        ),
+        ("replayed", good.clone()),
+    ];
+    for (name, proof) in hostile {
+        let (status, challenge) = get(&api, &dpop, Some(&proof)).await;
+        assert_eq!(status, 401, "{name}");
+        assert!(challenge.starts_with("DPoP "), "{name}: {challenge}");
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        before + 1,
+        "only the well-made proof got through"
     );
     drop(redis);
 }

@@ -2,15 +2,18 @@
 // the client secret is the test provider's throwaway value.
 //
 //   node tests/oidc/dpop-client.mjs --issuer URL [--send URL]... [--mint METHOD:URL]...
+//                                   [--export-key]
 //
 // Discovers the provider at --issuer, makes a DPoP key pair and gets a DPoP-bound
 // client_credentials token for api://orders (scope orders:read), with the library's own
 // proof on the token request. Then, for each --send URL, the library sends a GET with a
 // fresh proof and the result is reported; for each --mint, the library makes a proof for
 // that request but it is not sent (a custom fetch keeps it), so the test can present it
-// however it likes. Prints one JSON line:
+// however it likes. With --export-key the (throwaway) private JWK of the DPoP key is
+// reported too, so the test can forge hostile proofs with the very key the token is bound
+// to. Prints one JSON line:
 //   {"access_token":..., "token_type":..., "sent":[{url, status, www_authenticate}],
-//    "minted":[{method, url, dpop}]}
+//    "minted":[{method, url, dpop}], "private_jwk": {...} | null}
 
 import { parseArgs } from 'node:util';
 
@@ -28,6 +31,7 @@ try {
       issuer: { type: 'string' },
       send: { type: 'string', multiple: true, default: [] },
       mint: { type: 'string', multiple: true, default: [] },
+      'export-key': { type: 'boolean', default: false },
     },
     strict: true,
   }));
@@ -50,7 +54,8 @@ const as = await oauth
   .then((response) => oauth.processDiscoveryResponse(issuer, response));
 const client = { client_id: 'portcullis-test' };
 const clientAuth = oauth.ClientSecretBasic('throwaway-test-secret');
-const DPoP = oauth.DPoP(client, await oauth.generateKeyPair('ES256'));
+const keyPair = await oauth.generateKeyPair('ES256', { extractable: args['export-key'] });
+const DPoP = oauth.DPoP(client, keyPair);
 
 const grant = await oauth.clientCredentialsGrantRequest(
   as,
@@ -92,6 +97,7 @@ for (const spec of args.mint) {
   minted.push({ method, url, dpop: proof });
 }
 
+const private_jwk = args['export-key'] ? await crypto.subtle.exportKey('jwk', keyPair.privateKey) : null;
 process.stdout.write(
-  `${JSON.stringify({ access_token: token.access_token, token_type: token.token_type, sent, minted })}\n`,
+  `${JSON.stringify({ access_token: token.access_token, token_type: token.token_type, sent, minted, private_jwk })}\n`,
 );
