@@ -80,9 +80,9 @@ impl RedisLink {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Runs `call` on the connection within the timeout. A failure to reach Redis (or a
-    /// timeout) pauses the link for a second; an error Redis answered concerns this call
-    /// alone.
+    /// Runs `call` on the connection within the timeout. Any failure (unreachable, too
+    /// slow, or an error Redis answered, such as READONLY after a failover) pauses the link
+    /// for a second: one warning and no round trip per request while it lasts.
     pub async fn call<T, F, Fut>(&self, call: F) -> Result<T, Unavailable>
     where
         F: FnOnce(ConnectionManager) -> Fut,
@@ -102,13 +102,7 @@ impl RedisLink {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) => {
                 warn!(error = %err, section = self.section, "Redis call failed; applying its when_unavailable");
-                if err.is_io_error()
-                    || err.is_connection_dropped()
-                    || err.is_connection_refusal()
-                    || err.is_timeout()
-                {
-                    self.back_off();
-                }
+                self.back_off();
                 Err(Unavailable)
             }
             Err(_) => {

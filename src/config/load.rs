@@ -311,6 +311,11 @@ fn validate(config: &Config, positions: &[usize], errors: &mut Vec<ConfigError>)
                 format!("credentials.api_key_headers[{i}]"),
                 "must be a lower-case header name",
             ));
+        } else if matches!(header.as_str(), "authorization" | "dpop") {
+            errors.push(error(
+                format!("credentials.api_key_headers[{i}]"),
+                format!("{header} carries other credentials; name another header"),
+            ));
         }
     }
     for (i, proxy) in config.credentials.trusted_proxies.iter().enumerate() {
@@ -571,6 +576,7 @@ fn upstream_header_problem(config: &Config, header: &str) -> Option<String> {
     let reserved = matches!(
         header,
         "authorization"
+            | "dpop"
             | "proxy-authorization"
             | "cookie"
             | "host"
@@ -650,8 +656,8 @@ fn validate_dpop(config: &Config, errors: &mut Vec<ConfigError>) {
     if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&dpop.max_age) {
         errors.push(error("dpop.max_age", "must be between 1s and 1h"));
     }
-    if dpop.leeway > Duration::from_secs(300) {
-        errors.push(error("dpop.leeway", "must be at most 5m"));
+    if dpop.leeway > Duration::from_secs(60) {
+        errors.push(error("dpop.leeway", "must be at most 1m"));
     }
     if !(256..=64 * 1024).contains(&dpop.max_proof_bytes) {
         errors.push(error(
@@ -1139,5 +1145,30 @@ issuers:
         for expected in ["api_keys.colour", "api_keys.prefix", "basic.max_failures"] {
             assert!(paths.contains(&expected), "{expected}: {errors:?}");
         }
+    }
+
+    #[test]
+    fn dpop_settings_are_checked_and_its_header_is_reserved() {
+        let errors = load_str(
+            "dpop: {algorithms: [ES256, HS256, XX1], max_age: 2h, leeway: 2m, max_proof_bytes: 1, replay: {max_entries: 5}}\n\
+             credentials: {api_key_headers: [dpop]}\n\
+             response: {claims_to_headers: {sub: dpop}}\n",
+        )
+        .unwrap_err()
+        .0;
+        let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
+        for expected in [
+            "dpop.algorithms[1]",
+            "dpop.algorithms[2]",
+            "dpop.max_age",
+            "dpop.leeway",
+            "dpop.max_proof_bytes",
+            "dpop.replay.max_entries",
+            "credentials.api_key_headers[0]",
+            "response.claims_to_headers.sub",
+        ] {
+            assert!(paths.contains(&expected), "{expected}: {errors:?}");
+        }
+        assert!(load_str("dpop: {}\n").is_ok(), "the defaults are valid");
     }
 }

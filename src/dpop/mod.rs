@@ -54,22 +54,28 @@ pub fn split_absolute_url(url: &str) -> Option<(&'static str, &str, &str)> {
 }
 
 impl HttpTarget<'_> {
-    /// Whether `htu` names this request's URL, compared after RFC 3986 syntax- and
-    /// scheme-based normalization (case of scheme and host, default ports, dot segments),
-    /// ignoring query and fragment. An authority that is not a plain `host[:port]`, or a
-    /// path that is not absolute, matches nothing.
+    /// Whether `htu` names this request's URL, compared after RFC 3986 §6.2.2 and §6.2.3
+    /// normalization (case of scheme and host, percent-encoding, dot segments, default
+    /// ports), ignoring query and fragment. An `htu` with user info, an authority that is
+    /// not a plain `host[:port]`, or a path that is not absolute matches nothing. The
+    /// scheme may come as a proxy chain's list (`https,http`): the first, the client's,
+    /// counts.
     fn matches_htu(&self, htu: &str) -> bool {
-        let scheme = if self.scheme.is_empty() {
-            "https"
+        let scheme = self.scheme.split(',').next().unwrap_or_default().trim();
+        let scheme = if scheme.is_empty() {
+            "https".to_owned()
         } else {
-            self.scheme
+            scheme.to_ascii_lowercase()
         };
         let plain_authority = !self.authority.is_empty()
             && self.authority.bytes().all(|b| {
                 b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
             });
         let path = self.path.split(['?', '#']).next().unwrap_or_default();
-        if !plain_authority || !path.starts_with('/') || !matches!(scheme, "http" | "https") {
+        if !plain_authority
+            || !path.starts_with('/')
+            || !matches!(scheme.as_str(), "http" | "https")
+        {
             return false;
         }
         let (Ok(claimed), Ok(actual)) = (
@@ -78,12 +84,48 @@ impl HttpTarget<'_> {
         ) else {
             return false;
         };
-        claimed.scheme() == actual.scheme()
+        claimed.username().is_empty()
+            && claimed.password().is_none()
+            && claimed.scheme() == actual.scheme()
             && claimed.host_str().is_some()
             && claimed.host_str() == actual.host_str()
             && claimed.port_or_known_default() == actual.port_or_known_default()
-            && claimed.path() == actual.path()
+            && normalized_escapes(claimed.path()) == normalized_escapes(actual.path())
     }
+}
+
+/// `path` with its percent-escapes normalized (RFC 3986 §6.2.2.1-2): escapes of unreserved
+/// characters decoded, the others in upper-case hex. `path` is a parsed URL's, so ASCII.
+fn normalized_escapes(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains('%') {
+        return path.into();
+    }
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| path.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte)
+                if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') =>
+            {
+                out.push(char::from(byte));
+                i += 3;
+            }
+            Some(byte) => {
+                out.push_str(&format!("%{byte:02X}"));
+                i += 3;
+            }
+            None => {
+                out.push(char::from(bytes[i]));
+                i += 1;
+            }
+        }
+    }
+    out.into()
 }
 
 /// DPoP checks for one config generation.
@@ -122,12 +164,19 @@ impl Dpop {
             .filter_map(|name| name.parse().ok())
             .filter(|alg: &Algorithm| !alg.is_hmac())
             .collect();
+        let max_age = seconds(&settings, |s| s.max_age);
+        let now = i64::try_from(unix_now_ms() / 1000).unwrap_or(i64::MAX);
         let local = match local {
             Some(local) => {
-                local.resize(settings.replay.max_entries);
+                local.reconfigure(settings.replay.max_entries, max_age, now);
                 local
             }
-            None => Arc::new(LocalReplay::new(settings.replay.max_entries)),
+            None => Arc::new(LocalReplay::new(
+                settings.replay.max_entries,
+                max_age,
+                now,
+                settings.replay.redis.is_none(),
+            )),
         };
         Self {
             algs: algorithms
@@ -137,7 +186,7 @@ impl Dpop {
                 .join(" "),
             rules: proof::Rules {
                 algorithms,
-                max_age: seconds(&settings, |s| s.max_age),
+                max_age,
                 leeway: seconds(&settings, |s| s.leeway),
                 max_proof_bytes: settings.max_proof_bytes,
             },
@@ -229,11 +278,23 @@ impl Dpop {
         let now_ms = unix_now_ms();
         let now = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
         let checked = proof::check(proof, token, bound, target, now, &self.rules)?;
+        if !self.replay.local.covers(checked.issued_at) {
+            return Err(Denial::dpop(
+                Reason::Expired,
+                true,
+                "DPoP proof was made before this server's memory of used proofs began (a restart, or a longer dpop.max_age); make a new one",
+            ));
+        }
         // Remembered until the proof's iat leaves the window (and a second more).
         let expires = checked.issued_at.saturating_add(self.rules.max_age) + 1;
         let expires_ms = u64::try_from(expires).unwrap_or(0).saturating_mul(1000);
         self.replay
-            .first_use(&checked.identity, expires_ms.max(now_ms + 1000), now_ms)
+            .first_use(
+                &checked.identity,
+                &checked.key,
+                expires_ms.max(now_ms + 1000),
+                now_ms,
+            )
             .await
     }
 }

@@ -38,6 +38,8 @@ pub struct Rules {
 pub struct Checked {
     /// SHA-256 of the bound thumbprint and the `jti`: what the replay memory keeps.
     pub identity: [u8; 32],
+    /// The first half of the SHA-256 of the bound thumbprint: whose proof it is.
+    pub key: [u8; 16],
     /// The proof's `iat`, seconds since the Unix epoch.
     pub issued_at: i64,
 }
@@ -166,8 +168,11 @@ pub fn check(
     remembered.extend_from_slice(jti.as_bytes());
     let mut identity = [0u8; 32];
     identity.copy_from_slice(digest(&SHA256, &remembered).as_ref());
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest(&SHA256, bound.as_bytes()).as_ref()[..16]);
     Ok(Checked {
         identity,
+        key,
         issued_at,
     })
 }

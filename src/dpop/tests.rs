@@ -537,6 +537,21 @@ async fn htu_compares_normalized_urls_without_query_or_fragment() {
         .await;
         assert_eq!(reason(&decision), None, "{htu} for {scheme}://{host}{path}");
     }
+    // User info in htu is refused.
+    let proof = key.dpop_proof(
+        "GET",
+        "https://user@api.example.com/orders/7",
+        &token,
+        "userinfo",
+        now(),
+    );
+    let decision = run(
+        &pipeline,
+        Surface::ext_authz,
+        &dpop_headers(&authorization, &proof),
+    )
+    .await;
+    assert_eq!(reason(&decision), Some(Reason::CertificateMismatch));
     // A host that smuggles a path cannot make another URL match.
     let proof = key.dpop_proof("GET", URL, &token, "smuggle", now());
     let decision = run_at(
@@ -669,35 +684,153 @@ async fn challenges_offer_dpop_when_it_is_configured() {
     );
 }
 
+fn identity(i: u32) -> [u8; 32] {
+    let mut id = [0u8; 32];
+    id[..4].copy_from_slice(&i.to_be_bytes());
+    id
+}
+
+fn key(i: u32) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..4].copy_from_slice(&i.to_be_bytes());
+    key
+}
+
 #[test]
 fn the_local_memory_refuses_rather_than_forgets_when_full() {
-    let memory = LocalReplay::new(1_000);
-    let identity = |i: u32| {
-        let mut id = [0u8; 32];
-        id[..4].copy_from_slice(&i.to_be_bytes());
-        id[16] = (i % 256) as u8;
-        id
-    };
+    let memory = LocalReplay::new(1_000, 60, 0, false);
     let now = 1_000_000;
     let mut refused = 0;
     for i in 0..2_000 {
-        match memory.first_use(&identity(i), now + 60_000, now) {
+        // Many keys, each well within its share.
+        match memory.first_use(&identity(i), &key(i % 100), now + 60_000, now) {
             Ok(FirstUse::Yes) => {}
             Ok(FirstUse::Replayed) => panic!("{i} is new"),
-            Err(Full) => refused += 1,
+            Err(Full::Memory) => refused += 1,
+            Err(Full::Key) => panic!("{i}: no key is over its share"),
         }
     }
     assert!(refused >= 900, "{refused} refused");
     assert!(memory.remembered() <= 1_024);
-    // Everything it accepted is still refused as a replay.
-    assert_eq!(
-        memory.first_use(&identity(0), now + 60_000, now),
-        Ok(FirstUse::Replayed)
-    );
+    // What it accepted is still refused as a replay (accepted ones are the first ~1000).
+    let accepted = (0..2_000)
+        .filter(|i| {
+            memory.first_use(&identity(*i), &key(i % 100), now + 60_000, now)
+                == Ok(FirstUse::Replayed)
+        })
+        .count();
+    assert_eq!(accepted, 2_000 - refused);
     // Once the window has passed, expired entries are swept and room is made.
     let later = now + 61_000;
     assert_eq!(
-        memory.first_use(&identity(5_000), later + 60_000, later),
+        memory.first_use(&identity(5_000), &key(1), later + 60_000, later),
         Ok(FirstUse::Yes)
     );
+}
+
+#[test]
+fn one_key_cannot_fill_the_memory_for_the_others() {
+    let memory = LocalReplay::new(16_000, 60, 0, false);
+    let now = 1_000_000;
+    // One key's share is a sixteenth: 1,000 proofs per window.
+    let accepted = (0..5_000)
+        .filter(|i| {
+            memory
+                .first_use(&identity(*i), &key(7), now + 60_000, now)
+                .is_ok()
+        })
+        .count();
+    assert_eq!(accepted, 1_000);
+    assert_eq!(
+        memory.first_use(&identity(9_999), &key(7), now + 60_000, now),
+        Err(Full::Key)
+    );
+    // Other keys are untouched, in every shard (a jti cannot aim at one).
+    for i in 0..2_000 {
+        assert_eq!(
+            memory.first_use(&identity(10_000 + i), &key(8 + i), now + 60_000, now),
+            Ok(FirstUse::Yes)
+        );
+    }
+    // The key gets a new share in the next window.
+    let later = now + 61_000;
+    assert_eq!(
+        memory.first_use(&identity(20_000), &key(7), later + 60_000, later),
+        Ok(FirstUse::Yes)
+    );
+}
+
+#[tokio::test]
+async fn proofs_older_than_the_memory_are_refused_after_a_restart_or_a_longer_window() {
+    let key = es256();
+    let token = bound_token(&key);
+    let authorization = format!("DPoP {token}");
+    // A proof captured just before a restart: the new process never saw it.
+    let captured = key.dpop_proof("GET", URL, &token, "before-restart", now() - 2);
+    let restarted = pipeline();
+    let decision = run(
+        &restarted,
+        Surface::ext_authz,
+        &dpop_headers(&authorization, &captured),
+    )
+    .await;
+    assert_eq!(reason(&decision), Some(Reason::Expired));
+    assert!(denial(&decision).message.contains("memory"));
+    // With Redis remembering across restarts, it is not refused for that (this pipeline is
+    // built without connecting: its own memory decides).
+    let with_redis = pipeline_with(|config| {
+        config.dpop = Some(crate::config::DpopConfig {
+            replay: crate::config::DpopReplayConfig {
+                redis: Some(
+                    serde_norway::from_str(
+                        "{url: 'redis://127.0.0.1:1/', timeout: 5ms, when_unavailable: local}",
+                    )
+                    .expect("redis settings"),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+    });
+    let decision = run(
+        &with_redis,
+        Surface::ext_authz,
+        &dpop_headers(&authorization, &captured),
+    )
+    .await;
+    assert_eq!(reason(&decision), None);
+
+    // A reload that makes max_age longer refuses proofs made before it: their entries were
+    // kept for the shorter window.
+    let first = pipeline();
+    let made_before = key.dpop_proof("GET", URL, &token, "before-reload", now() - 1);
+    let mut config = (*first.config).clone();
+    config.dpop = Some(crate::config::DpopConfig {
+        max_age: std::time::Duration::from_secs(600),
+        ..Default::default()
+    });
+    let client = crate::outbound::http_client().expect("an HTTP client");
+    let longer = crate::build::pipeline(
+        config,
+        &client,
+        &Arc::new(Metrics::new(true)),
+        Some(&first),
+        crate::build::BuildMode::Serve,
+    )
+    .expect("builds");
+    let decision = run(
+        &longer,
+        Surface::ext_authz,
+        &dpop_headers(&authorization, &made_before),
+    )
+    .await;
+    assert_eq!(reason(&decision), Some(Reason::Expired));
+    let made_after = key.dpop_proof("GET", URL, &token, "after-reload", now() + 1);
+    let decision = run(
+        &longer,
+        Surface::ext_authz,
+        &dpop_headers(&authorization, &made_after),
+    )
+    .await;
+    assert_eq!(reason(&decision), None);
 }
