@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the JWT verify path, per algorithm: the signature check alone, a full
 //! uncached verification (parse, key lookup, signature, claims, principal), and a cache hit;
 //! and of identity tokens: minting one for a new principal (EdDSA, ES256), and reusing the
-//! one a cached principal keeps.
+//! one a cached principal keeps; and of a DPoP proof's checks (everything but the replay
+//! memory), to set against its signature alone.
 
 use std::{hint::black_box, sync::Arc, time::Duration};
 
@@ -15,7 +16,7 @@ use portcullis::{
     keys::KeySource,
     verify::jwt::{IssuerVerifier, JwtVerifier},
 };
-use portcullis_test_support::{TestKey, claims, jwks};
+use portcullis_test_support::{TestKey, claims, jwks, now};
 
 const ISS: &str = "https://bench.test";
 const AUD: &str = "api://bench";
@@ -77,6 +78,43 @@ fn bench_verify(c: &mut Criterion) {
     }
 }
 
+fn bench_dpop(c: &mut Criterion) {
+    use portcullis::{
+        dpop::{HttpTarget, proof},
+        jwt::Algorithm as A,
+    };
+    let target = HttpTarget {
+        method: "GET",
+        scheme: "https",
+        authority: "api.example.com",
+        path: "/orders/7",
+    };
+    let rules = proof::Rules {
+        algorithms: vec![A::ES256, A::EdDSA, A::PS256],
+        max_age: 3600,
+        leeway: 5,
+        max_proof_bytes: 8192,
+    };
+    let token = portcullis_test_support::quickstart_token("orders:read");
+    for alg in [ES256, EdDSA, PS256] {
+        let key = TestKey::new(alg, "client");
+        let bound = key.thumbprint();
+        let issued = now();
+        let proof = key.dpop_proof(
+            "GET",
+            "https://api.example.com/orders/7",
+            &token,
+            "j",
+            issued,
+        );
+        c.bench_function(&format!("dpop_proof/{alg:?}"), |b| {
+            b.iter(|| {
+                proof::check(black_box(&proof), &token, &bound, &target, issued, &rules).unwrap()
+            })
+        });
+    }
+}
+
 fn bench_identity_token(c: &mut Criterion) {
     let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/testdata/identity");
     let principal = || {
@@ -124,6 +162,6 @@ fn bench_identity_token(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500)).sample_size(30);
-    targets = bench_verify, bench_identity_token
+    targets = bench_verify, bench_identity_token, bench_dpop
 }
 criterion_main!(benches);

@@ -89,7 +89,7 @@ pub fn check(
             "DPoP proof header has no jwk object",
         ));
     };
-    if jwt::has_private_members(jwk) {
+    if jwt::has_private_members(jwk, false) {
         return Err(invalid(
             Reason::InvalidClaims,
             "DPoP proof header carries private key material",

@@ -165,7 +165,7 @@ impl KeySet {
                     "a key is not an object".to_owned(),
                 ));
             };
-            if has_private_members(jwk)
+            if has_private_members(jwk, symmetric)
                 || (jwk.get("kty").and_then(Value::as_str) == Some("oct") && !symmetric)
             {
                 return Err(KeyError::InvalidDocument(
@@ -182,21 +182,23 @@ impl KeySet {
     }
 }
 
-/// JWK members that only private (or symmetric) keys have (RFC 7518 §6.2.2, §6.3.2, §6.4).
-const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
+/// JWK members that only private keys have (RFC 7518 §6.2.2, §6.3.2).
+const PRIVATE_MEMBERS: [&str; 7] = ["d", "p", "q", "dp", "dq", "qi", "oth"];
 
-/// Whether a JWK carries private or symmetric key material.
-pub fn has_private_members(jwk: &Map<String, Value>) -> bool {
+/// Whether a JWK carries private key material, or a symmetric key (`k`, RFC 7518 §6.4)
+/// when `symmetric` is false.
+pub fn has_private_members(jwk: &Map<String, Value>, symmetric: bool) -> bool {
     PRIVATE_MEMBERS
         .iter()
         .any(|member| jwk.contains_key(*member))
+        || (!symmetric && jwk.contains_key("k"))
 }
 
 /// A public JWK sent with a signed object (a DPoP proof's `jwk` header, RFC 9449 §4.2) as
 /// the key for `alg`: public members only, a signing key of the type `alg` needs, and the
 /// same strength rules as configured keys (RSA of 2048 bits or more).
 pub fn public_jwk_key(jwk: &Map<String, Value>, alg: Algorithm) -> Result<VerifyingKey, KeyError> {
-    if has_private_members(jwk) {
+    if has_private_members(jwk, false) {
         return Err(KeyError::InvalidKey(
             "the key has private or symmetric key material".to_owned(),
         ));
@@ -472,6 +474,27 @@ mod tests {
             set.find(None, Algorithm::RS256),
             KeyLookup::Found(_)
         ));
+    }
+
+    #[test]
+    fn a_jwks_file_may_hold_hmac_keys_a_sent_jwk_may_not() {
+        let oct = r#"{"kty":"oct","kid":"h1","alg":"HS256","k":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"}"#;
+        let doc = format!(r#"{{"keys":[{oct}]}}"#);
+        let set = KeySet::from_jwks(doc.as_bytes(), &[], true).expect("a local file");
+        assert!(matches!(
+            set.find(Some("h1"), Algorithm::HS256),
+            KeyLookup::Found(_)
+        ));
+        assert!(KeySet::from_jwks(doc.as_bytes(), &[], false).is_err());
+        let Value::Object(jwk) = serde_json::from_str(oct).unwrap() else {
+            unreachable!()
+        };
+        assert!(public_jwk_key(&jwk, Algorithm::HS256).is_err());
+        let Value::Object(rsa) = serde_json::from_str(RSA_JWK).unwrap() else {
+            unreachable!()
+        };
+        assert!(public_jwk_key(&rsa, Algorithm::RS256).is_ok());
+        assert!(public_jwk_key(&rsa, Algorithm::ES256).is_err());
     }
 
     #[test]
