@@ -2,13 +2,15 @@
 //! writing a revocation (`portcullis tokens revoke`), and following the list from a replica.
 //!
 //! A trigger sends `NOTIFY portcullis_token_revocations, '<id>'` for each new row. The
-//! follower LISTENs first, then reads the whole list, so nothing inserted meanwhile is
-//! missed. On a notification it reads that row and every row newer than the newest it has
+//! follower uses one connection for everything: it LISTENs first, then reads the whole list
+//! on it, so nothing inserted meanwhile is missed, and a connection that fails is dropped
+//! whole (no pooled connection outlives it). On a notification it reads that row and every row newer than the newest it has
 //! (ids can commit out of order, so the notified id is read by itself too). Every
 //! `resync_interval`, and after a lost connection, it reads the whole list again, which also
 //! drops expired entries; a resync that finds rows no notification announced reconnects the
-//! listener (a connection can die without failing). Failures keep the last list in force
-//! and are retried.
+//! listener. A connection can die without failing (a peer gone without a reset), so every
+//! five seconds the listening connection must answer a query within `timeout`, or it is
+//! replaced and the list read again. Failures keep the last list in force and are retried.
 
 use std::{sync::Arc, time::Duration};
 
@@ -69,11 +71,14 @@ fn revocation(row: &PgRow) -> Result<(i64, Option<Revocation>), sqlx::Error> {
 }
 
 /// Every revocation still in force, and the newest id.
-async fn load_all(pool: &PgPool, timeout: Duration) -> Result<(Denylist, i64), RevocationError> {
+async fn load_all(
+    connection: &mut PgListener,
+    timeout: Duration,
+) -> Result<(Denylist, i64), RevocationError> {
     let query = format!(
         "SELECT {COLUMNS} FROM portcullis_token_revocations WHERE expires_at > now() ORDER BY id"
     );
-    let rows = tokio::time::timeout(timeout, sqlx::query(&query).fetch_all(pool))
+    let rows = tokio::time::timeout(timeout, sqlx::query(&query).fetch_all(connection))
         .await
         .map_err(|_| RevocationError::Timeout(timeout))??;
     let mut list = Denylist::default();
@@ -88,7 +93,7 @@ async fn load_all(pool: &PgPool, timeout: Duration) -> Result<(Denylist, i64), R
 
 /// The row `notified` and every row newer than `newest`.
 async fn load_new(
-    pool: &PgPool,
+    connection: &mut PgListener,
     timeout: Duration,
     newest: i64,
     notified: Option<i64>,
@@ -101,7 +106,7 @@ async fn load_new(
         sqlx::query(&query)
             .bind(newest)
             .bind(notified.unwrap_or(newest))
-            .fetch_all(pool),
+            .fetch_all(connection),
     )
     .await
     .map_err(|_| RevocationError::Timeout(timeout))??;
@@ -109,6 +114,17 @@ async fn load_new(
         .map(revocation)
         .collect::<Result<_, _>>()
         .map_err(Into::into)
+}
+
+/// How often the listening connection is asked to answer (at most; `resync_interval` if
+/// shorter).
+const LIVENESS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What woke the follower.
+enum Event {
+    Received(Result<Option<sqlx::postgres::PgNotification>, sqlx::Error>),
+    Resync,
+    Liveness,
 }
 
 /// Keeps `current` equal to the database's list for as long as the task lives.
@@ -133,7 +149,7 @@ pub(super) async fn follow(
             tokio::time::sleep(retry).await;
             continue;
         }
-        let mut newest = match load_all(&pool, settings.timeout).await {
+        let mut newest = match load_all(&mut listener, settings.timeout).await {
             Ok((list, newest)) => {
                 info!(revocations = list.len(), "token revocation list loaded");
                 current.store(Some(Arc::new(list)));
@@ -148,17 +164,22 @@ pub(super) async fn follow(
         };
         let mut resync = tokio::time::interval(settings.resync_interval);
         resync.tick().await;
+        let mut liveness = tokio::time::interval(LIVENESS_INTERVAL.min(settings.resync_interval));
+        liveness.tick().await;
         loop {
-            let outcome = tokio::select! {
-                received = listener.try_recv() => match received {
-                    Ok(Some(notification)) => {
-                        let notified = notification.payload().parse::<i64>().ok();
-                        apply_new(&pool, &settings, &current, &mut newest, notified).await
-                    }
-                    Ok(None) => Err("the connection was lost".to_owned()),
-                    Err(err) => Err(err.to_string()),
-                },
-                _ = resync.tick() => match load_all(&pool, settings.timeout).await {
+            let event = tokio::select! {
+                received = listener.try_recv() => Event::Received(received),
+                _ = resync.tick() => Event::Resync,
+                _ = liveness.tick() => Event::Liveness,
+            };
+            let outcome = match event {
+                Event::Received(Ok(Some(notification))) => {
+                    let notified = notification.payload().parse::<i64>().ok();
+                    apply_new(&mut listener, &settings, &current, &mut newest, notified).await
+                }
+                Event::Received(Ok(None)) => Err("the connection was lost".to_owned()),
+                Event::Received(Err(err)) => Err(err.to_string()),
+                Event::Resync => match load_all(&mut listener, settings.timeout).await {
                     Ok((list, latest)) => {
                         current.store(Some(Arc::new(list)));
                         let missed = latest > newest;
@@ -173,6 +194,16 @@ pub(super) async fn follow(
                     }
                     Err(err) => Err(err.to_string()),
                 },
+                // A LISTEN connection can die without failing (a peer gone without a
+                // reset): it then never delivers again. A query on it must answer.
+                Event::Liveness => {
+                    let ping = sqlx::query("SELECT 1").execute(&mut listener);
+                    match tokio::time::timeout(settings.timeout, ping).await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(err)) => Err(err.to_string()),
+                        Err(_) => Err("the listening connection did not answer".to_owned()),
+                    }
+                }
             };
             if let Err(err) = outcome {
                 // The last list stays in force; reconnecting reads the whole list again.
@@ -186,13 +217,13 @@ pub(super) async fn follow(
 
 /// Reads and adds new revocations to the list in force.
 async fn apply_new(
-    pool: &PgPool,
+    connection: &mut PgListener,
     settings: &RevocationConfig,
     current: &ArcSwapOption<Denylist>,
     newest: &mut i64,
     notified: Option<i64>,
 ) -> Result<(), String> {
-    let rows = load_new(pool, settings.timeout, *newest, notified)
+    let rows = load_new(connection, settings.timeout, *newest, notified)
         .await
         .map_err(|err| err.to_string())?;
     if rows.is_empty() {

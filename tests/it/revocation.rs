@@ -294,3 +294,135 @@ async fn reloads_keep_the_revocation_list_in_force() {
     running.shutdown().await.unwrap();
     db.drop_database().await;
 }
+
+/// A TCP forwarder whose connections can be frozen: after `freeze`, what arrives on the
+/// connections open at that moment goes nowhere and their sockets stay open (a peer gone
+/// without a reset, as behind a dead NAT); connections made later are forwarded.
+struct FreezingProxy {
+    port: u16,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FreezingProxy {
+    async fn start(target: String) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let generation = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let current = generation.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(upstream) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let born = current.load(Ordering::SeqCst);
+                let (client_read, client_write) = client.into_split();
+                let (upstream_read, upstream_write) = upstream.into_split();
+                for (mut from, mut to) in [
+                    (
+                        Box::new(client_read) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                        Box::new(upstream_write) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                    ),
+                    (Box::new(upstream_read), Box::new(client_write)),
+                ] {
+                    let current = current.clone();
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buffer = vec![0u8; 16 * 1024];
+                        loop {
+                            let Ok(read) = from.read(&mut buffer).await else {
+                                return;
+                            };
+                            if read == 0 {
+                                return;
+                            }
+                            if current.load(Ordering::SeqCst) != born {
+                                // Frozen: hold both sockets open, forward nothing.
+                                std::future::pending::<()>().await;
+                            }
+                            if to.write_all(&buffer[..read]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self { port, generation }
+    }
+
+    fn freeze(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A listening connection that dies without failing (no reset, no error: the peer just
+/// stops answering) is noticed by its liveness query and replaced within seconds, and the
+/// revocations made meanwhile apply; without it, they would wait for the hourly resync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listening_connection_that_dies_silently_is_replaced() {
+    let Some(db) = test_database().await else {
+        return;
+    };
+    db.cli(&["keys", "migrate"]);
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::new(ES256, "k1");
+    let jwks_path = dir.path().join("jwks.json");
+    std::fs::write(&jwks_path, jwks(&[&key]).to_string()).unwrap();
+    let (scheme_and_credentials, rest) = db.url.rsplit_once('@').expect("a URL with a host");
+    let (address, database) = rest.split_once('/').expect("a URL with a database");
+    let proxy = FreezingProxy::start(address.to_owned()).await;
+    let through_proxy = format!(
+        "{scheme_and_credentials}@127.0.0.1:{}/{database}",
+        proxy.port
+    );
+    let (grpc, admin) = (free_port(), free_port());
+    let config = dir.path().join("silent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server: {{grpc_listen: 127.0.0.1:{grpc}, admin_listen: 127.0.0.1:{admin}}}\n\
+             issuers:\n  - name: corp\n    issuer: {ISS}\n    jwks_file: {}\n    audiences: [{AUD}]\n\
+             revocation: {{url: env:PORTCULLIS_REPLICA_DB, resync_interval: 1h, timeout: 1s}}\n\
+             telemetry: {{log_level: info, log_format: text}}\n",
+            jwks_path.display()
+        ),
+    )
+    .unwrap();
+    let mut replica = process::ServerProcess::spawn_ready(
+        &config,
+        &format!("127.0.0.1:{admin}"),
+        process::Options {
+            env: &[("PORTCULLIS_REPLICA_DB", &through_proxy)],
+            capture_logs: true,
+            ..Default::default()
+        },
+    );
+    let logs = replica.log_lines();
+    let mut client = connect(grpc).await;
+    let mut claims = claims(ISS, AUD);
+    claims["jti"] = json!("jti-silent");
+    let token = key.sign(&claims);
+    assert_eq!(reason(&authenticate(&mut client, &token).await), None);
+
+    proxy.freeze();
+    let output = revoke(&db.url, &["--jti", "jti-silent"]);
+    assert!(output.status.success(), "{output:?}");
+    let started = Instant::now();
+    while reason(&authenticate(&mut client, &token).await) != Some(Reason::Revoked) {
+        if started.elapsed() > Duration::from_secs(20) {
+            for line in logs.try_iter() {
+                eprintln!("{line}");
+            }
+            panic!("the silently dead listener was not replaced");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "revocation applied {:?} after the connection froze",
+        started.elapsed()
+    );
+    drop(replica);
+    db.drop_database().await;
+}
