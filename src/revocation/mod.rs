@@ -60,22 +60,27 @@ impl Denylist {
             + self.subjects.values().map(Vec::len).sum::<usize>()
     }
 
+    /// Adds a revocation; one already held is not added twice (a notified row can be read
+    /// again with the rows after it).
     pub fn insert(&mut self, revocation: Revocation) {
+        fn push_new<T: PartialEq>(entries: &mut Vec<T>, entry: T) {
+            if !entries.contains(&entry) {
+                entries.push(entry);
+            }
+        }
         match revocation {
-            Revocation::Token { jti, issuer } => self
-                .tokens
-                .entry(jti.into())
-                .or_default()
-                .push(issuer.map(Into::into)),
+            Revocation::Token { jti, issuer } => push_new(
+                self.tokens.entry(jti.into()).or_default(),
+                issuer.map(Into::into),
+            ),
             Revocation::Subject {
                 subject,
                 issuer,
                 issued_before,
-            } => self
-                .subjects
-                .entry(subject.into())
-                .or_default()
-                .push((issuer.map(Into::into), issued_before)),
+            } => push_new(
+                self.subjects.entry(subject.into()).or_default(),
+                (issuer.map(Into::into), issued_before),
+            ),
         }
     }
 

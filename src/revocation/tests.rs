@@ -140,3 +140,28 @@ fn nothing_is_accepted_before_the_list_has_loaded() {
         Reason::UpstreamUnavailable
     );
 }
+
+#[test]
+fn a_revocation_read_twice_is_held_once() {
+    let mut list = list();
+    let held = list.len();
+    for revocation in list_entries() {
+        list.insert(revocation);
+    }
+    assert_eq!(list.len(), held);
+}
+
+/// The revocations of [`list`], again.
+fn list_entries() -> Vec<Revocation> {
+    vec![
+        Revocation::Token {
+            jti: "stolen".into(),
+            issuer: None,
+        },
+        Revocation::Subject {
+            subject: "mallory".into(),
+            issuer: None,
+            issued_before: 1_000,
+        },
+    ]
+}
