@@ -263,7 +263,7 @@ fn issuer_verifier(
         .collect::<Result<Vec<Algorithm>, String>>()?;
     let keys = key_source(issuer, source, &algorithms, client, metrics, previous, mode)?;
     Ok(IssuerVerifier {
-        name: issuer.name.clone(),
+        name: issuer.name.as_str().into(),
         iss: issuer.issuer.clone(),
         algorithms,
         policy: ClaimPolicy::from_config(issuer),

@@ -10,7 +10,7 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use crate::pb;
+use crate::{claims::Claims, pb};
 
 /// Stable reason codes (SPEC §2). Also used as metric labels and span attributes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -391,25 +391,28 @@ impl IdentityToken {
 }
 
 /// A verified identity. Built once per verification and shared (cached) behind an `Arc`.
-/// The claims are kept once, as JSON; the wire forms the surfaces answer with are encoded
-/// on first use and then reused for as long as the principal is cached.
+/// It is encoded as a `portcullis.v1.Principal` when it is made, and its claims are kept
+/// only in that encoding (see [`Claims`]), which Authenticate and Authorize answer with.
 #[derive(Debug)]
 pub struct Principal {
     pub subject: String,
-    /// The configured issuer or store name that accepted the credential.
-    pub issuer: String,
+    /// The configured issuer or store name that accepted the credential (shared with it).
+    pub issuer: Arc<str>,
     pub credential_type: CredentialType,
-    pub claims: Map<String, Value>,
+    pub claims: Claims,
     pub scopes: Vec<String>,
     /// Seconds since the Unix epoch.
     pub expires_at: Option<i64>,
-    pub key_id: String,
-    /// The encoded `portcullis.v1.Principal` (Authenticate and Authorize).
-    encoded: OnceLock<Bytes>,
+    /// The key's id (shared with the key, when it has one).
+    pub key_id: Arc<str>,
+    /// Whether the claims hold `cnf` (a binding to a key or a certificate).
+    confirmed: bool,
+    /// The encoded `portcullis.v1.Principal`; `claims` is a slice of it.
+    encoded: Bytes,
     /// The last ext_authz allow rendered for this principal.
     check_allow: ArcSwapOption<CheckAllowParts>,
     /// The principal as CEL rules see it, made on the first CEL evaluation.
-    cel_variables: OnceLock<Result<CelVariables, String>>,
+    cel_variables: OnceLock<Box<Result<CelVariables, String>>>,
     /// Identity tokens minted for this principal (`response.identity_token`), newest last.
     identity_tokens: ArcSwapOption<Vec<Arc<IdentityToken>>>,
     /// An API key's own rate limit (`rate_limit` on its record).
@@ -442,33 +445,76 @@ pub struct CheckAllowParts {
 impl Principal {
     /// What a DPoP-bound access token is bound to (RFC 9449 §6: `cnf.jkt`, a JWK
     /// thumbprint), as the claims hold it. Only JWTs and introspected tokens are bound.
-    pub fn dpop_binding(&self) -> Option<&Value> {
+    pub fn dpop_binding(&self) -> Option<Value> {
         match self.credential_type {
-            CredentialType::Jwt | CredentialType::OpaqueToken => {
-                self.claims.get("cnf").and_then(|cnf| cnf.get("jkt"))
-            }
+            CredentialType::Jwt | CredentialType::OpaqueToken => self.confirmation("jkt"),
+            _ => None,
+        }
+    }
+
+    /// The member `name` of the `cnf` claim (RFC 7800), if the claims hold one.
+    pub fn confirmation(&self, name: &str) -> Option<Value> {
+        if !self.confirmed {
+            return None;
+        }
+        match self.claims.get("cnf")? {
+            Value::Object(mut cnf) => cnf.remove(name),
             _ => None,
         }
     }
 
     pub fn new(
         subject: String,
-        issuer: String,
+        issuer: Arc<str>,
         credential_type: CredentialType,
         claims: Map<String, Value>,
         scopes: Vec<String>,
         expires_at: Option<i64>,
-        key_id: String,
+        key_id: Arc<str>,
     ) -> Self {
-        Self {
+        use prost::Message;
+        // The canonical encoding, field by field in tag order, with the claims (tag 4)
+        // written where a slice of the result can keep them.
+        let before_claims = pb::Principal {
             subject,
+            issuer: issuer.to_string(),
+            credential_type: credential_type.to_proto() as i32,
+            ..Default::default()
+        };
+        let after_claims = pb::Principal {
+            scopes,
+            expires_at: expires_at.map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
+            key_id: key_id.to_string(),
+            ..Default::default()
+        };
+        let claims_struct = crate::claims::json_object_to_struct(&claims);
+        let claims_len = claims_struct.encoded_len();
+        let mut buf = Vec::with_capacity(
+            before_claims.encoded_len()
+                + prost::encoding::key_len(4)
+                + prost::encoding::encoded_len_varint(claims_len as u64)
+                + claims_len
+                + after_claims.encoded_len(),
+        );
+        before_claims.encode_raw(&mut buf);
+        prost::encoding::encode_key(4, prost::encoding::WireType::LengthDelimited, &mut buf);
+        prost::encoding::encode_varint(claims_len as u64, &mut buf);
+        let claims_start = buf.len();
+        claims_struct.encode_raw(&mut buf);
+        let claims_end = buf.len();
+        after_claims.encode_raw(&mut buf);
+        let encoded = Bytes::from(buf);
+        let confirmed = claims.contains_key("cnf");
+        Self {
+            subject: before_claims.subject,
             issuer,
             credential_type,
-            claims,
-            scopes,
+            claims: Claims::with_encoding(claims, encoded.slice(claims_start..claims_end)),
+            scopes: after_claims.scopes,
             expires_at,
             key_id,
-            encoded: OnceLock::new(),
+            confirmed,
+            encoded,
             check_allow: ArcSwapOption::empty(),
             cel_variables: OnceLock::new(),
             identity_tokens: ArcSwapOption::empty(),
@@ -483,10 +529,8 @@ impl Principal {
     }
 
     /// The claim at a dotted path (`realm_access.roles`), split into its segments.
-    pub fn claim_at(&self, path: &[String]) -> Option<&Value> {
-        let (first, rest) = path.split_first()?;
-        rest.iter()
-            .try_fold(self.claims.get(first)?, |value, segment| value.get(segment))
+    pub fn claim_at(&self, path: &[String]) -> Option<Value> {
+        self.claims.at(path)
     }
 
     /// A kept identity token that `usable` accepts.
@@ -527,33 +571,29 @@ impl Principal {
         make: impl FnOnce(&Self) -> Result<CelVariables, String>,
     ) -> Result<&CelVariables, &str> {
         self.cel_variables
-            .get_or_init(|| make(self))
+            .get_or_init(|| Box::new(make(self)))
+            .as_ref()
             .as_ref()
             .map_err(String::as_str)
     }
 
-    /// The principal as an encoded `portcullis.v1.Principal`, encoded once.
+    /// The principal as an encoded `portcullis.v1.Principal`.
     pub fn encoded(&self) -> Bytes {
-        self.encoded
-            .get_or_init(|| {
-                use prost::Message;
-                self.to_proto().encode_to_vec().into()
-            })
-            .clone()
+        self.encoded.clone()
     }
 
     /// The protobuf form (built on each call: surfaces answer with [`Self::encoded`]).
     pub fn to_proto(&self) -> pb::Principal {
         pb::Principal {
             subject: self.subject.clone(),
-            issuer: self.issuer.clone(),
+            issuer: self.issuer.to_string(),
             credential_type: self.credential_type.to_proto() as i32,
-            claims: Some(json_object_to_struct(&self.claims)),
+            claims: Some(self.claims.to_struct()),
             scopes: self.scopes.clone(),
             expires_at: self
                 .expires_at
                 .map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
-            key_id: self.key_id.clone(),
+            key_id: self.key_id.to_string(),
         }
     }
 
@@ -622,31 +662,6 @@ pub enum Decision {
         /// A short digest of that credential for the audit log (empty: none).
         credential_digest: String,
     },
-}
-
-/// Converts a JSON object into a `google.protobuf.Struct`, preserving nesting.
-pub fn json_object_to_struct(object: &Map<String, Value>) -> prost_types::Struct {
-    prost_types::Struct {
-        fields: object
-            .iter()
-            .map(|(key, value)| (key.clone(), json_to_proto_value(value)))
-            .collect(),
-    }
-}
-
-fn json_to_proto_value(value: &Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match value {
-        Value::Null => Kind::NullValue(0),
-        Value::Bool(b) => Kind::BoolValue(*b),
-        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
-        Value::String(s) => Kind::StringValue(s.clone()),
-        Value::Array(items) => Kind::ListValue(prost_types::ListValue {
-            values: items.iter().map(json_to_proto_value).collect(),
-        }),
-        Value::Object(map) => Kind::StructValue(json_object_to_struct(map)),
-    };
-    prost_types::Value { kind: Some(kind) }
 }
 
 #[cfg(test)]
@@ -733,7 +748,7 @@ mod tests {
             Map::new(),
             Vec::new(),
             None,
-            String::new(),
+            "".into(),
         );
         let renders = std::cell::Cell::new(0);
         let parts = |pipeline: u64, rule: &str, token: u64| {

@@ -7,6 +7,7 @@
 
 pub mod build;
 pub mod cache;
+pub mod claims;
 pub mod cli;
 pub mod client_address;
 pub mod config;

@@ -113,7 +113,7 @@ impl UpstreamHeaders {
                         .collect::<Vec<_>>()
                         .join(" "),
                 ),
-                Source::Claim(path) => principal.claim_at(path).and_then(encode_value),
+                Source::Claim(path) => principal.claim_at(path).as_ref().and_then(encode_value),
             };
             if let Some(value) = value.filter(|v| !v.is_empty()) {
                 headers.push((header.clone(), value));

@@ -212,7 +212,7 @@ pub fn response_json(response: &pb::AuthenticateResponse) -> String {
             "issuer": p.issuer,
             "credential_type": pb::CredentialType::try_from(p.credential_type)
                 .map(|t| t.as_str_name()).unwrap_or("CREDENTIAL_TYPE_UNSPECIFIED"),
-            "claims": p.claims.as_ref().map(struct_to_json).unwrap_or_default(),
+            "claims": p.claims.as_ref().map(crate::claims::struct_to_json).unwrap_or_default(),
             "scopes": p.scopes,
             "expires_at": p.expires_at.as_ref().map(|t| t.seconds),
             "key_id": p.key_id,
@@ -231,49 +231,4 @@ pub fn response_json(response: &pb::AuthenticateResponse) -> String {
         "denial": denial,
     });
     serde_json::to_string_pretty(&json).unwrap_or_default()
-}
-
-fn struct_to_json(value: &prost_types::Struct) -> serde_json::Value {
-    serde_json::Value::Object(
-        value
-            .fields
-            .iter()
-            .map(|(k, v)| (k.clone(), proto_value_to_json(v)))
-            .collect(),
-    )
-}
-
-fn proto_value_to_json(value: &prost_types::Value) -> serde_json::Value {
-    use prost_types::value::Kind;
-    match &value.kind {
-        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
-        Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
-        // Struct numbers are doubles; print whole numbers (timestamps) without a fraction.
-        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => {
-            serde_json::Value::from(*n as i64)
-        }
-        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n)
-            .map(serde_json::Value::Number)
-            .unwrap_or(serde_json::Value::Null),
-        Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
-        Some(Kind::ListValue(list)) => {
-            serde_json::Value::Array(list.values.iter().map(proto_value_to_json).collect())
-        }
-        Some(Kind::StructValue(s)) => struct_to_json(s),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::decision::json_object_to_struct;
-
-    #[test]
-    fn struct_round_trips_through_json() {
-        let json = serde_json::json!({"a": [1, 2.5, "x", {"b": true}], "c": null});
-        let serde_json::Value::Object(map) = &json else {
-            unreachable!()
-        };
-        assert_eq!(struct_to_json(&json_object_to_struct(map)), json);
-    }
 }

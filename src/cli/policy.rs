@@ -271,7 +271,7 @@ impl Evaluator {
                 .jwt()
                 .issuers()
                 .find(|issuer| issuer.iss == iss)
-                .map(|issuer| issuer.name.clone()),
+                .map(|issuer| issuer.name.to_string()),
             Self::RulesOnly { issuers, .. } => issuers
                 .iter()
                 .find(|(_, issuer)| issuer == iss)
@@ -469,12 +469,12 @@ fn principal_of(
     let expires_at = claims.get("exp").and_then(Value::as_i64);
     Ok(Arc::new(Principal::new(
         subject,
-        issuer,
+        issuer.into(),
         CredentialType::Jwt,
         claims,
         scopes,
         expires_at,
-        String::new(),
+        "".into(),
     )))
 }
 

@@ -227,9 +227,16 @@ impl Dpop {
         let mismatch = |message: &str| Denial::dpop(Reason::CertificateMismatch, false, message);
         let binding = principal.dpop_binding();
         match (presented.scheme, binding) {
-            (TokenScheme::Bearer, None) if self.required_by.contains(&principal.issuer) => Err(
-                mismatch("this issuer's tokens are accepted only DPoP-bound, with a DPoP proof"),
-            ),
+            (TokenScheme::Bearer, None)
+                if self
+                    .required_by
+                    .iter()
+                    .any(|name| **name == *principal.issuer) =>
+            {
+                Err(mismatch(
+                    "this issuer's tokens are accepted only DPoP-bound, with a DPoP proof",
+                ))
+            }
             (TokenScheme::Bearer, None) => Ok(()),
             (TokenScheme::Bearer, Some(_)) => Err(mismatch(
                 "a DPoP-bound token must be sent with the DPoP authorization scheme and a proof",
@@ -238,7 +245,7 @@ impl Dpop {
                 "the DPoP scheme was used with a token that is not DPoP-bound (no cnf.jkt)",
             )),
             (TokenScheme::Dpop, Some(Value::String(bound))) => {
-                self.check_proof(presented, bound, target).await
+                self.check_proof(presented, &bound, target).await
             }
             (TokenScheme::Dpop, Some(_)) => Err(Denial::dpop(
                 Reason::InvalidClaims,

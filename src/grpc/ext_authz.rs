@@ -26,7 +26,7 @@ use tracing::Instrument;
 
 use crate::{
     credentials::{self, Carried},
-    decision::{Decision, Denial, IdentityToken, Principal, Reason, json_object_to_struct},
+    decision::{Decision, Denial, IdentityToken, Principal, Reason},
     headers::Headers,
     pipeline::{Pipeline, RequestAttrs},
     policy::Resource,
@@ -294,7 +294,7 @@ fn principal_metadata(principal: &Principal) -> prost_types::Value {
         (
             "claims",
             prost_types::Value {
-                kind: Some(Kind::StructValue(json_object_to_struct(&principal.claims))),
+                kind: Some(Kind::StructValue(principal.claims.to_struct())),
             },
         ),
     ]);

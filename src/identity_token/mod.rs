@@ -215,7 +215,7 @@ impl IdentityTokens {
         let mut claims = Map::new();
         for (path, name) in &self.claims {
             if let Some(value) = principal.claim_at(path).filter(|v| !v.is_null()) {
-                claims.insert(name.clone(), value.clone());
+                claims.insert(name.clone(), value);
             }
         }
         let text = |value: &str| Value::String(value.to_owned());

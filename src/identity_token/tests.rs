@@ -157,7 +157,7 @@ fn a_credential_past_its_expiry_or_without_a_subject_gets_no_token() {
         Map::new(),
         Vec::new(),
         None,
-        String::new(),
+        "".into(),
     );
     let denial = tokens
         .for_principal(&anonymous, "r", "")

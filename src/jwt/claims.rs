@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::{
+    claims::Claims,
     config::IssuerConfig,
     decision::{Denial, Reason},
 };
@@ -29,12 +30,11 @@ pub struct CheckedClaims {
     pub recheck: Recheck,
 }
 
-/// What a cached verification re-checks on every hit: expiry and audiences. A cache keeps
-/// this alone; subject and scopes live in the principal.
+/// What a cached verification re-checks on every hit besides the requested audience
+/// (read from the principal's claims): expiry.
 #[derive(Debug, Clone)]
 pub struct Recheck {
     pub expires_at: Option<i64>,
-    pub audiences: Box<[String]>,
 }
 
 impl ClaimPolicy {
@@ -97,7 +97,7 @@ impl ClaimPolicy {
                 "token is issued in the future (iat)",
             ));
         }
-        let audiences = audiences(claims)?;
+        let audiences = audiences(claims.get("aud"))?;
         check_audience(&self.audiences, &audiences, requested_audience)?;
         let subject = match claims.get("sub") {
             None => String::new(),
@@ -107,17 +107,15 @@ impl ClaimPolicy {
         Ok(CheckedClaims {
             subject,
             scopes: scopes(claims)?,
-            recheck: Recheck {
-                expires_at,
-                audiences: audiences.into(),
-            },
+            recheck: Recheck { expires_at },
         })
     }
 
-    /// Re-checks a cached verification: expiry and the per-request audience.
+    /// Re-checks a cached verification of `claims`: expiry and the per-request audience.
     pub fn recheck(
         &self,
         recheck: &Recheck,
+        claims: &Claims,
         now: i64,
         requested_audience: &str,
     ) -> Result<(), Denial> {
@@ -126,7 +124,11 @@ impl ClaimPolicy {
         {
             return Err(Denial::new(Reason::Expired, "token has expired"));
         }
-        check_audience(&[], &recheck.audiences, requested_audience)
+        if requested_audience.is_empty() {
+            return Ok(());
+        }
+        let audiences = audiences(claims.get("aud").as_ref())?;
+        check_audience(&[], &audiences, requested_audience)
     }
 }
 
@@ -165,14 +167,14 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, 
 }
 
 /// `aud` as a string or an array of strings (RFC 7519 §4.1.3).
-fn audiences(claims: &Map<String, Value>) -> Result<Vec<String>, Denial> {
+fn audiences(aud: Option<&Value>) -> Result<Vec<String>, Denial> {
     let ill_typed = || {
         Denial::new(
             Reason::InvalidClaims,
             "aud must be a string or an array of strings",
         )
     };
-    match claims.get("aud") {
+    match aud {
         None => Ok(Vec::new()),
         Some(Value::String(aud)) => Ok(vec![aud.clone()]),
         Some(Value::Array(items)) => items
@@ -246,6 +248,31 @@ mod tests {
         policy()
             .check(None, &map, 1_000_000, "")
             .map_err(|d| d.reason)
+    }
+
+    /// A cached verification answers a later request for another audience from the claims
+    /// it keeps: only an audience the token names is accepted, once expired nothing is.
+    #[test]
+    fn a_cached_verification_rechecks_expiry_and_the_requested_audience() {
+        let now = 1_000_000;
+        for aud in [json!("api://orders"), json!(["x", "api://orders"])] {
+            let claims = json!({"exp": now + 10, "aud": aud});
+            let checked = check(claims.clone()).expect("valid");
+            let Value::Object(map) = claims else {
+                unreachable!()
+            };
+            let kept = Claims::new(map);
+            let recheck = |at: i64, requested: &str| {
+                policy()
+                    .recheck(&checked.recheck, &kept, at, requested)
+                    .map_err(|d| d.reason)
+            };
+            assert_eq!(recheck(now, ""), Ok(()));
+            assert_eq!(recheck(now, "api://orders"), Ok(()));
+            assert_eq!(recheck(now, "api://other"), Err(Reason::AudienceMismatch));
+            assert_eq!(recheck(now, "api://order"), Err(Reason::AudienceMismatch));
+            assert_eq!(recheck(now + 10 + 60, ""), Err(Reason::Expired));
+        }
     }
 
     #[test]

@@ -27,7 +27,8 @@ pub enum KeyError {
 
 /// One public key (or HMAC secret) and the single algorithm it verifies.
 pub struct VerifyingKey {
-    pub kid: Option<String>,
+    /// Shared with the principals it verifies.
+    pub kid: Option<Arc<str>>,
     pub algorithm: Algorithm,
     key: DecodingKey,
 }
@@ -68,7 +69,7 @@ pub enum KeyLookup<'a> {
 /// An immutable set of keys, replaced whole when a new document is loaded.
 #[derive(Debug, Default)]
 pub struct KeySet {
-    by_kid: HashMap<String, Arc<VerifyingKey>>,
+    by_kid: HashMap<Arc<str>, Arc<VerifyingKey>>,
     without_kid: Vec<Arc<VerifyingKey>>,
 }
 
@@ -141,7 +142,7 @@ impl KeySet {
     /// Whether `key` (from an earlier lookup) is still a member of this set.
     pub fn contains(&self, key: &Arc<VerifyingKey>) -> bool {
         match &key.kid {
-            Some(kid) => self.by_kid.get(kid).is_some_and(|k| Arc::ptr_eq(k, key)),
+            Some(kid) => self.by_kid.get(&**kid).is_some_and(|k| Arc::ptr_eq(k, key)),
             None => self.without_kid.iter().any(|k| Arc::ptr_eq(k, key)),
         }
     }
@@ -333,7 +334,7 @@ fn jwk_to_key(
     };
     Ok(
         bind_algorithm(declared, family, allowed)?.map(|algorithm| VerifyingKey {
-            kid,
+            kid: kid.map(Arc::from),
             algorithm,
             key,
         }),
@@ -379,7 +380,7 @@ pub fn hmac_key(
         )));
     }
     Ok(VerifyingKey {
-        kid,
+        kid: kid.map(Arc::from),
         algorithm,
         key: DecodingKey::from_secret(secret),
     })
@@ -442,7 +443,7 @@ pub fn pem_key(
     .filter(|alg| allowed.is_empty() || allowed.contains(alg))
     .ok_or_else(|| KeyError::InvalidKey("no allowed algorithm fits this key type".to_owned()))?;
     Ok(VerifyingKey {
-        kid,
+        kid: kid.map(Arc::from),
         algorithm,
         key,
     })

@@ -222,7 +222,7 @@ fn binding_needs_the_certificate_a_token_names() {
     let bound = |thumbprint: &str| {
         Principal::new(
             "alice".to_owned(),
-            "quickstart".to_owned(),
+            "quickstart".into(),
             CredentialType::Jwt,
             json!({"cnf": {"x5t#S256": thumbprint}})
                 .as_object()
@@ -230,7 +230,7 @@ fn binding_needs_the_certificate_a_token_names() {
                 .clone(),
             Vec::new(),
             None,
-            String::new(),
+            "".into(),
         )
     };
     let presented = |chain: Option<&[u8]>| Presented {
@@ -254,12 +254,12 @@ fn binding_needs_the_certificate_a_token_names() {
     }
     let unbound = Principal::new(
         "alice".to_owned(),
-        "quickstart".to_owned(),
+        "quickstart".into(),
         CredentialType::Jwt,
         serde_json::Map::new(),
         Vec::new(),
         None,
-        String::new(),
+        "".into(),
     );
     assert!(bind(&unbound, &presented(None)).is_ok());
 }

@@ -489,7 +489,7 @@ impl Rule {
                 principal.credential_type.as_str()
             )));
         }
-        if !req.issuers.is_empty() && !req.issuers.contains(&principal.issuer) {
+        if !req.issuers.is_empty() && !req.issuers.iter().any(|name| **name == *principal.issuer) {
             return Err(denied(format!(
                 "rule {} does not accept issuer {}",
                 self.name, principal.issuer
@@ -601,24 +601,10 @@ fn compile_rule(rule: &RuleConfig) -> Result<Rule, String> {
 
 /// Equality for scalars; membership when the claim is an array; an expected list means any
 /// of its values. Numbers compare by value (7 == 7.0).
-fn claim_matches(
-    claims: &serde_json::Map<String, Value>,
-    path: &[String],
-    expected: &Value,
-) -> bool {
-    let Some((first, rest)) = path.split_first() else {
+fn claim_matches(claims: &crate::claims::Claims, path: &[String], expected: &Value) -> bool {
+    let Some(current) = claims.at(path) else {
         return false;
     };
-    let mut current = match claims.get(first) {
-        Some(value) => value,
-        None => return false,
-    };
-    for segment in rest {
-        match current.get(segment) {
-            Some(next) => current = next,
-            None => return false,
-        }
-    }
     let candidates: &[Value] = match expected {
         Value::Array(items) => items,
         one => std::slice::from_ref(one),
@@ -631,14 +617,14 @@ fn claim_matches(
         Value::Array(items) => items
             .iter()
             .any(|item| candidates.iter().any(|c| equal(item, c))),
-        value => candidates.iter().any(|c| equal(value, c)),
+        value => candidates.iter().any(|c| equal(&value, c)),
     }
 }
 
 /// `claims` and `principal` for CEL, converted once per principal (see
 /// [`Principal::cel_variables`]).
 fn cel_variables(principal: &Principal) -> Result<CelVariables, String> {
-    let claims = cel::to_value(&principal.claims).map_err(|err| err.to_string())?;
+    let claims = cel::to_value(principal.claims.to_map()).map_err(|err| err.to_string())?;
     let principal_value = serde_json::json!({
         "subject": principal.subject,
         "issuer": principal.issuer,

@@ -87,22 +87,17 @@ impl Denylist {
     /// Whether a token with these claims, accepted by the issuer named `issuer`, is revoked.
     /// A subject-wide revocation cannot tell when a token without `iat` was issued, so it
     /// revokes it.
-    pub fn revokes(
-        &self,
-        issuer: &str,
-        subject: &str,
-        claims: &serde_json::Map<String, Value>,
-    ) -> bool {
+    pub fn revokes(&self, issuer: &str, subject: &str, claims: &crate::claims::Claims) -> bool {
         let applies =
             |revoked_for: &IssuerScope| revoked_for.as_deref().is_none_or(|name| name == issuer);
         // A numeric `jti` is revoked by its decimal text (`tokens revoke --jti 42`).
         let jti = match claims.get("jti") {
-            Some(Value::String(jti)) => Some(std::borrow::Cow::Borrowed(jti.as_str())),
-            Some(Value::Number(jti)) => Some(std::borrow::Cow::Owned(jti.to_string())),
+            Some(Value::String(jti)) => Some(jti),
+            Some(Value::Number(jti)) => Some(jti.to_string()),
             _ => None,
         };
         if let Some(jti) = jti
-            && let Some(issuers) = self.tokens.get(&*jti)
+            && let Some(issuers) = self.tokens.get(jti.as_str())
             && issuers.iter().any(applies)
         {
             return true;
@@ -110,7 +105,7 @@ impl Denylist {
         let Some(entries) = self.subjects.get(subject) else {
             return false;
         };
-        let issued_at = claims.get("iat").and_then(Value::as_f64);
+        let issued_at = claims.get("iat").as_ref().and_then(Value::as_f64);
         entries.iter().any(|(revoked_for, before)| {
             applies(revoked_for) && issued_at.is_none_or(|iat| iat < *before as f64)
         })

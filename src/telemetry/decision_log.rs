@@ -133,7 +133,7 @@ impl DecisionLog {
                 let selected: Map<String, Value> = self
                     .claims
                     .iter()
-                    .filter_map(|name| Some((name.clone(), principal.claims.get(name)?.clone())))
+                    .filter_map(|name| Some((name.clone(), principal.claims.get(name)?)))
                     .collect();
                 Value::Object(selected).to_string()
             }
@@ -151,7 +151,7 @@ impl DecisionLog {
             rule = rule.as_str(),
             reason = denial.map_or("", |d| d.reason.as_str()),
             subject = principal.as_ref().map_or("", |p| p.subject.as_str()),
-            issuer = principal.as_ref().map_or("", |p| p.issuer.as_str()),
+            issuer = principal.as_ref().map_or("", |p| &*p.issuer),
             credential_type = credential.map_or("", CredentialType::as_str),
             credential_digest = digest.as_str(),
             method = method.as_ref(),

@@ -40,7 +40,7 @@ pub fn request_decided(
         span.record("credential_type", kind.as_str());
     }
     if let Some(principal) = principal {
-        span.record("issuer", principal.issuer.as_str());
+        span.record("issuer", &*principal.issuer);
     }
     if !rule.is_empty() {
         span.record("rule", rule.as_str());

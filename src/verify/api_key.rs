@@ -109,12 +109,12 @@ impl ApiKeyVerifier {
         Ok(Arc::new(
             Principal::new(
                 record.subject.clone(),
-                issuer.to_owned(),
+                issuer.into(),
                 CredentialType::ApiKey,
                 record.metadata.clone(),
                 record.scopes.clone(),
                 record.expires_at,
-                record.id.clone(),
+                record.id.as_str().into(),
             )
             .with_rate_limit(record.rate_limit),
         ))

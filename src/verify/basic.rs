@@ -209,12 +209,12 @@ impl BasicVerifier {
         claims.insert("sub".to_owned(), Value::String(user.to_owned()));
         let principal = Arc::new(Principal::new(
             user.to_owned(),
-            ISSUER.to_owned(),
+            ISSUER.into(),
             CredentialType::Basic,
             claims,
             Vec::new(),
             None,
-            String::new(),
+            "".into(),
         ));
         self.verified.insert(cache_key, principal.clone());
         Ok(principal)

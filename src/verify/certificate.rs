@@ -146,21 +146,18 @@ fn identity(der: &[u8]) -> Result<Principal, Denial> {
     claims.insert("x5t#S256".into(), Value::String(x5t.clone()));
     Ok(Principal::new(
         subject,
-        ISSUER.to_owned(),
+        ISSUER.into(),
         CredentialType::ClientCertificate,
         claims,
         Vec::new(),
         Some(expires_at),
-        x5t,
+        x5t.into(),
     ))
 }
 
 /// RFC 8705 §3: a token bound to a certificate (`cnf.x5t#S256`) needs that certificate.
 pub fn check_binding(principal: &Principal, leaf: Option<&[u8]>) -> Result<(), Denial> {
-    let Some(cnf) = principal.claims.get("cnf") else {
-        return Ok(());
-    };
-    let Some(expected) = cnf.get("x5t#S256") else {
+    let Some(expected) = principal.confirmation("x5t#S256") else {
         return Ok(());
     };
     let mismatch = |message: &str| Denial::new(Reason::CertificateMismatch, message);

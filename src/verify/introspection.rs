@@ -191,7 +191,7 @@ impl Introspector {
                 principal, recheck, ..
             } => {
                 self.policy
-                    .recheck(recheck, unix_now(), requested_audience)?;
+                    .recheck(recheck, &principal.claims, unix_now(), requested_audience)?;
                 Ok(principal.clone())
             }
             Introspected::Refused { denial, .. } => Err(denial.clone()),
@@ -338,12 +338,12 @@ impl Introspector {
         let bytes = estimated_bytes(body_len + token.len());
         let principal = Arc::new(Principal::new(
             subject,
-            self.issuer_name.clone(),
+            self.issuer_name.as_str().into(),
             CredentialType::OpaqueToken,
             claims,
             checked.scopes,
             checked.recheck.expires_at,
-            String::new(),
+            "".into(),
         ));
         Ok(Arc::new(Introspected::Active {
             principal,

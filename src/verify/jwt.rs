@@ -2,21 +2,22 @@
 //! key by `kid` and algorithm (refetching a remote set once per cooldown for an unknown `kid`),
 //! checks the signature and the claims, and caches the verified result.
 //!
-//! The cache is keyed by the SHA-256 digest of the token, lives no longer than the token's
-//! `exp` or `cache.max_ttl`, and on every hit re-checks expiry, the requested audience, and
-//! that the signing key is still in the issuer's current key set.
+//! The cache is keyed by the SHA-256 digest of the token, keeps an entry no longer than the
+//! token's `exp` or `cache.max_ttl` (each entry carries its deadline; a hit past it is a
+//! miss), and on every hit re-checks expiry, the requested audience, and that the signing
+//! key is still in the issuer's current key set.
 
 use std::{
     collections::HashMap,
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use moka::sync::Cache;
+use quick_cache::sync::Cache;
 use serde_json::Value;
 
 use crate::{
-    cache::{Ttl, TtlFromEntry, Weight, estimated_bytes, weigher},
+    cache::{ByteWeigher, Weight, estimated_bytes},
     decision::{CredentialType, Denial, Principal, Reason},
     jwt::{
         Algorithm, ClaimPolicy, KeyLookup, KeySet, Recheck, VerifyingKey, parse_compact,
@@ -29,7 +30,8 @@ use crate::{
 /// One trusted issuer: its `iss`, algorithms, claim policy and keys.
 #[derive(Debug)]
 pub struct IssuerVerifier {
-    pub name: String,
+    /// Shared with the principals it verifies.
+    pub name: Arc<str>,
     pub iss: String,
     /// Allowed algorithms; empty means each key's own (single) algorithm.
     pub algorithms: Vec<Algorithm>,
@@ -42,14 +44,9 @@ struct CachedToken {
     key: Arc<VerifyingKey>,
     recheck: Recheck,
     principal: Arc<Principal>,
-    ttl: Duration,
+    /// When the entry stops being reused.
+    deadline: Instant,
     bytes: u32,
-}
-
-impl Ttl for CachedToken {
-    fn ttl(&self) -> Duration {
-        self.ttl
-    }
 }
 
 impl Weight for CachedToken {
@@ -62,7 +59,7 @@ impl Weight for CachedToken {
 pub struct JwtVerifier {
     metrics: Arc<Metrics>,
     by_iss: HashMap<String, Arc<IssuerVerifier>>,
-    cache: Cache<[u8; 32], Arc<CachedToken>>,
+    cache: Cache<[u8; 32], Arc<CachedToken>, ByteWeigher>,
     max_ttl: Duration,
 }
 
@@ -79,11 +76,16 @@ impl JwtVerifier {
             .into_iter()
             .map(|issuer| (issuer.iss.clone(), Arc::new(issuer)))
             .collect();
-        let cache = Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(weigher(max_entries, max_bytes))
-            .expire_after(TtlFromEntry)
-            .build();
+        // What the cache is expected to hold (tokens of about 2 KB estimated, at most 16,384
+        // reserved up front): quick_cache splits the bounds over fewer shards for fewer
+        // entries, so a small cache is not cut into shards too small for a large token.
+        let expected_entries = max_entries.min(max_bytes / 2048).clamp(1, 16_384);
+        let expected_entries = usize::try_from(expected_entries).unwrap_or(16_384);
+        let cache = Cache::with_weighter(
+            expected_entries,
+            max_bytes,
+            ByteWeigher::new(max_entries, max_bytes),
+        );
         Self {
             metrics,
             by_iss,
@@ -107,8 +109,10 @@ impl JwtVerifier {
 
     /// The cache's entries and their estimated bytes (what `cache.max_bytes` bounds).
     pub fn cache_size(&self) -> (u64, u64) {
-        self.cache.run_pending_tasks();
-        (self.cache.entry_count(), self.cache.weighted_size())
+        (
+            u64::try_from(self.cache.len()).unwrap_or(u64::MAX),
+            self.cache.weight(),
+        )
     }
 
     /// Verifies a compact JWS. `requested_audience` (may be empty) must be in `aud` too.
@@ -119,17 +123,26 @@ impl JwtVerifier {
     ) -> Result<Arc<Principal>, Denial> {
         let digest = token_digest(token);
         let now = unix_now();
-        let cached = self.cache.get(&digest);
+        let mut cached = self.cache.get(&digest);
+        if cached
+            .as_ref()
+            .is_some_and(|cached| Instant::now() >= cached.deadline)
+        {
+            self.cache.remove(&digest);
+            cached = None;
+        }
         self.metrics.record_jwt_cache(cached.is_some());
         if let Some(cached) = cached {
             if cached.issuer.keys.current()?.contains(&cached.key) {
-                cached
-                    .issuer
-                    .policy
-                    .recheck(&cached.recheck, now, requested_audience)?;
+                cached.issuer.policy.recheck(
+                    &cached.recheck,
+                    &cached.principal.claims,
+                    now,
+                    requested_audience,
+                )?;
                 return Ok(cached.principal.clone());
             }
-            self.cache.invalidate(&digest);
+            self.cache.remove(&digest);
         }
 
         let bytes = estimated_bytes(token.len());
@@ -169,7 +182,13 @@ impl JwtVerifier {
                 .policy
                 .check(token.typ.as_deref(), &token.claims, now, requested_audience)?;
 
-        let key_id = token.kid.or_else(|| key.kid.clone()).unwrap_or_default();
+        // The key was found by the token's kid when it has one: share the key's.
+        let key_id = match (&key.kid, token.kid) {
+            (Some(shared), Some(kid)) if **shared == *kid => shared.clone(),
+            (_, Some(kid)) => kid.into(),
+            (Some(shared), None) => shared.clone(),
+            (None, None) => Arc::from(""),
+        };
         let principal = Arc::new(Principal::new(
             checked.subject,
             issuer.name.clone(),
@@ -186,7 +205,9 @@ impl JwtVerifier {
             }
             None => self.max_ttl,
         };
-        if !ttl.is_zero() {
+        if !ttl.is_zero()
+            && let Some(deadline) = Instant::now().checked_add(ttl)
+        {
             self.cache.insert(
                 digest,
                 Arc::new(CachedToken {
@@ -194,7 +215,7 @@ impl JwtVerifier {
                     key,
                     recheck,
                     principal: principal.clone(),
-                    ttl,
+                    deadline,
                     bytes,
                 }),
             );

@@ -1024,8 +1024,8 @@ async fn the_token_cache_is_bounded_in_bytes_and_in_entries() {
     let f = Fixture::new();
     let padding = "p".repeat(5 * 1024);
     for (cache, tokens, at_most) in [
-        // ~7 KB tokens weigh ~50 KiB each: 256 KiB holds at most 5 of them.
-        ("{max_entries: 100000, max_bytes: 262144}", 40, 6),
+        // ~7 KB tokens weigh ~22 KB each: 128 KiB holds at most 5 of them.
+        ("{max_entries: 100000, max_bytes: 131072}", 40, 5),
         // Small tokens: the entry bound holds.
         ("{max_entries: 10, max_bytes: 67108864}", 40, 10),
     ] {
